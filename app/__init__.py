@@ -1,0 +1,1 @@
+"""CAO Gateway: orchestration of multi-step AI workflows over Celery, Redis and SQL."""

@@ -1,0 +1,66 @@
+"""/api/v1/features and /api/v1/services: what the catalog offers and how busy it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import APIRouter
+from redis.exceptions import RedisError
+
+from app.api.deps import CatalogDep
+from app.leases import get_semaphore
+from app.queues import queue_depths
+
+router = APIRouter(tags=["catalog"])
+log = structlog.get_logger(__name__)
+
+
+@router.get("/features")
+def list_features(catalog: CatalogDep) -> dict[str, Any]:
+    return {
+        "success": True,
+        "features": [
+            {
+                "name": feature.name,
+                "description": feature.description,
+                "steps": [
+                    {"step_index": i, "service": name, "queue": catalog.services[name].queue}
+                    for i, name in enumerate(feature.steps)
+                ],
+            }
+            for feature in catalog.features.values()
+        ],
+    }
+
+
+@router.get("/services")
+def list_services(catalog: CatalogDep) -> dict[str, Any]:
+    semaphore = get_semaphore()
+    try:
+        depths = queue_depths(catalog.queues)
+    except RedisError as exc:
+        log.warning("queue depth unavailable", error=str(exc))
+        depths = {}
+    services = []
+    for service in catalog.services.values():
+        try:
+            usage = semaphore.usage(service.name)
+            in_use, waiting = usage.in_use, usage.waiting
+        except RedisError:
+            in_use = waiting = None
+        services.append(
+            {
+                "name": service.name,
+                "kind": service.kind,
+                "queue": service.queue,
+                "limit": service.concurrency,
+                "leases_in_use": in_use,
+                "waiting": waiting,
+                "queue_depth": depths.get(service.queue),
+                "timeout_s": service.timeout_s,
+                "lease_ttl_s": service.lease_ttl_s,
+                "max_attempts": service.max_attempts,
+            }
+        )
+    return {"success": True, "services": services}

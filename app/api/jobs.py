@@ -1,0 +1,76 @@
+"""/api/v1/jobs: create, read and list jobs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+
+from app.api.deps import CatalogDep, PrincipalDep, SessionDep
+from app.jobs import repository as repo
+from app.jobs import service
+from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage, JobSummary
+from app.jobs.states import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def monitor_url(request: Request, job_id: uuid.UUID) -> str:
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    host = request.headers.get("host") or request.url.netloc
+    return f"{scheme}://{host}/ws/{job_id}"
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobCreated)
+def create_job(
+    body: JobCreate,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    catalog: CatalogDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobCreated:
+    result = service.create_job(
+        session,
+        catalog,
+        feature_name=body.feature_name,
+        input_data=body.input_data,
+        tenant=principal.tenant,
+        idempotency_key=idempotency_key,
+    )
+    if not result.created:
+        response.status_code = status.HTTP_200_OK
+    return JobCreated(
+        job_id=result.job.id,
+        monitor_url=monitor_url(request, result.job.id),
+        status=result.job.status,
+    )
+
+
+@router.get("/{job_id}", response_model=JobDetail)
+def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobDetail:
+    job = service.get_job_or_404(session, job_id, principal.tenant_scope)
+    return JobDetail.of(job, list(repo.get_steps(session, job_id)))
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    principal: PrincipalDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    feature_name: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobPage:
+    before = service.decode_cursor(cursor) if cursor else None
+    filters = repo.JobFilter(
+        status=status_, feature_name=feature_name, tenant=principal.tenant_scope
+    )
+    jobs = repo.list_jobs(session, filters, limit + 1, before)
+    page = list(jobs[:limit])
+    next_cursor = service.encode_cursor(page[-1]) if len(jobs) > limit and page else None
+    return JobPage(
+        items=[JobSummary(**JobSummary.fields_of(j)) for j in page], next_cursor=next_cursor
+    )

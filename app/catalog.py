@@ -1,0 +1,244 @@
+"""The catalog: services and feature recipes from YAML.
+
+Owns parsing, `${VAR:-default}` expansion and validation with errors that name the
+file, the key and the problem. `current_catalog()` re-reads the file when it changes
+so that limits tune live; a job keeps the recipe snapshot it was created with.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import structlog
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.config import get_settings
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SERVICE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_VAR = re.compile(r"\$\{([^}]*)\}")
+_VAR_BODY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.S)
+DEFAULT_CATALOG = "default_catalog.yaml"
+
+
+class CatalogError(ValueError):
+    """An invalid catalog; the message names the file, the key and the problem."""
+
+
+class Backoff(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_s: Annotated[float, Field(ge=0)] = 0.5
+    max_s: Annotated[float, Field(ge=0)] = 30.0
+    multiplier: Annotated[float, Field(ge=1)] = 2.0
+    # Full jitter: the delay is drawn from [delay * (1 - jitter), delay].
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class Service(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["http", "python"]
+    url: str | None = None
+    target: str | None = None
+    queue: str = "default"
+    concurrency: Annotated[int, Field(ge=1)] = 10
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    lease_ttl_s: Annotated[float, Field(gt=0)] = 60.0
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    backoff: Backoff = Backoff()
+
+    @model_validator(mode="after")
+    def _call_spec(self) -> Service:
+        if not QUEUE_NAME.match(self.queue):
+            raise ValueError(f"queue {self.queue!r} is not a valid queue name ([A-Za-z0-9_.-])")
+        if self.kind == "http":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("kind http needs url: an http:// or https:// address")
+            if self.target:
+                raise ValueError("target is for kind python; kind http takes url")
+        else:
+            if not self.target or not re.match(r"^[\w.]+:[\w.]+$", self.target):
+                raise ValueError("kind python needs target: 'package.module:function'")
+            if self.url:
+                raise ValueError("url is for kind http; kind python takes target")
+        return self
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    steps: Annotated[list[str], Field(min_length=1)]
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    services: dict[str, Service]
+    features: dict[str, Feature]
+
+    def recipe(self, feature_name: str) -> list[Service]:
+        return [self.services[name] for name in self.features[feature_name].steps]
+
+    @property
+    def queues(self) -> list[str]:
+        return sorted({service.queue for service in self.services.values()})
+
+    @property
+    def longest_timeout_s(self) -> float:
+        return max((s.timeout_s for s in self.services.values()), default=0.0)
+
+
+def expand_env(text: str, where: str, env: Mapping[str, str] | None = None) -> str:
+    """Expand `${VAR}` and `${VAR:-default}`; anything else in `${...}` is an error."""
+    env = os.environ if env is None else env
+
+    def substitute(match: re.Match[str]) -> str:
+        body = _VAR_BODY.match(match.group(1))
+        if body is None:
+            raise CatalogError(
+                f"{where}: unsupported variable syntax {match.group(0)!r} "
+                "(use ${VAR} or ${VAR:-default})"
+            )
+        name, default = body.group(1), body.group(2)
+        value = env.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        raise CatalogError(f"{where}: environment variable {name} is not set and has no default")
+
+    return _VAR.sub(substitute, text)
+
+
+def _expand_tree(node: Any, where: str) -> Any:
+    if isinstance(node, str):
+        return expand_env(node, where)
+    if isinstance(node, dict):
+        return {key: _expand_tree(value, f"{where}.{key}") for key, value in node.items()}
+    if isinstance(node, list):
+        return [_expand_tree(value, f"{where}[{i}]") for i, value in enumerate(node)]
+    return node
+
+
+def _describe(error: ValidationError, where: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        problems.append(f"{where}{'.' + key if key else ''}: {item['msg']}")
+    return "; ".join(problems)
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def parse_catalog(text: str, source: str) -> Catalog:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source}: not valid YAML: {exc}") from exc
+    document = _mapping(document, source)
+    unknown = set(document) - {"services", "features"}
+    if unknown:
+        raise CatalogError(f"{source}: unknown top-level key(s) {sorted(unknown)}")
+
+    services: dict[str, Service] = {}
+    for name, raw in _mapping(document.get("services"), f"{source}: services").items():
+        where = f"{source}: services.{name}"
+        if not SERVICE_NAME.match(str(name)):
+            raise CatalogError(f"{where}: invalid service name")
+        spec = _expand_tree(_mapping(raw, where), where)
+        try:
+            services[name] = Service(name=name, **spec)
+        except ValidationError as exc:
+            raise CatalogError(_describe(exc, where)) from exc
+        except TypeError as exc:
+            raise CatalogError(f"{where}: {exc}") from exc
+
+    features: dict[str, Feature] = {}
+    for name, raw in _mapping(document.get("features"), f"{source}: features").items():
+        where = f"{source}: features.{name}"
+        try:
+            features[name] = Feature(name=name, **_mapping(raw, where))
+        except ValidationError as exc:
+            raise CatalogError(_describe(exc, where)) from exc
+        for i, step in enumerate(features[name].steps):
+            if step not in services:
+                raise CatalogError(f"{where}.steps[{i}]: unknown service {step!r}")
+    if not features:
+        raise CatalogError(f"{source}: features: at least one feature is required")
+    return Catalog(source=source, services=services, features=features)
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    if path is None:
+        text = resources.files("app").joinpath(DEFAULT_CATALOG).read_text()
+        return parse_catalog(text, f"<package>/app/{DEFAULT_CATALOG}")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read catalog: {exc.strerror}") from exc
+    return parse_catalog(text, str(path))
+
+
+class _LiveCatalog:
+    """The catalog of this process, re-read when its file changes (checked at most 1/s)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._catalog: Catalog | None = None
+        self._mtime: float | None = None
+        self._checked_at = 0.0
+
+    def get(self) -> Catalog:
+        path = get_settings().cao_catalog
+        now = time.monotonic()
+        if self._catalog is not None and (path is None or now - self._checked_at < 1.0):
+            return self._catalog
+        with self._lock:
+            self._checked_at = now
+            mtime = path.stat().st_mtime if path is not None and path.exists() else None
+            if self._catalog is None or mtime != self._mtime:
+                try:
+                    self._catalog = load_catalog(path)
+                    self._mtime = mtime
+                except CatalogError:
+                    if self._catalog is None:
+                        raise
+                    # A bad edit keeps the last good catalog; start-up still refuses it.
+                    structlog.get_logger().exception("catalog reload failed; keeping previous")
+                    self._mtime = mtime
+            return self._catalog
+
+    def reset(self) -> None:
+        with self._lock:
+            self._catalog = None
+            self._mtime = None
+
+
+_live = _LiveCatalog()
+
+
+def current_catalog() -> Catalog:
+    return _live.get()
+
+
+def reset_catalog_cache() -> None:
+    _live.reset()

@@ -1,0 +1,83 @@
+"""Settings: every environment variable in DESIGN.md, read and validated once.
+
+Nothing else in the project reads the environment for configuration; code that
+needs a setting calls `get_settings()`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    # Where the gateway runs; production refuses the embedded defaults below.
+    cao_env: Environment = "development"
+
+    database_url: str = "sqlite:///cao.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    internal_api_key: str | None = None
+
+    http_connect_timeout_s: float = Field(3.0, gt=0)
+    http_read_timeout_s: float = Field(30.0, gt=0)
+
+    job_stuck_seconds: float = Field(7200, gt=0)
+    sanity_check_interval_seconds: float = Field(60, gt=0)
+    reap_leases_interval_seconds: float = Field(15, gt=0)
+    # The bounded safety re-check for steps waiting on a service slot.
+    wake_waiters_interval_seconds: float = Field(1.0, gt=0)
+    cleanup_interval_seconds: float = Field(3600, gt=0)
+    # Finished jobs (and their events) older than this are deleted by Beat.
+    job_retention_days: float = Field(30, gt=0)
+    # Create-idempotency keys are honoured for this long.
+    idempotency_retention_hours: float = Field(24, gt=0)
+    # A QUEUED step whose message has not been picked up for this long is re-enqueued
+    # (its message may have been lost with a Redis restart or a failed enqueue).
+    requeue_after_seconds: float = Field(120, gt=0)
+
+    run_migrations_on_startup: bool = False
+    migration_max_attempts: int = Field(20, ge=1)
+    migration_retry_sleep_seconds: float = Field(2, ge=0)
+
+    cao_catalog: Path | None = None
+    max_body_bytes: int = Field(1024 * 1024, gt=0)
+
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+
+    # Celery's broker visibility timeout; must exceed the longest step timeout.
+    broker_visibility_timeout_s: int = Field(3600, gt=0)
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        # Plain postgres URLs get the psycopg 3 driver the project ships with.
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.cao_env == "production" and self.database_url.startswith("sqlite"):
+            raise ValueError("CAO_ENV=production needs a PostgreSQL DATABASE_URL, not SQLite")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,114 @@
+"""Engine, sessions and after-commit hooks for PostgreSQL or SQLite.
+
+Per process: `init_db()` builds the engine (the API in its lifespan, a worker after
+fork); `session_scope()` commits or rolls back at the boundary; `on_commit()` runs a
+callback only once the transaction has committed (enqueue and publish after commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import get_settings
+
+log = structlog.get_logger(__name__)
+
+_engine: Engine | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+_HOOKS = "cao_on_commit"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # WAL lets readers run beside the writer; BEGIN IMMEDIATE takes the write lock up
+    # front so concurrent writers wait (busy_timeout) instead of failing on upgrade.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def build_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().database_url
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def init_db(url: str | None = None) -> Engine:
+    global _engine, _sessionmaker
+    if _engine is None:
+        _engine = build_engine(url)
+        _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def dispose_db() -> None:
+    global _engine, _sessionmaker
+    if _engine is not None:
+        _engine.dispose()
+    _engine = None
+    _sessionmaker = None
+
+
+def get_engine() -> Engine:
+    if _engine is None:
+        raise RuntimeError("database not initialised: call init_db() in this process first")
+    return _engine
+
+
+def new_session() -> Session:
+    if _sessionmaker is None:
+        raise RuntimeError("database not initialised: call init_db() in this process first")
+    return _sessionmaker()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error, then run on_commit hooks."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def on_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` after this session's transaction commits; dropped on rollback."""
+    session.info.setdefault(_HOOKS, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_hooks(session: Session) -> None:
+    for callback in session.info.pop(_HOOKS, []):
+        try:
+            callback()
+        except Exception:
+            # The row is committed; Beat finds work whose enqueue or publish was lost.
+            log.exception("after-commit hook failed", hook=getattr(callback, "__name__", "?"))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_hooks(session: Session, _previous_transaction: Any) -> None:
+    session.info.pop(_HOOKS, None)

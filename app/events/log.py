@@ -1,0 +1,97 @@
+"""The durable event log: append in the caller's transaction, publish after commit.
+
+`seq` comes from the job row (`last_seq + 1` under that row's lock), so a job's
+events are numbered without gaps in commit order. On PostgreSQL a transaction-scoped
+advisory lock is taken just before the insert so that the global `id` is also handed
+out in commit order; a subscriber that resumes `after` an id cannot skip an event
+committed later with a smaller one. (SQLite serialises writers anyway.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from app.db import on_commit
+from app.events.publisher import publish_after_commit
+from app.events.types import EventOut, EventType
+from app.models import Job, JobEvent, utcnow
+
+_EVENT_ID_LOCK = 0x0CA0E7
+
+
+def to_wire(event: JobEvent) -> EventOut:
+    return EventOut(
+        id=event.id,
+        seq=event.seq,
+        type=event.type,
+        job_id=str(event.job_id),
+        feature_name=event.feature_name,
+        step_index=event.step_index,
+        step_name=event.step_name,
+        attempt=event.attempt,
+        progress=event.progress,
+        ts=event.ts,
+        data=event.data or {},
+    )
+
+
+def append_event(
+    session: Session,
+    job_id: uuid.UUID,
+    event_type: EventType,
+    *,
+    step_index: int | None = None,
+    step_name: str | None = None,
+    attempt: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Append one event to the log in the current transaction."""
+    seq, feature_name, progress = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(last_seq=Job.last_seq + 1)
+        .returning(Job.last_seq, Job.feature_name, Job.progress)
+    ).one()
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_ID_LOCK})
+    event = JobEvent(
+        job_id=job_id,
+        seq=seq,
+        type=str(event_type),
+        feature_name=feature_name,
+        step_index=step_index,
+        step_name=step_name,
+        attempt=attempt,
+        progress=progress,
+        ts=utcnow(),
+        data=data or {},
+    )
+    session.add(event)
+    session.flush()
+    wire = to_wire(event)
+    on_commit(session, lambda: publish_after_commit(wire))
+
+
+def events_for_job(
+    session: Session, job_id: uuid.UUID, after_seq: int = 0, limit: int = 1000
+) -> Sequence[JobEvent]:
+    return session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+        .order_by(JobEvent.seq)
+        .limit(limit)
+    ).all()
+
+
+def events_after_id(
+    session: Session, after_id: int = 0, limit: int = 1000, tenant: str | None = None
+) -> Sequence[JobEvent]:
+    query = select(JobEvent).where(JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+    if tenant is not None:
+        query = query.join(Job, Job.id == JobEvent.job_id).where(Job.tenant == tenant)
+    return session.scalars(query).all()

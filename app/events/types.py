@@ -1,0 +1,38 @@
+"""Event types and the wire shape of an event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class EventType(StrEnum):
+    JOB_CREATED = "JOB_CREATED"
+    WAITING_FOR_SLOT = "WAITING_FOR_SLOT"
+    STEP_STARTED = "STEP_STARTED"
+    STEP_RETRYING = "STEP_RETRYING"
+    STEP_COMPLETED = "STEP_COMPLETED"
+    JOB_COMPLETED = "JOB_COMPLETED"
+    JOB_ERROR = "JOB_ERROR"
+    JOB_CANCELLED = "JOB_CANCELLED"
+    JOB_RESUMED = "JOB_RESUMED"
+
+
+TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_ERROR, EventType.JOB_CANCELLED})
+
+
+class EventOut(BaseModel):
+    id: int
+    seq: int
+    type: str
+    job_id: str
+    feature_name: str
+    step_index: int | None
+    step_name: str | None
+    attempt: int | None
+    progress: int
+    ts: datetime
+    data: dict[str, Any]

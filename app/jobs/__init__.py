@@ -1,0 +1,1 @@
+"""The job domain: states, persistence, creation/resume/cancel and step execution."""

@@ -1,0 +1,207 @@
+"""Runs one delivery of one step attempt: lease → claim → call → commit → next.
+
+Every delivery carries (job_id, step_index, attempt). Only the delivery whose
+attempt matches the step row and whose claim wins the conditional update calls the
+service; its result is committed only if the step is still RUNNING that attempt.
+Duplicate, late and zombie deliveries therefore change nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from app.catalog import Service, current_catalog
+from app.db import on_commit, session_scope
+from app.events.log import append_event
+from app.events.types import EventType
+from app.jobs import repository as repo
+from app.jobs.backoff import retry_delay
+from app.jobs.dispatch import enqueue_step
+from app.jobs.repository import StepRun
+from app.leases import LeaseId, LeaseSemaphore, get_semaphore
+from app.services import StepCall, StepError, call_service
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(StrEnum):
+    STALE = "stale"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DISCARDED = "discarded"
+
+
+def live_service(snapshot: dict[str, Any]) -> Service:
+    """The job's snapshot of the service, with limits from the live catalog."""
+    service = Service(**snapshot)
+    current = current_catalog().services.get(service.name)
+    if current is None:
+        return service
+    return service.model_copy(
+        update={"concurrency": current.concurrency, "lease_ttl_s": current.lease_ttl_s}
+    )
+
+
+def wake(service: Service, woken: list[LeaseId]) -> None:
+    for lease in woken:
+        enqueue_step(lease.job_id, lease.step_index, lease.attempt, lease.queue)
+
+
+class Heartbeat:
+    """Renews the lease and the step's heartbeat while a call is in flight."""
+
+    def __init__(self, semaphore: LeaseSemaphore, service: Service, lease: LeaseId) -> None:
+        self._semaphore = semaphore
+        self._service = service
+        self._lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cao-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = max(0.2, self._service.lease_ttl_s / 3)
+        lease = self._lease
+        while not self._stop.wait(interval):
+            try:
+                if not self._semaphore.renew(self._service.name, lease, self._service.lease_ttl_s):
+                    log.warning("lease lost while the step runs; its result will be fenced")
+                with session_scope() as session:
+                    repo.heartbeat(
+                        session, uuid.UUID(lease.job_id), lease.step_index, lease.attempt
+                    )
+            except Exception:
+                log.exception("heartbeat failed")
+
+
+def run_step(job_id: uuid.UUID, step_index: int, attempt: int) -> Outcome:
+    with session_scope() as session:
+        run = repo.load_step_run(session, job_id, step_index)
+    if run is None or not run.accepts(attempt):
+        log.info("stale delivery dropped", job_id=str(job_id), step=step_index, attempt=attempt)
+        return Outcome.STALE
+    service = live_service(run.service_spec)
+    bound = log.bind(job_id=str(job_id), step=step_index, attempt=attempt, queue=run.queue)
+    semaphore = get_semaphore()
+    lease = LeaseId(str(job_id), step_index, attempt, run.queue)
+    acquired = semaphore.acquire(service.name, lease, service.lease_ttl_s, service.concurrency)
+    if acquired == LeaseSemaphore.FULL:
+        _wait_for_slot(run, attempt, service, bound)
+        return Outcome.WAITING
+
+    release = True
+    try:
+        with session_scope() as session:
+            claimed = repo.claim_step(session, job_id, step_index, attempt)
+            if claimed:
+                append_event(
+                    session, job_id, EventType.STEP_STARTED,
+                    step_index=step_index, step_name=run.step_name, attempt=attempt,
+                )  # fmt: skip
+            else:
+                # The same attempt already running elsewhere holds this very lease.
+                release = not repo.is_running(session, job_id, step_index, attempt)
+        if not claimed:
+            bound.info("duplicate or stale delivery dropped after lease")
+            return Outcome.STALE
+        bound.info("step started", service=service.name)
+        call = StepCall(
+            job_id=str(job_id),
+            feature_name=run.feature_name,
+            step_index=step_index,
+            step_name=run.step_name,
+            attempt=attempt,
+            input_data=run.input_data,
+            context=run.context,
+        )
+        with Heartbeat(semaphore, service, lease):
+            try:
+                output = call_service(service, call)
+            except StepError as error:
+                return _record_failure(run, attempt, service, error, bound)
+        return _record_success(run, attempt, output, bound)
+    finally:
+        if release:
+            woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
+            wake(service, woken)
+
+
+def _wait_for_slot(run: StepRun, attempt: int, service: Service, bound: Any) -> None:
+    with session_scope() as session:
+        if repo.mark_waiting(session, run.job_id, run.step_index, attempt):
+            append_event(
+                session, run.job_id, EventType.WAITING_FOR_SLOT,
+                step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+                data={"service": service.name, "limit": service.concurrency},
+            )  # fmt: skip
+    bound.info("waiting for a slot", service=service.name, limit=service.concurrency)
+
+
+def _record_success(run: StepRun, attempt: int, output: dict[str, Any], bound: Any) -> Outcome:
+    with session_scope() as session:
+        job = repo.complete_step(session, run.job_id, run.step_index, attempt, output)
+        if job is None:
+            bound.warning("late result discarded: the step moved on without this attempt")
+            return Outcome.DISCARDED
+        append_event(
+            session, run.job_id, EventType.STEP_COMPLETED,
+            step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+            data={"output": output},
+        )  # fmt: skip
+        if job.status == "COMPLETED":
+            append_event(session, run.job_id, EventType.JOB_COMPLETED, data={})
+        else:
+            next_index = run.step_index + 1
+            queue = repo.queue_step(session, run.job_id, next_index)
+            on_commit(session, lambda: enqueue_step(run.job_id, next_index, 1, queue))
+    bound.info("step completed", job_status=job.status)
+    return Outcome.COMPLETED
+
+
+def _record_failure(
+    run: StepRun, attempt: int, service: Service, error: StepError, bound: Any
+) -> Outcome:
+    with session_scope() as session:
+        if error.retryable and attempt < run.max_attempts:
+            delay = retry_delay(service.backoff, attempt, error.retry_after_s)
+            if not repo.retry_step(
+                session, run.job_id, run.step_index, attempt, error=error.message, code=error.code
+            ):
+                return Outcome.DISCARDED
+            append_event(
+                session, run.job_id, EventType.STEP_RETRYING,
+                step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+                data={"error": error.message, "code": error.code, "delay_s": round(delay, 3),
+                      "next_attempt": attempt + 1},
+            )  # fmt: skip
+            on_commit(
+                session,
+                lambda: enqueue_step(run.job_id, run.step_index, attempt + 1, run.queue, delay),
+            )
+            bound.info("step will retry", error=error.message, delay_s=round(delay, 3))
+            return Outcome.RETRYING
+        if not repo.fail_step(
+            session, run.job_id, run.step_index, attempt,
+            error=error.message, code=error.code, retryable=error.retryable,
+        ):  # fmt: skip
+            return Outcome.DISCARDED
+        append_event(
+            session, run.job_id, EventType.JOB_ERROR,
+            step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+            data={"error": error.message, "code": error.code, "retryable": error.retryable},
+        )  # fmt: skip
+    bound.warning("step failed; job failed", error=error.message, retryable=error.retryable)
+    return Outcome.FAILED

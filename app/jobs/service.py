@@ -1,0 +1,141 @@
+"""Job creation and reads: the domain operations the API calls."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.catalog import Catalog
+from app.db import on_commit
+from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
+from app.events.log import append_event
+from app.events.types import EventType
+from app.jobs import repository as repo
+from app.jobs.dispatch import enqueue_step
+from app.jobs.states import JobStatus, StepStatus
+from app.models import Job, JobStep, utcnow
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    job: Job
+    created: bool
+
+
+def request_hash(feature_name: str, input_data: dict[str, Any]) -> str:
+    canonical = json.dumps([feature_name, input_data], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _existing_for_key(session: Session, tenant: str, key: str, digest: str) -> Job | None:
+    job = repo.find_by_idempotency_key(session, tenant, key)
+    if job is not None and job.request_hash != digest:
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+            details={"job_id": str(job.id)},
+        )
+    return job
+
+
+def create_job(
+    session: Session,
+    catalog: Catalog,
+    *,
+    feature_name: str,
+    input_data: dict[str, Any],
+    tenant: str = "default",
+    idempotency_key: str | None = None,
+) -> CreateResult:
+    """Commit a PENDING job with its recipe snapshot; its first step is enqueued after commit."""
+    feature = catalog.features.get(feature_name)
+    if feature is None:
+        raise UnknownFeature(
+            f"unknown feature {feature_name!r}",
+            details={"known_features": sorted(catalog.features)},
+        )
+    digest = request_hash(feature_name, input_data)
+    if idempotency_key is not None:
+        existing = _existing_for_key(session, tenant, idempotency_key, digest)
+        if existing is not None:
+            return CreateResult(existing, created=False)
+
+    services = catalog.recipe(feature_name)
+    now = utcnow()
+    job = Job(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        feature_name=feature_name,
+        status=JobStatus.PENDING,
+        progress=0,
+        current_step=0,
+        total_steps=len(services),
+        input_data=input_data,
+        context={},
+        recipe={"steps": [{"name": s.name, "service": s.model_dump()} for s in services]},
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        last_seq=0,
+        created_at=now,
+        updated_at=now,
+    )
+    steps = [
+        JobStep(
+            job_id=job.id,
+            step_index=index,
+            step_name=service.name,
+            queue=service.queue,
+            status=StepStatus.QUEUED if index == 0 else StepStatus.PENDING,
+            attempt=1 if index == 0 else 0,
+            max_attempts=service.max_attempts,
+            queued_at=now if index == 0 else None,
+        )
+        for index, service in enumerate(services)
+    ]
+    try:
+        with session.begin_nested():
+            repo.add_job(session, job, steps)
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the insert.
+        if idempotency_key is None:
+            raise
+        existing = _existing_for_key(session, tenant, idempotency_key, digest)
+        if existing is None:
+            raise
+        return CreateResult(existing, created=False)
+    append_event(session, job.id, EventType.JOB_CREATED, data={"steps": feature.steps})
+    first_queue = steps[0].queue
+    on_commit(session, lambda: enqueue_step(job.id, 0, 1, first_queue))
+    return CreateResult(job, created=True)
+
+
+def get_job_or_404(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job:
+    job = repo.get_job(session, job_id)
+    # Another tenant's job is reported as missing, not forbidden: no existence leak.
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise JobNotFound(job_id)
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
+    except (ValueError, TypeError) as exc:
+        raise GatewayError(
+            "cursor is not valid; use next_cursor from a previous page", code="invalid_cursor"
+        ) from exc

@@ -1,0 +1,200 @@
+"""Per-service lease semaphore in Redis: the only module that knows its keys.
+
+One sorted set per service holds lease ids scored by expiry (ms, from Redis `TIME`,
+never a worker's clock); only unexpired members count against the limit, so a lease
+whose worker died frees its slot after `lease_ttl_s` even before it is reaped.
+A step that finds its service full is put on the service's wait list in the same
+script; releasing a lease hands the freed slot straight to the oldest waiter (the
+lease is created for it), so a waiting step never busy-polls and a newcomer cannot
+steal the slot. Lease ids are `job_id:step_index:attempt:queue`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from app.redis_client import get_redis
+
+_PREFIX = "cao:lease:"
+_WAIT_PREFIX = "cao:wait:"
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: leases, waiters. ARGV: lease_id, ttl_ms, limit, wait_if_full (0/1).
+# Returns 1 acquired, 2 already held (handed over or a duplicate delivery), 0 full.
+_ACQUIRE = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held and tonumber(held) >= now then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  return 2
+end
+if redis.call('ZCOUNT', KEYS[1], now, '+inf') < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 1
+end
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1])
+end
+return 0
+"""
+)
+
+# KEYS: leases. ARGV: lease_id, ttl_ms. 1 renewed, 0 lost (expired or reaped).
+_RENEW = (
+    _NOW
+    + """
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held and tonumber(held) >= now then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  return 1
+end
+return 0
+"""
+)
+
+# KEYS: leases, waiters. ARGV: lease_id ('' to only wake), ttl_ms, limit, max_wake.
+# Removes the lease, then hands free slots to the oldest waiters; returns their ids.
+_RELEASE_AND_WAKE = (
+    _NOW
+    + """
+if ARGV[1] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local ttl = tonumber(ARGV[2])
+local free = tonumber(ARGV[3]) - redis.call('ZCOUNT', KEYS[1], now, '+inf')
+local woken = {}
+while free > 0 and #woken < tonumber(ARGV[4]) do
+  local popped = redis.call('ZPOPMIN', KEYS[2])
+  if #popped == 0 then break end
+  redis.call('ZADD', KEYS[1], now + ttl, popped[1])
+  table.insert(woken, popped[1])
+  free = free - 1
+end
+return woken
+"""
+)
+
+# KEYS: leases. Removes and returns every expired lease id.
+_REAP = (
+    _NOW
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 1)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1)
+end
+return expired
+"""
+)
+
+_COUNT = (
+    _NOW
+    + """
+return {redis.call('ZCOUNT', KEYS[1], now, '+inf'), redis.call('ZCARD', KEYS[2])}
+"""
+)
+
+
+@dataclass(frozen=True)
+class LeaseId:
+    job_id: str
+    step_index: int
+    attempt: int
+    queue: str
+
+    def __str__(self) -> str:
+        return f"{self.job_id}:{self.step_index}:{self.attempt}:{self.queue}"
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> LeaseId:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        job_id, step_index, attempt, queue = text.split(":", 3)
+        return cls(job_id, int(step_index), int(attempt), queue)
+
+
+@dataclass(frozen=True)
+class Usage:
+    in_use: int
+    waiting: int
+
+
+class LeaseSemaphore:
+    """The lease operations for one Redis; scripts are registered once per client."""
+
+    ACQUIRED = 1
+    ALREADY_HELD = 2
+    FULL = 0
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE_AND_WAKE)
+        self._reap = client.register_script(_REAP)
+        self._count = client.register_script(_COUNT)
+
+    @staticmethod
+    def keys(service: str) -> list[str]:
+        return [_PREFIX + service, _WAIT_PREFIX + service]
+
+    def acquire(
+        self, service: str, lease: LeaseId, ttl_s: float, limit: int, *, wait: bool = True
+    ) -> int:
+        return int(
+            self._acquire(
+                keys=self.keys(service),
+                args=[str(lease), int(ttl_s * 1000), limit, "1" if wait else "0"],
+            )
+        )
+
+    def renew(self, service: str, lease: LeaseId, ttl_s: float) -> bool:
+        return bool(self._renew(keys=self.keys(service)[:1], args=[str(lease), int(ttl_s * 1000)]))
+
+    def release(self, service: str, lease: LeaseId, ttl_s: float, limit: int) -> list[LeaseId]:
+        """Drop the lease (tolerates one already expired or reaped); returns steps woken."""
+        return self._wake(service, str(lease), ttl_s, limit, max_wake=1)
+
+    def wake_waiters(self, service: str, ttl_s: float, limit: int) -> list[LeaseId]:
+        """Hand every free slot to a waiter (a raised limit, or a lost wake-up)."""
+        return self._wake(service, "", ttl_s, limit, max_wake=limit)
+
+    def _wake(
+        self, service: str, lease: str, ttl_s: float, limit: int, max_wake: int
+    ) -> list[LeaseId]:
+        woken = self._release(
+            keys=self.keys(service), args=[lease, int(ttl_s * 1000), limit, max_wake]
+        )
+        return [LeaseId.parse(raw) for raw in woken]
+
+    def reap_expired(self, service: str) -> list[LeaseId]:
+        return [LeaseId.parse(raw) for raw in self._reap(keys=self.keys(service)[:1])]
+
+    def usage(self, service: str) -> Usage:
+        in_use, waiting = self._count(keys=self.keys(service))
+        return Usage(int(in_use), int(waiting))
+
+    def forget_waiter(self, service: str, lease: LeaseId) -> None:
+        self._redis.zrem(self.keys(service)[1], str(lease))
+
+
+_semaphore: LeaseSemaphore | None = None
+
+
+def get_semaphore() -> LeaseSemaphore:
+    global _semaphore
+    if _semaphore is None:
+        _semaphore = LeaseSemaphore(get_redis())
+    return _semaphore
+
+
+def reset_semaphore() -> None:
+    global _semaphore
+    _semaphore = None

@@ -1,0 +1,52 @@
+"""create_app(): routers, error handlers, body limit and the process lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from app.api import catalog, health, jobs, metrics
+from app.api.errors import BodySizeLimit, install_error_handlers
+from app.catalog import current_catalog
+from app.config import get_settings
+from app.db import dispose_db, init_db
+from app.logs import configure_logging
+from app.redis_client import close_redis
+
+log = structlog.get_logger(__name__)
+API_PREFIX = "/api/v1"
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    configure_logging("api")
+    catalog = current_catalog()  # an invalid catalog stops start-up here, naming the key
+    if settings.run_migrations_on_startup:
+        from app.migrate import upgrade_with_retries
+
+        upgrade_with_retries()
+    init_db()
+    log.info("api ready", features=sorted(catalog.features), catalog=catalog.source)
+    yield
+    close_redis()
+    dispose_db()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="CAO Gateway",
+        version="0.1.0",
+        summary="Orchestration gateway for multi-step AI workflows",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (jobs.router, catalog.router, health.router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(metrics.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

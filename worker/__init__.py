@@ -1,0 +1,1 @@
+"""The Celery side of the gateway: app, queues, tasks and the Beat schedule."""

@@ -1,0 +1,83 @@
+"""The Celery instance, configured from Settings for at-least-once delivery.
+
+Reliability: acks_late + reject_on_worker_lost (a killed worker's message comes
+back), prefetch 1 (a long step never hoards messages), and a broker visibility
+timeout longer than any step so a slow step is not redelivered while it runs.
+Routing is per message: each step is sent to its service's queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from app.catalog import current_catalog
+from app.config import get_settings
+
+settings = get_settings()
+
+celery_app = Celery(
+    "cao", broker=settings.redis_url, include=["worker.tasks", "worker.maintenance"]
+)
+celery_app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    result_backend=None,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue="default",
+    task_create_missing_queues=True,
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+    timezone="UTC",
+    enable_utc=True,
+)
+
+
+class UnsafeVisibilityTimeout(RuntimeError):
+    pass
+
+
+def check_visibility_timeout() -> None:
+    """Refuse to run when a step could outlive the broker's visibility timeout."""
+    longest = current_catalog().longest_timeout_s
+    timeout = settings.broker_visibility_timeout_s
+    if timeout <= longest:
+        raise UnsafeVisibilityTimeout(
+            f"BROKER_VISIBILITY_TIMEOUT_S={timeout} must be longer than the longest step "
+            f"timeout_s in the catalog ({longest:g}s), or running steps would be redelivered"
+        )
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    from app.logs import configure_logging
+
+    configure_logging("worker")
+    check_visibility_timeout()
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    # Engine, Redis and httpx clients are per process: build them after fork.
+    from app.db import init_db
+    from app.logs import configure_logging
+
+    configure_logging("worker")
+    init_db()
+
+
+@signals.worker_process_shutdown.connect
+def _on_process_shutdown(**_: Any) -> None:
+    from app.db import dispose_db
+    from app.redis_client import close_redis
+    from app.services.http import close_client
+
+    close_client()
+    close_redis()
+    dispose_db()

@@ -1,0 +1,1 @@
+"""Beat tasks: find work and fan it out (stuck jobs, expired leases, retention)."""

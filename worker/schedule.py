@@ -1,0 +1,1 @@
+"""The Beat schedule: the only place schedules live."""

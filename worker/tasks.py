@@ -1,0 +1,26 @@
+"""Thin Celery tasks: parse the message, call the runner, map infrastructure errors."""
+
+from __future__ import annotations
+
+import uuid
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError
+
+from app.db import init_db
+from app.jobs import runner
+from app.jobs.dispatch import RUN_STEP_TASK
+from worker.celery_app import celery_app
+
+
+@celery_app.task(
+    name=RUN_STEP_TASK,
+    # A database or Redis blip re-runs the same delivery; the step fence makes it safe.
+    autoretry_for=(OperationalError, RedisConnectionError),
+    retry_backoff=0.5,
+    retry_backoff_max=30,
+    max_retries=20,
+)
+def run_step(job_id: str, step_index: int, attempt: int) -> str:
+    init_db()
+    return str(runner.run_step(uuid.UUID(job_id), step_index, attempt))
