@@ -6,7 +6,7 @@ whose worker died frees its slot after `lease_ttl_s` even before it is reaped.
 A step that finds its service full is put on the service's wait list in the same
 script; releasing a lease hands the freed slot straight to the oldest waiter (the
 lease is created for it), so a waiting step never busy-polls and a newcomer cannot
-steal the slot. Lease ids are `job_id:step_index:attempt:queue`.
+steal the slot. Lease ids are `job_id:step_index:fence:queue` (see app/jobs/repository.py).
 """
 
 from __future__ import annotations
@@ -107,17 +107,17 @@ return {redis.call('ZCOUNT', KEYS[1], now, '+inf'), redis.call('ZCARD', KEYS[2])
 class LeaseId:
     job_id: str
     step_index: int
-    attempt: int
+    fence: int
     queue: str
 
     def __str__(self) -> str:
-        return f"{self.job_id}:{self.step_index}:{self.attempt}:{self.queue}"
+        return f"{self.job_id}:{self.step_index}:{self.fence}:{self.queue}"
 
     @classmethod
     def parse(cls, raw: str | bytes) -> LeaseId:
         text = raw.decode() if isinstance(raw, bytes) else raw
-        job_id, step_index, attempt, queue = text.split(":", 3)
-        return cls(job_id, int(step_index), int(attempt), queue)
+        job_id, step_index, fence, queue = text.split(":", 3)
+        return cls(job_id, int(step_index), int(fence), queue)
 
 
 @dataclass(frozen=True)

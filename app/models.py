@@ -101,8 +101,11 @@ class JobStep(Base):
     step_name: Mapped[str] = mapped_column(String(100))
     queue: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20))
-    # The attempt a delivery must carry to act on this step; 0 until first enqueued.
+    # The attempt people and services see: 1.. per run of the step, reset by resume.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # The token a delivery must carry to act on this step; rises with every attempt,
+    # recovery and resume, so a stale delivery can never match again.
+    fence: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)

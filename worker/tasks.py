@@ -21,6 +21,6 @@ from worker.celery_app import celery_app
     retry_backoff_max=30,
     max_retries=20,
 )
-def run_step(job_id: str, step_index: int, attempt: int) -> str:
+def run_step(job_id: str, step_index: int, fence: int) -> str:
     init_db()
-    return str(runner.run_step(uuid.UUID(job_id), step_index, attempt))
+    return str(runner.run_step(uuid.UUID(job_id), step_index, fence))

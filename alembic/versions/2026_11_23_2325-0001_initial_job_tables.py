@@ -81,6 +81,7 @@ def upgrade() -> None:
         sa.Column("queue", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("fence", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("output", sa.JSON(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),

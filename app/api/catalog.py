@@ -44,11 +44,13 @@ def list_services(catalog: CatalogDep) -> dict[str, Any]:
         depths = {}
     services = []
     for service in catalog.services.values():
+        in_use: int | None = None
+        waiting: int | None = None
         try:
             usage = semaphore.usage(service.name)
             in_use, waiting = usage.in_use, usage.waiting
         except RedisError:
-            in_use = waiting = None
+            pass
         services.append(
             {
                 "name": service.name,

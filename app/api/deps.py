@@ -20,6 +20,12 @@ def get_session() -> Iterator[Session]:
 
 
 def get_principal() -> Principal:
+    """The caller of an HTTP request (API keys arrive with the auth work)."""
+    return OPEN_ACCESS
+
+
+def get_ws_principal() -> Principal:
+    """The caller of a WebSocket (same keys as HTTP; browsers may pass ?api_key=)."""
     return OPEN_ACCESS
 
 
@@ -27,3 +33,4 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(current_catalog)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+WsPrincipalDep = Annotated[Principal, Depends(get_ws_principal)]

@@ -73,7 +73,9 @@ class GatewayCollector(Collector):
                 )
                 totals: dict[str, list[float]] = {}
                 for name, started, finished in session.execute(recent):
-                    totals.setdefault(name, []).append((finished - started).total_seconds())
+                    if started is not None and finished is not None:
+                        seconds = (finished - started).total_seconds()
+                        totals.setdefault(name, []).append(seconds)
                 for name, values in totals.items():
                     latency.add_metric([name], sum(values) / len(values))
         except Exception as exc:

@@ -1,4 +1,7 @@
-"""The one door from app/ to the worker: put a step attempt on its Celery queue."""
+"""The one door from app/ to the worker: put a step delivery on its Celery queue.
+
+A message carries (job_id, step_index, fence); see app/jobs/repository.py.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ RUN_STEP_TASK = "cao.run_step"
 def enqueue_step(
     job_id: uuid.UUID | str,
     step_index: int,
-    attempt: int,
+    fence: int,
     queue: str,
     countdown: float | None = None,
 ) -> None:
@@ -18,7 +21,7 @@ def enqueue_step(
 
     celery_app.send_task(
         RUN_STEP_TASK,
-        args=[str(job_id), step_index, attempt],
+        args=[str(job_id), step_index, fence],
         queue=queue,
         countdown=countdown if countdown and countdown > 0 else None,
         # Fail fast when the broker is down: the committed step is found again by Beat.

@@ -1,5 +1,9 @@
 """All job and step SQL. State changes are conditional updates: a zero row count
-means another delivery, a cancel or a newer attempt won, which is a normal outcome."""
+means another delivery, a cancel or a newer attempt won, which is a normal outcome.
+
+Each step row carries a `fence`: a token that rises with every new attempt, recovery
+and resume, and that a delivery must present to act on the step. (`attempt` is what
+people and services see; it restarts at 1 on resume, so it cannot fence.)"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import CursorResult, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, JobStatus, StepStatus, progress_for
@@ -31,14 +35,19 @@ class StepRun:
     queue: str
     status: str
     attempt: int
+    fence: int
     max_attempts: int
 
-    def accepts(self, attempt: int) -> bool:
+    def accepts(self, fence: int) -> bool:
         return (
-            self.job_status in ACTIVE_JOB
-            and self.attempt == attempt
-            and self.status in CLAIMABLE_STEP
+            self.job_status in ACTIVE_JOB and self.fence == fence and self.status in CLAIMABLE_STEP
         )
+
+
+def _execute(session: Session, statement: Any) -> int:
+    """Run an UPDATE and return how many rows it changed."""
+    result = session.execute(statement)
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _step(job_id: uuid.UUID, step_index: int) -> Any:
@@ -97,19 +106,21 @@ def load_step_run(session: Session, job_id: uuid.UUID, step_index: int) -> StepR
         queue=step.queue,
         status=step.status,
         attempt=step.attempt,
+        fence=step.fence,
         max_attempts=step.max_attempts,
     )
 
 
-def queue_step(session: Session, job_id: uuid.UUID, step_index: int, attempt: int = 1) -> str:
-    """Put a step on its queue as attempt `attempt`; returns the queue name."""
+def queue_step(session: Session, job_id: uuid.UUID, step_index: int) -> tuple[str, int]:
+    """Put a step on its queue as a fresh attempt 1; returns (queue, fence)."""
     now = utcnow()
-    return session.execute(
+    queue, fence = session.execute(
         update(JobStep)
         .where(_step(job_id, step_index))
         .values(
             status=StepStatus.QUEUED,
-            attempt=attempt,
+            attempt=1,
+            fence=JobStep.fence + 1,
             queued_at=now,
             started_at=None,
             heartbeat_at=None,
@@ -118,38 +129,41 @@ def queue_step(session: Session, job_id: uuid.UUID, step_index: int, attempt: in
             error_code=None,
             retryable=None,
         )
-        .returning(JobStep.queue)
-    ).scalar_one()
+        .returning(JobStep.queue, JobStep.fence)
+    ).one()
+    return queue, fence
 
 
-def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, attempt: int) -> bool:
-    result = session.execute(
+def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
+    result = _execute(
+        session,
         update(JobStep)
         .where(
             _step(job_id, step_index),
-            JobStep.attempt == attempt,
+            JobStep.fence == fence,
             JobStep.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
             _job_active(job_id),
         )
-        .values(status=StepStatus.WAITING_FOR_SLOT)
+        .values(status=StepStatus.WAITING_FOR_SLOT),
     )
-    return result.rowcount == 1
+    return result == 1
 
 
-def claim_step(session: Session, job_id: uuid.UUID, step_index: int, attempt: int) -> bool:
-    """Start `attempt` of a step; False when the delivery is stale or a duplicate."""
+def claim_step(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
+    """Start the step for the delivery holding `fence`; False when stale or a duplicate."""
     now = utcnow()
-    result = session.execute(
+    result = _execute(
+        session,
         update(JobStep)
         .where(
             _step(job_id, step_index),
-            JobStep.attempt == attempt,
+            JobStep.fence == fence,
             JobStep.status.in_(CLAIMABLE_STEP),
             _job_active(job_id),
         )
-        .values(status=StepStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None)
+        .values(status=StepStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None),
     )
-    if result.rowcount != 1:
+    if result != 1:
         return False
     session.execute(
         update(Job)
@@ -164,46 +178,48 @@ def claim_step(session: Session, job_id: uuid.UUID, step_index: int, attempt: in
     return True
 
 
-def is_running(session: Session, job_id: uuid.UUID, step_index: int, attempt: int) -> bool:
+def is_running(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
     step = session.get(JobStep, (job_id, step_index), populate_existing=True)
-    return step is not None and step.attempt == attempt and step.status == StepStatus.RUNNING
+    return step is not None and step.fence == fence and step.status == StepStatus.RUNNING
 
 
-def heartbeat(session: Session, job_id: uuid.UUID, step_index: int, attempt: int) -> bool:
-    result = session.execute(
+def heartbeat(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
+    result = _execute(
+        session,
         update(JobStep)
         .where(
             _step(job_id, step_index),
-            JobStep.attempt == attempt,
+            JobStep.fence == fence,
             JobStep.status == StepStatus.RUNNING,
         )
-        .values(heartbeat_at=utcnow())
+        .values(heartbeat_at=utcnow()),
     )
-    return result.rowcount == 1
+    return result == 1
 
 
 def _finish_running_step(
-    session: Session, job_id: uuid.UUID, step_index: int, attempt: int, **values: Any
+    session: Session, job_id: uuid.UUID, step_index: int, held_fence: int, **values: Any
 ) -> bool:
-    result = session.execute(
+    result = _execute(
+        session,
         update(JobStep)
         .where(
             _step(job_id, step_index),
-            JobStep.attempt == attempt,
+            JobStep.fence == held_fence,
             JobStep.status == StepStatus.RUNNING,
         )
-        .values(**values)
+        .values(**values),
     )
-    return result.rowcount == 1
+    return result == 1
 
 
 def complete_step(
-    session: Session, job_id: uuid.UUID, step_index: int, attempt: int, output: dict[str, Any]
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int, output: dict[str, Any]
 ) -> Job | None:
     """Commit a step's output and advance the job; None when this result is stale."""
     now = utcnow()
     if not _finish_running_step(
-        session, job_id, step_index, attempt,
+        session, job_id, step_index, fence,
         status=StepStatus.COMPLETED, output=output, finished_at=now,
         error=None, error_code=None, retryable=None,
     ):  # fmt: skip
@@ -230,24 +246,27 @@ def retry_step(
     session: Session,
     job_id: uuid.UUID,
     step_index: int,
-    attempt: int,
+    fence: int,
     *,
     error: str,
     code: str,
-) -> bool:
-    """Give up on `attempt` and make `attempt + 1` the only one a delivery may run."""
-    return _finish_running_step(
-        session, job_id, step_index, attempt,
-        status=StepStatus.RETRYING, attempt=attempt + 1, error=error, error_code=code,
+) -> int | None:
+    """Give up on this attempt; returns the fence of the next one (None when stale)."""
+    if not _finish_running_step(
+        session, job_id, step_index, fence,
+        status=StepStatus.RETRYING, attempt=JobStep.attempt + 1, fence=fence + 1,
+        error=error, error_code=code,
         retryable=True, queued_at=utcnow(), heartbeat_at=None,
-    )  # fmt: skip
+    ):  # fmt: skip
+        return None
+    return fence + 1
 
 
 def fail_step(
     session: Session,
     job_id: uuid.UUID,
     step_index: int,
-    attempt: int,
+    fence: int,
     *,
     error: str,
     code: str,
@@ -255,7 +274,7 @@ def fail_step(
 ) -> bool:
     now = utcnow()
     if not _finish_running_step(
-        session, job_id, step_index, attempt,
+        session, job_id, step_index, fence,
         status=StepStatus.FAILED, error=error, error_code=code, retryable=retryable,
         finished_at=now,
     ):  # fmt: skip
@@ -268,7 +287,8 @@ def fail_job(
     session: Session, job_id: uuid.UUID, *, error: str, code: str, retryable: bool
 ) -> bool:
     now = utcnow()
-    result = session.execute(
+    result = _execute(
+        session,
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
         .values(
@@ -278,9 +298,9 @@ def fail_job(
             retryable=retryable,
             finished_at=now,
             updated_at=now,
-        )
+        ),
     )
-    return result.rowcount == 1
+    return result == 1
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Runs one delivery of one step attempt: lease → claim → call → commit → next.
 
-Every delivery carries (job_id, step_index, attempt). Only the delivery whose
-attempt matches the step row and whose claim wins the conditional update calls the
-service; its result is committed only if the step is still RUNNING that attempt.
+Every delivery carries (job_id, step_index, fence). Only the delivery whose fence
+matches the step row and whose claim wins the conditional update calls the service;
+its result is committed only if the step is still RUNNING under that fence.
 Duplicate, late and zombie deliveries therefore change nothing.
 """
 
@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+from sqlalchemy.orm import Session
 
 from app.catalog import Service, current_catalog
 from app.db import on_commit, session_scope
@@ -51,7 +52,7 @@ def live_service(snapshot: dict[str, Any]) -> Service:
 
 def wake(service: Service, woken: list[LeaseId]) -> None:
     for lease in woken:
-        enqueue_step(lease.job_id, lease.step_index, lease.attempt, lease.queue)
+        enqueue_step(lease.job_id, lease.step_index, lease.fence, lease.queue)
 
 
 class Heartbeat:
@@ -80,40 +81,38 @@ class Heartbeat:
                 if not self._semaphore.renew(self._service.name, lease, self._service.lease_ttl_s):
                     log.warning("lease lost while the step runs; its result will be fenced")
                 with session_scope() as session:
-                    repo.heartbeat(
-                        session, uuid.UUID(lease.job_id), lease.step_index, lease.attempt
-                    )
+                    repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
             except Exception:
                 log.exception("heartbeat failed")
 
 
-def run_step(job_id: uuid.UUID, step_index: int, attempt: int) -> Outcome:
+def run_step(job_id: uuid.UUID, step_index: int, fence: int) -> Outcome:
     with session_scope() as session:
         run = repo.load_step_run(session, job_id, step_index)
-    if run is None or not run.accepts(attempt):
-        log.info("stale delivery dropped", job_id=str(job_id), step=step_index, attempt=attempt)
+    if run is None or not run.accepts(fence):
+        log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
         return Outcome.STALE
     service = live_service(run.service_spec)
-    bound = log.bind(job_id=str(job_id), step=step_index, attempt=attempt, queue=run.queue)
+    bound = log.bind(job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue)
     semaphore = get_semaphore()
-    lease = LeaseId(str(job_id), step_index, attempt, run.queue)
+    lease = LeaseId(str(job_id), step_index, fence, run.queue)
     acquired = semaphore.acquire(service.name, lease, service.lease_ttl_s, service.concurrency)
     if acquired == LeaseSemaphore.FULL:
-        _wait_for_slot(run, attempt, service, bound)
+        _wait_for_slot(run, service, bound)
         return Outcome.WAITING
 
     release = True
     try:
         with session_scope() as session:
-            claimed = repo.claim_step(session, job_id, step_index, attempt)
+            claimed = repo.claim_step(session, job_id, step_index, fence)
             if claimed:
                 append_event(
                     session, job_id, EventType.STEP_STARTED,
-                    step_index=step_index, step_name=run.step_name, attempt=attempt,
+                    step_index=step_index, step_name=run.step_name, attempt=run.attempt,
                 )  # fmt: skip
             else:
-                # The same attempt already running elsewhere holds this very lease.
-                release = not repo.is_running(session, job_id, step_index, attempt)
+                # The same fence already running elsewhere holds this very lease.
+                release = not repo.is_running(session, job_id, step_index, fence)
         if not claimed:
             bound.info("duplicate or stale delivery dropped after lease")
             return Outcome.STALE
@@ -123,7 +122,7 @@ def run_step(job_id: uuid.UUID, step_index: int, attempt: int) -> Outcome:
             feature_name=run.feature_name,
             step_index=step_index,
             step_name=run.step_name,
-            attempt=attempt,
+            attempt=run.attempt,
             input_data=run.input_data,
             context=run.context,
         )
@@ -131,77 +130,82 @@ def run_step(job_id: uuid.UUID, step_index: int, attempt: int) -> Outcome:
             try:
                 output = call_service(service, call)
             except StepError as error:
-                return _record_failure(run, attempt, service, error, bound)
-        return _record_success(run, attempt, output, bound)
+                return _record_failure(run, service, error, bound)
+        return _record_success(run, output, bound)
     finally:
         if release:
             woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
             wake(service, woken)
 
 
-def _wait_for_slot(run: StepRun, attempt: int, service: Service, bound: Any) -> None:
+def _wait_for_slot(run: StepRun, service: Service, bound: Any) -> None:
     with session_scope() as session:
-        if repo.mark_waiting(session, run.job_id, run.step_index, attempt):
+        if repo.mark_waiting(session, run.job_id, run.step_index, run.fence):
             append_event(
                 session, run.job_id, EventType.WAITING_FOR_SLOT,
-                step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+                step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
                 data={"service": service.name, "limit": service.concurrency},
             )  # fmt: skip
     bound.info("waiting for a slot", service=service.name, limit=service.concurrency)
 
 
-def _record_success(run: StepRun, attempt: int, output: dict[str, Any], bound: Any) -> Outcome:
+def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome:
     with session_scope() as session:
-        job = repo.complete_step(session, run.job_id, run.step_index, attempt, output)
+        job = repo.complete_step(session, run.job_id, run.step_index, run.fence, output)
         if job is None:
             bound.warning("late result discarded: the step moved on without this attempt")
             return Outcome.DISCARDED
         append_event(
             session, run.job_id, EventType.STEP_COMPLETED,
-            step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
             data={"output": output},
         )  # fmt: skip
         if job.status == "COMPLETED":
             append_event(session, run.job_id, EventType.JOB_COMPLETED, data={})
         else:
             next_index = run.step_index + 1
-            queue = repo.queue_step(session, run.job_id, next_index)
-            on_commit(session, lambda: enqueue_step(run.job_id, next_index, 1, queue))
+            queue, fence = repo.queue_step(session, run.job_id, next_index)
+            on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
     bound.info("step completed", job_status=job.status)
     return Outcome.COMPLETED
 
 
-def _record_failure(
-    run: StepRun, attempt: int, service: Service, error: StepError, bound: Any
-) -> Outcome:
+def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any) -> Outcome:
     with session_scope() as session:
-        if error.retryable and attempt < run.max_attempts:
-            delay = retry_delay(service.backoff, attempt, error.retry_after_s)
-            if not repo.retry_step(
-                session, run.job_id, run.step_index, attempt, error=error.message, code=error.code
-            ):
-                return Outcome.DISCARDED
-            append_event(
-                session, run.job_id, EventType.STEP_RETRYING,
-                step_index=run.step_index, step_name=run.step_name, attempt=attempt,
-                data={"error": error.message, "code": error.code, "delay_s": round(delay, 3),
-                      "next_attempt": attempt + 1},
-            )  # fmt: skip
-            on_commit(
-                session,
-                lambda: enqueue_step(run.job_id, run.step_index, attempt + 1, run.queue, delay),
-            )
-            bound.info("step will retry", error=error.message, delay_s=round(delay, 3))
-            return Outcome.RETRYING
+        if error.retryable and run.attempt < run.max_attempts:
+            return _schedule_retry(session, run, service, error, bound)
         if not repo.fail_step(
-            session, run.job_id, run.step_index, attempt,
+            session, run.job_id, run.step_index, run.fence,
             error=error.message, code=error.code, retryable=error.retryable,
         ):  # fmt: skip
             return Outcome.DISCARDED
         append_event(
             session, run.job_id, EventType.JOB_ERROR,
-            step_index=run.step_index, step_name=run.step_name, attempt=attempt,
+            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
             data={"error": error.message, "code": error.code, "retryable": error.retryable},
         )  # fmt: skip
     bound.warning("step failed; job failed", error=error.message, retryable=error.retryable)
     return Outcome.FAILED
+
+
+def _schedule_retry(
+    session: Session, run: StepRun, service: Service, error: StepError, bound: Any
+) -> Outcome:
+    delay = retry_delay(service.backoff, run.attempt, error.retry_after_s)
+    next_fence = repo.retry_step(
+        session, run.job_id, run.step_index, run.fence, error=error.message, code=error.code
+    )
+    if next_fence is None:
+        return Outcome.DISCARDED
+    append_event(
+        session, run.job_id, EventType.STEP_RETRYING,
+        step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
+        data={"error": error.message, "code": error.code, "delay_s": round(delay, 3),
+              "next_attempt": run.attempt + 1},
+    )  # fmt: skip
+    # The retry waits in the broker (an ETA message), not in a worker slot.
+    on_commit(
+        session, lambda: enqueue_step(run.job_id, run.step_index, next_fence, run.queue, delay)
+    )
+    bound.info("step will retry", error=error.message, delay_s=round(delay, 3))
+    return Outcome.RETRYING

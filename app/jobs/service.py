@@ -95,6 +95,7 @@ def create_job(
             queue=service.queue,
             status=StepStatus.QUEUED if index == 0 else StepStatus.PENDING,
             attempt=1 if index == 0 else 0,
+            fence=1 if index == 0 else 0,
             max_attempts=service.max_attempts,
             queued_at=now if index == 0 else None,
         )
@@ -113,7 +114,7 @@ def create_job(
         return CreateResult(existing, created=False)
     append_event(session, job.id, EventType.JOB_CREATED, data={"steps": feature.steps})
     first_queue = steps[0].queue
-    on_commit(session, lambda: enqueue_step(job.id, 0, 1, first_queue))
+    on_commit(session, lambda: enqueue_step(job.id, 0, steps[0].fence, first_queue))
     return CreateResult(job, created=True)
 
 
