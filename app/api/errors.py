@@ -89,20 +89,27 @@ class BodySizeLimit:
             await self._reject(send)
             return
         seen = 0
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            # Past the limit we answer 413 ourselves and tell the app the client left.
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    rejected = True
+                    await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(send)
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
     async def _reject(self, send: Send) -> None:
         response = JSONResponse(
@@ -112,10 +119,6 @@ class BodySizeLimit:
             status_code=413,
         )
         await response({"type": "http"}, _empty_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _empty_receive() -> Message:

@@ -1,0 +1,117 @@
+"""The catalog: defaults, ${VAR:-default} expansion, and errors that name file and key."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from app.catalog import CatalogError, expand_env, load_catalog, parse_catalog
+from tests.harness import CAO, free_port
+
+
+def test_default_catalog_ships_both_features():
+    catalog = load_catalog()
+    assert catalog.features["business_plan"].steps == [
+        "prompt_enhancer", "fast_chat_llm", "summarizer_pro", "email_notifier",
+    ]  # fmt: skip
+    assert catalog.features["viral_video"].steps == [
+        "prompt_enhancer", "video_gen_v2", "email_notifier",
+    ]  # fmt: skip
+    assert catalog.services["video_gen_v2"].queue == "heavy"
+    assert set(catalog.queues) == {"heavy", "medium", "default"}
+
+
+def test_env_expansion():
+    env = {"SET": "http://svc:1"}
+    assert expand_env("${SET:-http://x}/a", "k", env) == "http://svc:1/a"
+    assert expand_env("${UNSET:-http://x}/a", "k", env) == "http://x/a"
+    with pytest.raises(CatalogError, match="k: environment variable UNSET is not set"):
+        expand_env("${UNSET}/a", "k", env)
+    with pytest.raises(CatalogError, match="unsupported variable syntax"):
+        expand_env("${SET:=oops}", "k", env)
+
+
+def test_omitted_fields_take_defaults():
+    catalog = parse_catalog(
+        "services:\n  s: {kind: python, target: 'app.steps:noop'}\nfeatures:\n  f: {steps: [s]}\n",
+        "f.yaml",
+    )
+    service = catalog.services["s"]
+    assert (service.queue, service.concurrency, service.max_attempts) == ("default", 10, 3)
+
+
+ONE_SERVICE = "services:\n  s: {kind: http, url: 'http://x', %s}\nfeatures: {f: {steps: [s]}}\n"
+BAD = [
+    (
+        "features:\n  f: {steps: [ghost]}\nservices: {}\n",
+        "f.yaml: features.f.steps[0]: unknown service 'ghost'",
+    ),
+    (
+        ONE_SERVICE % "concurrency: -1",
+        "f.yaml: services.s.concurrency",
+    ),
+    (
+        ONE_SERVICE % "queue: 'bad queue'",
+        "services.s: Value error, queue 'bad queue'",
+    ),
+    ("services:\n  s: {kind: http}\nfeatures: {f: {steps: [s]}}\n", "kind http needs url"),
+    (
+        "services:\n  s: {kind: python, target: nomodule}\nfeatures: {f: {steps: [s]}}\n",
+        "kind python needs target",
+    ),
+    (
+        "services:\n  s: {kind: grpc, url: 'http://x'}\nfeatures: {f: {steps: [s]}}\n",
+        "services.s.kind",
+    ),
+    (
+        "services:\n  s: {kind: http, url: 'http://x', timeout: 3}\nfeatures: {f: {steps: [s]}}\n",
+        "services.s.timeout: Extra inputs are not permitted",
+    ),
+    (
+        "services:\n  s: {kind: http, url: '${X:=y}'}\nfeatures: {f: {steps: [s]}}\n",
+        "f.yaml: services.s.url: unsupported variable syntax",
+    ),
+    ("services: [1]\n", "f.yaml: services: expected a mapping"),
+    ("services: {}\n", "at least one feature"),
+    ("wat: 1\n", "unknown top-level key"),
+    (": : :\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_invalid_catalog_names_file_and_key(text, message):
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(text, "f.yaml")
+    assert message in str(info.value)
+
+
+def test_api_refuses_to_start_on_an_invalid_catalog(tmp_path, env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "services:\n  s: {kind: http, url: 'http://x', max_attempts: 0}\n"
+        "features: {f: {steps: [s]}}\n"
+    )
+    result = subprocess.run(
+        [*CAO, "api", "--port", str(free_port())],
+        env={**env, "CAO_CATALOG": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"{bad}: services.s.max_attempts" in result.stdout + result.stderr
+
+
+def test_worker_refuses_to_start_on_an_invalid_catalog(tmp_path, env):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services: {}\nfeatures:\n  f: {steps: [missing]}\n")
+    result = subprocess.run(
+        [*CAO, "worker", "-Q", "default"],
+        env={**env, "CAO_CATALOG": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "features.f.steps[0]: unknown service 'missing'" in result.stdout + result.stderr

@@ -1,0 +1,108 @@
+"""Acceptance: a step's result is committed at most once, whatever the deliveries do."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from app.catalog import parse_catalog
+from app.db import session_scope
+from app.events.log import events_for_job
+from app.jobs import repository as repo
+from app.jobs.dispatch import enqueue_step
+from app.jobs.service import create_job
+from tests.harness import wait_for_job, wait_until
+
+# A queue no worker consumes: these tests drive the state machine by hand.
+_CATALOG = parse_catalog(
+    """
+services:
+  one: {kind: http, url: "http://127.0.0.1:9/one", queue: unconsumed}
+  two: {kind: http, url: "http://127.0.0.1:9/two", queue: unconsumed}
+features:
+  pair: {steps: [one, two]}
+""",
+    "<test>",
+)
+
+
+def _event_types(job_id: uuid.UUID) -> list[str]:
+    with session_scope() as session:
+        return [e.type for e in events_for_job(session, job_id)]
+
+
+@pytest.fixture
+def pending_job(db) -> uuid.UUID:
+    with session_scope() as session:
+        return create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
+
+
+def test_stale_fence_can_neither_claim_nor_commit(pending_job):
+    job_id = pending_job
+    with session_scope() as session:
+        assert repo.claim_step(session, job_id, 0, fence=1)
+        assert not repo.claim_step(session, job_id, 0, fence=1), "a duplicate claimed twice"
+        next_fence = repo.retry_step(session, job_id, 0, 1, error="503", code="http_503")
+    assert next_fence == 2
+    with session_scope() as session:
+        # The zombie of fence 1 returns late: nothing changes.
+        assert repo.complete_step(session, job_id, 0, 1, {"late": True}) is None
+        assert repo.retry_step(session, job_id, 0, 1, error="x", code="x") is None
+        assert not repo.fail_step(session, job_id, 0, 1, error="x", code="x", retryable=False)
+        assert repo.claim_step(session, job_id, 0, fence=2)
+        job = repo.complete_step(session, job_id, 0, 2, {"fresh": True})
+        assert job is not None
+        assert job.context == {"one": {"fresh": True}}
+        assert job.progress == 50
+    with session_scope() as session:
+        # A redelivery of the winning fence after the commit is also a no-op.
+        assert repo.complete_step(session, job_id, 0, 2, {"again": True}) is None
+        assert not repo.claim_step(session, job_id, 0, fence=2)
+        step = repo.get_step(session, job_id, 0)
+        assert step is not None
+        assert step.output == {"fresh": True}
+        assert step.attempt == 2
+
+
+@pytest.mark.slow
+def test_duplicate_message_runs_the_step_once(stack, db):
+    api, sim = stack["api"], stack["sim"]
+    sim.behave("flaky", latency_ms=800)
+    job_id = api.post("/api/v1/jobs", json={"feature_name": "flaky_then_mail"}).json()["job_id"]
+    enqueue_step(job_id, 0, 1, "default")  # the same delivery, twice
+    job = wait_for_job(api, job_id)
+    assert job["status"] == "COMPLETED"
+    enqueue_step(job_id, 0, 1, "default")  # and a late redelivery after the commit
+    enqueue_step(job_id, 1, 1, "default")
+    time.sleep(1.5)
+    assert len(sim.requests("flaky", job_id)) == 1
+    assert len(sim.requests("email_notifier", job_id)) == 1
+    types = _event_types(uuid.UUID(job_id))
+    assert types.count("STEP_COMPLETED") == 2
+    assert types.count("JOB_COMPLETED") == 1
+    assert api.get(f"/api/v1/jobs/{job_id}").json()["updated_at"] == job["updated_at"]
+
+
+@pytest.mark.slow
+def test_old_attempt_delivered_after_a_newer_one_started_changes_nothing(stack, db):
+    api, sim = stack["api"], stack["sim"]
+    sim.behave("flaky", script=[{"status": 503}, {"status": 200, "delay_ms": 1500}])
+    job_id = api.post("/api/v1/jobs", json={"feature_name": "flaky_then_mail"}).json()["job_id"]
+
+    def second_attempt_running():
+        step = api.get(f"/api/v1/jobs/{job_id}").json()["steps"][0]
+        return step["attempt"] == 2 and step["status"] == "RUNNING"
+
+    wait_until(second_attempt_running, 20, message="attempt 2 to run")
+    enqueue_step(job_id, 0, 1, "default")  # the old attempt's message, redelivered
+    enqueue_step(job_id, 0, 2, "default")  # and a duplicate of the running one
+    job = wait_for_job(api, job_id)
+    assert job["status"] == "COMPLETED"
+    time.sleep(1.0)
+    assert [c["attempt"] for c in sim.requests("flaky", job_id)] == [1, 2]
+    assert len(sim.requests("email_notifier", job_id)) == 1
+    types = _event_types(uuid.UUID(job_id))
+    assert types.count("STEP_STARTED") == 3  # attempt 1, attempt 2, email
+    assert types.count("STEP_COMPLETED") == 2
