@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    @field_validator("internal_api_key", "cao_catalog", "api_keys_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes unset variables through as empty strings.
+        return None if value == "" else value
+
     @field_validator("database_url")
     @classmethod
     def _driver(cls, value: str) -> str:

@@ -74,10 +74,14 @@ def migrate(
     from app.migrate import downgrade_base, upgrade_with_retries
 
     configure_logging("migrate")
-    if downgrade:
-        downgrade_base()
-    else:
-        upgrade_with_retries()
+    try:
+        if downgrade:
+            downgrade_base()
+        else:
+            upgrade_with_retries()
+    except Exception as exc:  # one readable line in container logs, not a traceback
+        typer.secho(f"migration failed: {type(exc).__name__}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
     typer.echo("migrations applied" if not downgrade else "database downgraded to base")
 
 
