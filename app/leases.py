@@ -12,6 +12,7 @@ steal the slot. Lease ids are `job_id:step_index:fence:queue` (see app/jobs/repo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import redis
 
@@ -95,6 +96,21 @@ return expired
 """
 )
 
+# KEYS: leases, waiters. ARGV: lease_id. 2 held (unexpired), 1 on the wait list, 0 neither.
+_STATE = (
+    _NOW
+    + """
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if held and tonumber(held) >= now then
+  return 2
+end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return 1
+end
+return 0
+"""
+)
+
 _COUNT = (
     _NOW
     + """
@@ -126,6 +142,14 @@ class Usage:
     waiting: int
 
 
+class LeaseState(IntEnum):
+    """Where a step stands with its service's semaphore (see `LeaseSemaphore.state`)."""
+
+    NONE = 0
+    WAITING = 1
+    HELD = 2
+
+
 class LeaseSemaphore:
     """The lease operations for one Redis; scripts are registered once per client."""
 
@@ -140,6 +164,7 @@ class LeaseSemaphore:
         self._release = client.register_script(_RELEASE_AND_WAKE)
         self._reap = client.register_script(_REAP)
         self._count = client.register_script(_COUNT)
+        self._state = client.register_script(_STATE)
 
     @staticmethod
     def keys(service: str) -> list[str]:
@@ -159,8 +184,12 @@ class LeaseSemaphore:
         return bool(self._renew(keys=self.keys(service)[:1], args=[str(lease), int(ttl_s * 1000)]))
 
     def release(self, service: str, lease: LeaseId, ttl_s: float, limit: int) -> list[LeaseId]:
-        """Drop the lease (tolerates one already expired or reaped); returns steps woken."""
-        return self._wake(service, str(lease), ttl_s, limit, max_wake=1)
+        """Drop the lease (tolerates one already expired or reaped); returns steps woken.
+
+        Every free slot is handed out, not only the one released, so a raised limit
+        takes effect at the next release.
+        """
+        return self._wake(service, str(lease), ttl_s, limit, max_wake=limit)
 
     def wake_waiters(self, service: str, ttl_s: float, limit: int) -> list[LeaseId]:
         """Hand every free slot to a waiter (a raised limit, or a lost wake-up)."""
@@ -180,6 +209,10 @@ class LeaseSemaphore:
     def usage(self, service: str) -> Usage:
         in_use, waiting = self._count(keys=self.keys(service))
         return Usage(int(in_use), int(waiting))
+
+    def state(self, service: str, lease: LeaseId) -> LeaseState:
+        """Whether `lease` is held (unexpired), on the wait list, or neither."""
+        return LeaseState(int(self._state(keys=self.keys(service), args=[str(lease)])))
 
     def forget_waiter(self, service: str, lease: LeaseId) -> None:
         self._redis.zrem(self.keys(service)[1], str(lease))

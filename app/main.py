@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from app.api import catalog, health, jobs, metrics
+from app.api import catalog, events, health, jobs, metrics, operations, ws
+from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
+from app.auth import announce_access_mode
 from app.catalog import current_catalog
 from app.config import get_settings
 from app.db import dispose_db, init_db
+from app.events.hub import start_hub, stop_hub
 from app.logs import configure_logging
 from app.redis_client import close_redis
 
@@ -25,13 +28,16 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging("api")
     catalog = current_catalog()  # an invalid catalog stops start-up here, naming the key
+    announce_access_mode()  # so do malformed API keys; running open is logged loudly
     if settings.run_migrations_on_startup:
         from app.migrate import upgrade_with_retries
 
         upgrade_with_retries()
     init_db()
+    start_hub(settings.redis_url)  # the one event subscription of this process
     log.info("api ready", features=sorted(catalog.features), catalog=catalog.source)
     yield
+    await stop_hub()
     close_redis()
     dispose_db()
 
@@ -45,8 +51,11 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (jobs.router, catalog.router, health.router):
+    app.add_exception_handler(WebSocketDenied, close_denied_websocket)
+    for router in (jobs.router, operations.router, catalog.router, health.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(events.router, prefix=API_PREFIX)
+    app.include_router(ws.router)  # WebSockets live at /ws/..., outside the prefix
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

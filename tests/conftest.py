@@ -151,13 +151,12 @@ def migrated() -> str:
     return _state["database_url"]
 
 
-@pytest.fixture(scope="session")
-def db(migrated: str) -> Iterator[None]:
-    from app.db import dispose_db, init_db
+@pytest.fixture
+def db(migrated: str) -> None:
+    """This process's engine; re-made per test because an in-process API disposes it."""
+    from app.db import init_db
 
     init_db()
-    yield
-    dispose_db()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from app.models import Job
 
 
 @pytest.fixture(scope="module")
-def client(db):
+def client(migrated):
     with TestClient(create_app(), raise_server_exceptions=False) as test_client:
         yield test_client
 

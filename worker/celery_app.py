@@ -14,6 +14,7 @@ from celery import Celery, signals
 
 from app.catalog import current_catalog
 from app.config import get_settings
+from worker.schedule import beat_schedule
 
 settings = get_settings()
 
@@ -32,6 +33,7 @@ celery_app.conf.update(
     task_create_missing_queues=True,
     broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     broker_connection_retry_on_startup=True,
+    beat_schedule=beat_schedule(settings),
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
     timezone="UTC",
@@ -67,9 +69,12 @@ def _on_process_init(**_: Any) -> None:
     # Engine, Redis and httpx clients are per process: build them after fork.
     from app.db import init_db
     from app.logs import configure_logging
+    from app.services.http import get_client
 
     configure_logging("worker")
     init_db()
+    # Now rather than on a first step's critical path, where a slot is already held.
+    get_client()
 
 
 @signals.worker_process_shutdown.connect

@@ -1,1 +1,47 @@
-"""The Beat schedule: the only place schedules live."""
+"""The Beat schedule: the only place schedules live.
+
+Intervals and thresholds come from the settings of the process that runs Beat. A
+maintenance message expires when the next one is due anyway, so a backlog on the
+default queue never piles up sweeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.config import Settings
+
+MAINTENANCE_QUEUE = "default"
+SANITY_CHECK_TASK = "cao.maintenance.sanity_check_stuck_jobs"
+REAP_LEASES_TASK = "cao.maintenance.reap_expired_leases"
+WAKE_WAITERS_TASK = "cao.maintenance.wake_waiters"
+CLEANUP_TASK = "cao.maintenance.cleanup_old_jobs"
+# Never expire a message sooner than this, or a busy queue could starve a sweep.
+MIN_EXPIRY_S = 5.0
+
+
+def _every(seconds: float, task: str, **kwargs: Any) -> dict[str, Any]:
+    return {
+        "task": task,
+        "schedule": seconds,
+        "kwargs": kwargs,
+        "options": {"queue": MAINTENANCE_QUEUE, "expires": max(seconds, MIN_EXPIRY_S)},
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        "sanity_check_stuck_jobs": _every(
+            settings.sanity_check_interval_seconds,
+            SANITY_CHECK_TASK,
+            requeue_after_s=settings.requeue_after_seconds,
+            job_stuck_s=settings.job_stuck_seconds,
+        ),
+        "reap_expired_leases": _every(settings.reap_leases_interval_seconds, REAP_LEASES_TASK),
+        "wake_waiters": _every(settings.wake_waiters_interval_seconds, WAKE_WAITERS_TASK),
+        "cleanup_old_jobs": _every(
+            settings.cleanup_interval_seconds,
+            CLEANUP_TASK,
+            retention_days=settings.job_retention_days,
+        ),
+    }

@@ -62,8 +62,10 @@ def beat(
     """Run Celery Beat: stuck-job sanity checks, lease reaping, retention."""
     from worker.celery_app import celery_app
 
-    schedule = os.path.join(tempfile.gettempdir(), f"cao-beat-{os.getpid()}")
-    celery_app.start(["beat", "--loglevel", loglevel, "--schedule", schedule])
+    # Beat's schedule state is disposable: the schedule itself lives in worker/schedule.py.
+    with tempfile.TemporaryDirectory(prefix="cao-beat-") as state:
+        schedule = os.path.join(state, "schedule")
+        celery_app.start(["beat", "--loglevel", loglevel, "--schedule", schedule])
 
 
 def migrate(

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import on_commit
@@ -95,3 +95,8 @@ def events_after_id(
     if tenant is not None:
         query = query.join(Job, Job.id == JobEvent.job_id).where(Job.tenant == tenant)
     return session.scalars(query).all()
+
+
+def latest_event_id(session: Session) -> int:
+    """The newest global event id (0 for an empty log): where a live tail starts."""
+    return session.scalar(select(func.max(JobEvent.id))) or 0

@@ -4,17 +4,27 @@ recovered by subscribers reading the log, so failures here are only logged."""
 from __future__ import annotations
 
 import structlog
+from redis.connection import parse_url
 
+from app.config import get_settings
 from app.events.types import EventOut
 from app.redis_client import get_redis
 
 log = structlog.get_logger(__name__)
 
-ALL_EVENTS_CHANNEL = "cao:events"
+
+def events_channel(redis_url: str | None = None) -> str:
+    """The one channel for every job's events (subscribers route by job_id in process).
+
+    Pub/sub ignores the Redis database number, so it is part of the name: two
+    deployments (or test runs) on one Redis server never hear each other's events.
+    """
+    db = parse_url(redis_url or get_settings().redis_url).get("db", 0)
+    return f"cao:events:{db}"
 
 
 def publish_after_commit(event: EventOut) -> None:
     try:
-        get_redis().publish(ALL_EVENTS_CHANNEL, event.model_dump_json())
+        get_redis().publish(events_channel(), event.model_dump_json())
     except Exception as exc:
         log.warning("event publish failed", job_id=event.job_id, seq=event.seq, error=str(exc))

@@ -23,7 +23,9 @@ from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.backoff import retry_delay
 from app.jobs.dispatch import enqueue_step
+from app.jobs.handoff import HandoffChain, Recording
 from app.jobs.repository import StepRun
+from app.jobs.states import StepStatus
 from app.leases import LeaseId, LeaseSemaphore, get_semaphore
 from app.services import StepCall, StepError, call_service
 
@@ -52,7 +54,7 @@ def live_service(snapshot: dict[str, Any]) -> Service:
 
 def wake(service: Service, woken: list[LeaseId]) -> None:
     for lease in woken:
-        enqueue_step(lease.job_id, lease.step_index, lease.fence, lease.queue)
+        enqueue_step(lease.job_id, lease.step_index, lease.fence, lease.queue, holds_slot=True)
 
 
 class Heartbeat:
@@ -87,10 +89,43 @@ class Heartbeat:
 
 
 def run_step(job_id: uuid.UUID, step_index: int, fence: int) -> Outcome:
+    """Run this delivery, then the steps its released slots were handed to (handoff.py)."""
+    chain = HandoffChain()
+    try:
+        outcome = _run_delivery(job_id, step_index, fence, chain)
+        while (lease := chain.take()) is not None:
+            try:
+                _run_delivery(uuid.UUID(lease.job_id), lease.step_index, lease.fence, chain)
+            except Exception:
+                # Its lease expires and Beat puts the step back; stop taking slots over.
+                log.exception("handed-over step failed", lease=str(lease))
+                break
+    finally:
+        chain.close()
+    return (outcome.result() or Outcome.DISCARDED) if isinstance(outcome, Recording) else outcome
+
+
+def _run_delivery(
+    job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
+) -> Outcome | Recording[Outcome]:
+    try:
+        return _run_claimed(job_id, step_index, fence, chain)
+    finally:
+        chain.step_claimed()  # however this delivery ended, deferred recordings may go
+
+
+def _run_claimed(
+    job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
+) -> Outcome | Recording[Outcome]:
     with session_scope() as session:
         run = repo.load_step_run(session, job_id, step_index)
     if run is None or not run.accepts(fence):
         log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
+        if run is not None and not (run.status == StepStatus.RUNNING and run.fence == fence):
+            # A waiter woken after its job was cancelled or its step moved on holds the
+            # slot it was handed; give it back now rather than after lease_ttl_s. (A
+            # duplicate of the delivery running this fence must keep that one's lease.)
+            _release(get_semaphore(), run, LeaseId(str(job_id), step_index, fence, run.queue))
         return Outcome.STALE
     service = live_service(run.service_spec)
     bound = log.bind(job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue)
@@ -116,6 +151,7 @@ def run_step(job_id: uuid.UUID, step_index: int, fence: int) -> Outcome:
         if not claimed:
             bound.info("duplicate or stale delivery dropped after lease")
             return Outcome.STALE
+        chain.step_claimed()
         bound.info("step started", service=service.name)
         call = StepCall(
             job_id=str(job_id),
@@ -126,16 +162,38 @@ def run_step(job_id: uuid.UUID, step_index: int, fence: int) -> Outcome:
             input_data=run.input_data,
             context=run.context,
         )
+        result: dict[str, Any] | StepError
         with Heartbeat(semaphore, service, lease):
             try:
-                output = call_service(service, call)
+                result = call_service(service, call)
             except StepError as error:
-                return _record_failure(run, service, error, bound)
-        return _record_success(run, output, bound)
+                result = error
+        # The call is over: free the slot before recording, so the next step starts sooner.
+        release = False
+        _release(semaphore, run, lease, chain)
+        if isinstance(result, StepError):
+            error = result
+            return chain.record(lambda: _record_failure(run, service, error, bound))
+        output = result
+        return chain.record(lambda: _record_success(run, output, bound))
     finally:
         if release:
-            woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
-            wake(service, woken)
+            _release(semaphore, run, lease)
+
+
+def _release(
+    semaphore: LeaseSemaphore, run: StepRun, lease: LeaseId, chain: HandoffChain | None = None
+) -> None:
+    # The limit as it is now, not when the step started: a raised limit wakes at once.
+    service = live_service(run.service_spec)
+    try:
+        woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
+        if chain is not None:
+            woken = chain.keep(run.queue, woken)
+        wake(service, woken)
+    except Exception:
+        # The result must still be recorded; Beat reaps the lease and re-enqueues waiters.
+        log.exception("lease release or wake-up failed", lease=str(lease))
 
 
 def _wait_for_slot(run: StepRun, service: Service, bound: Any) -> None:

@@ -7,13 +7,14 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.catalog import Catalog
+from app.config import get_settings
 from app.db import on_commit
 from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
 from app.events.log import append_event
@@ -35,8 +36,18 @@ def request_hash(feature_name: str, input_data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _key_expired(job: Job) -> bool:
+    retention = timedelta(hours=get_settings().idempotency_retention_hours)
+    return job.created_at < utcnow() - retention
+
+
 def _existing_for_key(session: Session, tenant: str, key: str, digest: str) -> Job | None:
     job = repo.find_by_idempotency_key(session, tenant, key)
+    if job is not None and _key_expired(job):
+        # Past retention the key is free again: the old job lets go of it in this
+        # transaction, and concurrent requests then race on the insert as for a new key.
+        repo.release_idempotency_key(session, job.id)
+        return None
     if job is not None and job.request_hash != digest:
         raise Conflict(
             "Idempotency-Key was already used with a different request body",

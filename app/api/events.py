@@ -1,0 +1,98 @@
+"""GET /api/v1/jobs/{job_id}/events: a job's durable event log, as JSON or as SSE.
+
+JSON pages through the log with `after` and `limit`. With `Accept: text/event-stream`
+the same endpoint streams Server-Sent Events (`id:` is the event's `seq`, `event:`
+its type, `data:` the event JSON): the stored events after `after` (or after the
+`Last-Event-ID` a reconnecting client sends), then live ones, ending after the
+job's final event. Comments keep idle streams alive through proxies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import PrincipalDep
+from app.db import session_scope
+from app.errors import GatewayError
+from app.events.hub import HubUnavailable, SubscriptionStopped, get_hub
+from app.events.log import events_for_job, to_wire
+from app.events.stream import JobEvents, OrderedStream
+from app.events.types import EventOut
+from app.events.wire import JobHead, read_job_head
+
+router = APIRouter(prefix="/jobs", tags=["events"])
+
+EVENT_STREAM = "text/event-stream"
+KEEPALIVE_S = 15.0
+# How long a browser's EventSource waits before it reconnects (with Last-Event-ID).
+RECONNECT_MS = 1000
+
+
+class EventPage(BaseModel):
+    success: bool = True
+    events: list[EventOut]
+    # Pass as `after` to read the next page (the last seq returned, or `after` itself).
+    next_after: int
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventPage,
+    responses={200: {"content": {EVENT_STREAM: {}}, "description": "JSON page, or SSE"}},
+)
+async def job_events(
+    job_id: uuid.UUID,
+    request: Request,
+    principal: PrincipalDep,
+    after: Annotated[int, Query(ge=0, description="Events with seq greater than this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size (JSON only).")] = 100,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> EventPage | StreamingResponse:
+    job = await read_job_head(job_id, principal.tenant_scope)
+    if EVENT_STREAM in request.headers.get("accept", ""):
+        position = _resume_position(after, last_event_id)
+        return StreamingResponse(
+            _event_stream(job, position),
+            media_type=EVENT_STREAM,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await run_in_threadpool(_page, job_id, after, limit)
+
+
+def _page(job_id: uuid.UUID, after: int, limit: int) -> EventPage:
+    with session_scope() as session:
+        events = [to_wire(row) for row in events_for_job(session, job_id, after, limit)]
+    return EventPage(events=events, next_after=events[-1].seq if events else after)
+
+
+def _resume_position(after: int, last_event_id: str | None) -> int:
+    """A reconnecting EventSource sends back the last `id:` it saw; it wins over `after`."""
+    if last_event_id is None or not last_event_id.strip():
+        return after
+    if not last_event_id.strip().isdigit():
+        raise GatewayError(
+            "Last-Event-ID must be an event seq (a non-negative integer)",
+            code="invalid_last_event_id",
+        )
+    return int(last_event_id)
+
+
+async def _event_stream(job: JobHead, after: int) -> AsyncIterator[str]:
+    yield f"retry: {RECONNECT_MS}\n\n"
+    try:
+        async with get_hub().subscribe(str(job.job_id)) as sub:
+            stream = OrderedStream(sub, JobEvents(job.job_id), after, finished=job.over_at(after))
+            async for event in stream.events(idle_after=KEEPALIVE_S):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield f"id: {event.seq}\nevent: {event.type}\ndata: {event.text}\n\n"
+    except (SubscriptionStopped, HubUnavailable):
+        return  # too slow, shutting down or not ready: the client resumes from its last id

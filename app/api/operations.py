@@ -1,0 +1,95 @@
+"""/api/v1/jobs operator actions: resume one job, resume many by filter, cancel.
+
+The domain logic is in app/jobs/operations.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
+
+from app.api.deps import SessionDep, require_operator
+from app.jobs import operations
+from app.jobs import repository as repo
+from app.jobs.repository import FailedJobFilter
+from app.jobs.schemas import JobDetail
+from app.models import Job
+
+# Every action here is an operator's: a client key gets 403, no key 401.
+router = APIRouter(prefix="/jobs", tags=["operations"], dependencies=[Depends(require_operator)])
+
+MAX_BULK_RESUME = 10_000
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_step: int | None = Field(
+        None, ge=0, description="Restart here (≤ the failed step); steps before it are kept."
+    )
+
+
+class BulkResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature_name: str | None = Field(None, max_length=100)
+    failed_step: int | None = Field(None, ge=0, description="The step index the job failed at.")
+    error: str | None = Field(None, max_length=64, description="The job's error code.")
+    created_after: datetime | None = None
+    dry_run: bool = False
+    limit: int = Field(1000, ge=1, le=MAX_BULK_RESUME)
+
+    @field_validator("created_after")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # A timestamp without an offset is taken as UTC, like every time the API returns.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class BulkResumeResponse(BaseModel):
+    success: bool = True
+    dry_run: bool
+    count: int = Field(description="Jobs resumed, or with dry_run, jobs that would be.")
+    job_ids: list[uuid.UUID]
+
+
+def _detail(session: Session, job: Job) -> JobDetail:
+    # The action changed rows with bulk UPDATEs; read them back as they now are.
+    session.expire_all()
+    return JobDetail.of(job, list(repo.get_steps(session, job.id)))
+
+
+@router.post("/resume", response_model=BulkResumeResponse)
+def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeResponse:
+    """Resume every FAILED job matching all given filters, oldest first."""
+    filters = FailedJobFilter(
+        feature_name=body.feature_name,
+        failed_step=body.failed_step,
+        error_code=body.error,
+        created_after=body.created_after,
+    )
+    result = operations.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
+    return BulkResumeResponse(
+        dry_run=result.dry_run, count=len(result.job_ids), job_ids=result.job_ids
+    )
+
+
+@router.post("/{job_id}/resume", response_model=JobDetail)
+def resume_job(
+    job_id: uuid.UUID, session: SessionDep, body: ResumeRequest | None = None
+) -> JobDetail:
+    """Resume a FAILED job from its failed step, or from an earlier `from_step`."""
+    job = operations.resume_job(session, job_id, body.from_step if body else None)
+    return _detail(session, job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail)
+def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
+    """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
+    return _detail(session, operations.cancel_job(session, job_id))

@@ -1,0 +1,138 @@
+"""Events on their way to subscribers, and the log reads that produce them.
+
+An event is parsed and serialized once per API process, whichever way it arrived
+(a pub/sub payload or a log row), and the same JSON text goes to every socket.
+The log reads run in a worker thread: sessions are synchronous and the event loop
+serves every socket of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from starlette.concurrency import run_in_threadpool
+
+from app.db import session_scope
+from app.events import log
+from app.events.types import TERMINAL_EVENTS
+from app.jobs import repository as repo
+from app.jobs.service import get_job_or_404
+from app.jobs.states import FINISHED_JOB
+from app.models import JobEvent
+
+# Rows per log read; a longer back-fill reads page after page.
+LOG_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class WireEvent:
+    """One event: the keys streams order and route by, and its JSON text."""
+
+    id: int
+    seq: int
+    job_id: str
+    type: str
+    ts: datetime
+    text: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WireEvent:
+        """From a pub/sub payload: the publisher's `EventOut` JSON."""
+        body = json.loads(text)
+        decoded = text if isinstance(text, str) else text.decode()
+        return cls(
+            id=int(body["id"]),
+            seq=int(body["seq"]),
+            job_id=str(body["job_id"]),
+            type=str(body["type"]),
+            ts=datetime.fromisoformat(body["ts"]),
+            text=decoded,
+        )
+
+    @classmethod
+    def from_row(cls, row: JobEvent) -> WireEvent:
+        wire = log.to_wire(row)
+        return cls(
+            id=wire.id,
+            seq=wire.seq,
+            job_id=wire.job_id,
+            type=wire.type,
+            ts=wire.ts,
+            text=wire.model_dump_json(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobHead:
+    """Where a job's stream stands when a client connects."""
+
+    job_id: uuid.UUID
+    status: str
+    last_seq: int
+
+    def over_at(self, after: int) -> bool:
+        """True when a client at `after` has seen the job's final event already."""
+        return self.status in FINISHED_JOB and self.last_seq <= after
+
+
+def _job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:
+    with session_scope() as session:
+        job = get_job_or_404(session, job_id, tenant)
+        return JobHead(job.id, job.status, job.last_seq)
+
+
+def _job_page(job_id: uuid.UUID, after_seq: int, limit: int) -> list[WireEvent]:
+    with session_scope() as session:
+        rows = log.events_for_job(session, job_id, after_seq, limit)
+        return [WireEvent.from_row(row) for row in rows]
+
+
+def _global_page(after_id: int, limit: int, tenant: str | None) -> list[WireEvent]:
+    with session_scope() as session:
+        rows = log.events_after_id(session, after_id, limit, tenant)
+        return [WireEvent.from_row(row) for row in rows]
+
+
+def _latest_id() -> int:
+    with session_scope() as session:
+        return log.latest_event_id(session)
+
+
+def _tenant_of(job_id: uuid.UUID) -> str | None:
+    with session_scope() as session:
+        job = repo.get_job(session, job_id)
+        return None if job is None else job.tenant
+
+
+async def read_job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:
+    """The job as the principal may see it; raises JobNotFound (also for another tenant's)."""
+    return await run_in_threadpool(_job_head, job_id, tenant)
+
+
+async def read_job_events(
+    job_id: uuid.UUID, after_seq: int, limit: int = LOG_PAGE
+) -> list[WireEvent]:
+    """One page of a job's events with `seq > after_seq`, in seq order."""
+    return await run_in_threadpool(_job_page, job_id, after_seq, limit)
+
+
+async def read_events_after(
+    after_id: int, limit: int = LOG_PAGE, tenant: str | None = None
+) -> list[WireEvent]:
+    """One page of every job's events with `id > after_id` (optionally one tenant's)."""
+    return await run_in_threadpool(_global_page, after_id, limit, tenant)
+
+
+async def read_latest_id() -> int:
+    return await run_in_threadpool(_latest_id)
+
+
+async def read_job_tenant(job_id: uuid.UUID) -> str | None:
+    return await run_in_threadpool(_tenant_of, job_id)

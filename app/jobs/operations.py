@@ -1,0 +1,164 @@
+"""Operator actions on jobs: resume (from the failed step or an earlier one), bulk
+resume by filter, and cancel.
+
+Each action claims the job with one conditional update, so concurrent callers
+cannot both act: the loser gets a 409 and changes nothing. Everything an action
+changes (job, steps, the event) commits together; the step is enqueued after commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from sqlalchemy.orm import Session
+
+from app.db import on_commit
+from app.errors import Conflict, GatewayError, JobNotFound
+from app.events.log import append_event
+from app.events.types import EventType
+from app.jobs import repository as repo
+from app.jobs.dispatch import enqueue_step
+from app.jobs.repository import FailedJobFilter
+from app.jobs.states import JobStatus, StepStatus, progress_for
+from app.leases import LeaseId, get_semaphore
+from app.models import Job, JobStep
+
+
+class InvalidFromStep(GatewayError):
+    status_code = 422
+    code = "invalid_from_step"
+
+
+@dataclass(frozen=True)
+class BulkResumeResult:
+    job_ids: list[uuid.UUID]
+    dry_run: bool
+
+
+def _job(session: Session, job_id: uuid.UUID) -> Job:
+    job = repo.get_job(session, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def _not_resumable(job: Job) -> Conflict:
+    return Conflict(
+        f"job {job.id} is {job.status}; only a FAILED job can be resumed",
+        code="job_not_resumable",
+        details={"status": job.status},
+    )
+
+
+def _restart_point(job: Job, from_step: int | None) -> int:
+    failed_step = job.current_step
+    if from_step is None:
+        return failed_step
+    if not 0 <= from_step <= failed_step:
+        raise InvalidFromStep(
+            f"from_step must be between 0 and the failed step {failed_step}, got {from_step}",
+            details={"failed_step": failed_step, "total_steps": job.total_steps},
+        )
+    return from_step
+
+
+def _forget_waiter(service: str, lease: LeaseId) -> None:
+    get_semaphore().forget_waiter(service, lease)
+
+
+def _forget_waiters(session: Session, job: Job, steps: Sequence[JobStep]) -> None:
+    """Drop wait-list entries of steps that wait for a slot, so no slot is handed to them."""
+    for step in steps:
+        if step.status != StepStatus.WAITING_FOR_SLOT:
+            continue
+        service = job.recipe["steps"][step.step_index]["service"]["name"]
+        lease = LeaseId(str(job.id), step.step_index, step.fence, step.queue)
+        on_commit(session, partial(_forget_waiter, service, lease))
+
+
+def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None) -> Job:
+    """FAILED → PENDING at the failed step (or at `from_step` ≤ it) and enqueue that step.
+
+    Outputs of the steps before the restart point stay and are never called again;
+    the restarted step gets a fresh attempt budget under a new fence.
+    """
+    job = _job(session, job_id)
+    if job.status != JobStatus.FAILED:
+        raise _not_resumable(job)
+    restart = _restart_point(job, from_step)
+    steps = repo.lock_steps(session, job_id)
+    kept = {s.step_name: s.output for s in steps if s.step_index < restart and s.output is not None}
+    progress = min(job.progress, progress_for(restart, job.total_steps))
+    failed_step, error, error_code = job.current_step, job.error, job.error_code
+    if not repo.reopen_failed_job(
+        session, job_id, step_index=restart, progress=progress, context=kept
+    ):
+        # A concurrent resume won between our read and our update.
+        session.refresh(job)
+        raise _not_resumable(job)
+    _forget_waiters(session, job, steps)
+    repo.reset_steps_from(session, job_id, restart)
+    queue, fence = repo.queue_step(session, job_id, restart)
+    append_event(
+        session, job_id, EventType.JOB_RESUMED,
+        step_index=restart, step_name=steps[restart].step_name, attempt=1,
+        data={"from_step": restart, "failed_step": failed_step,
+              "previous_error": error, "previous_error_code": error_code},
+    )  # fmt: skip
+    on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue))
+    session.refresh(job)
+    return job
+
+
+def bulk_resume(
+    session: Session, filters: FailedJobFilter, *, dry_run: bool, limit: int
+) -> BulkResumeResult:
+    """Resume every FAILED job matching `filters` (or, with `dry_run`, only list them)."""
+    candidates = list(repo.find_failed_job_ids(session, filters, limit))
+    if dry_run:
+        return BulkResumeResult(job_ids=candidates, dry_run=True)
+    resumed = []
+    for job_id in candidates:
+        try:
+            resume_job(session, job_id)
+        except Conflict:
+            continue  # resumed by someone else meanwhile: it is running again either way
+        resumed.append(job_id)
+    return BulkResumeResult(job_ids=resumed, dry_run=False)
+
+
+def _not_cancellable(job: Job) -> Conflict:
+    return Conflict(
+        f"job {job.id} is {job.status}; only a PENDING or RUNNING job can be cancelled",
+        code="job_not_cancellable",
+        details={"status": job.status},
+    )
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+    """PENDING/RUNNING → CANCELLED at once, with its live step.
+
+    A queued delivery of that step is dropped when picked up, a running one's result
+    is discarded when it returns (its lease is released by its worker either way).
+    """
+    job = _job(session, job_id)
+    steps = repo.lock_steps(session, job_id)
+    # Read the job again under the step locks: the runner cannot move it on now.
+    session.refresh(job)
+    current = steps[min(job.current_step, len(steps) - 1)]
+    previous = {"previous_status": job.status, "step_status": current.status}
+    if not repo.cancel_active_job(session, job_id):
+        session.refresh(job)
+        raise _not_cancellable(job)
+    _forget_waiters(session, job, steps)
+    repo.cancel_live_steps(session, job_id)
+    append_event(
+        session, job_id, EventType.JOB_CANCELLED,
+        step_index=current.step_index, step_name=current.step_name, attempt=current.attempt,
+        data=previous,
+    )  # fmt: skip
+    session.refresh(job)
+    return job

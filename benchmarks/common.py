@@ -1,0 +1,59 @@
+"""Shared set-up for benchmarks: a scratch PostgreSQL database, a Redis database and
+the environment every process of the run gets (set before app modules are imported)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@contextlib.contextmanager
+def scratch_environment(redis_db: int = 12, **extra: str) -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database and a flushed Redis database for one run."""
+    import redis
+
+    name = f"cao_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    pg_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    redis_url = f"{REDIS_BASE}/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {
+        "DATABASE_URL": pg_url.replace("postgresql://", "postgresql+psycopg://"),
+        "BENCH_PG_URL": pg_url,
+        "REDIS_URL": redis_url,
+        "CAO_CATALOG": str(ROOT / "benchmarks" / "catalog.yaml"),
+        "CAO_ENV": "test",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
+    os.environ.update(env)
+    try:
+        yield {**os.environ}
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,174 @@
+"""Lease utilisation: N jobs x one HTTP step of a fixed latency, through a service whose
+lease limit is L, side by side with a plain Celery prefork pool of L processes making
+the same calls, on the same machine in the same run.
+
+The ideal wall time is N x latency / L. Reported per run: wall time (first submission
+to the last call's end) divided by the ideal, and the most calls the service saw in
+flight at once (counted by the simulated service itself). Target for the gateway:
+<= 1.10 x ideal with the limit never exceeded.
+
+    python -m benchmarks.lease_utilisation [--jobs 400] [--limit 16] [--latency-ms 100]
+                                           [--workers 2] [--worker-concurrency 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import python, scratch_environment
+from benchmarks.throughput import _worker
+from tests.harness import Proc, Simulators, free_port, port_open, wait_until
+
+SERVICE = "leased"
+PLAIN_SERVICE = "plain"
+LOGLEVEL = "WARNING"
+CATALOG = """\
+services:
+  {service}: {{kind: http, url: "${{SIM_URL}}/{service}", queue: {service},
+              concurrency: {limit}, timeout_s: 30, lease_ttl_s: 30}}
+features:
+  one_call: {{steps: [{service}]}}
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    wall_s: float
+    ideal_s: float
+    max_in_flight: int
+    calls: int
+
+    @property
+    def ratio(self) -> float:
+        return self.wall_s / self.ideal_s
+
+
+def wait_for_calls(sim: Simulators, service: str, calls: int) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        stats = sim.stats(service)
+        return stats if stats["calls"] >= calls and stats["in_flight"] == 0 else None
+
+    return wait_until(done, 600, 0.1, f"{calls} calls to {service}")
+
+
+def run_gateway(
+    args: argparse.Namespace, env: dict[str, str], sim: Simulators, logs: Path
+) -> Result:
+    from sqlalchemy import func, select
+
+    from app.catalog import current_catalog
+    from app.db import init_db, session_scope
+    from app.jobs.service import create_job
+    from app.models import Job
+    from worker.celery_app import celery_app
+
+    init_db()
+    catalog = current_catalog()
+    argv = [python(), "-m", "app.cli", "worker", "-Q", SERVICE,
+            "-c", str(args.worker_concurrency), "--loglevel", LOGLEVEL]  # fmt: skip
+    workers = [
+        _worker(argv, f"gateway-worker-{i}", env, logs, celery_app) for i in range(args.workers)
+    ]
+    try:
+        started = time.time()
+        for n in range(args.jobs):
+            with session_scope() as session:
+                create_job(session, catalog, feature_name="one_call", input_data={"n": n})
+        stats = wait_for_calls(sim, SERVICE, args.jobs)
+
+        def all_completed() -> bool:
+            with session_scope() as session:
+                done = session.scalar(
+                    select(func.count()).select_from(Job).where(Job.status == "COMPLETED")
+                )
+            return done == args.jobs
+
+        wait_until(all_completed, 60, 0.1, "every job to complete")
+    finally:
+        for worker in workers:
+            worker.stop()
+    return _result("CAO gateway (leases)", args, started, stats)
+
+
+def run_plain(args: argparse.Namespace, env: dict[str, str], sim: Simulators, logs: Path) -> Result:
+    from benchmarks.plain_http_app import http_call, plain_app
+
+    argv = [python(), "-m", "celery", "-A", "benchmarks.plain_http_app:plain_app", "worker",
+            "-Q", "plain", "-c", str(args.limit), "--loglevel", "WARNING",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    worker = _worker(argv, "plain-worker", env, logs, plain_app)
+    try:
+        url = f"{env['SIM_URL']}/{PLAIN_SERVICE}"
+        started = time.time()
+        for n in range(args.jobs):
+            http_call.delay(url, n)
+        stats = wait_for_calls(sim, PLAIN_SERVICE, args.jobs)
+    finally:
+        worker.stop()
+    return _result(f"plain Celery prefork {args.limit}", args, started, stats)
+
+
+def _result(name: str, args: argparse.Namespace, started: float, stats: dict[str, Any]) -> Result:
+    return Result(
+        name=name,
+        wall_s=stats["last_end_at"] - started,
+        ideal_s=args.jobs * args.latency_ms / 1000 / args.limit,
+        max_in_flight=stats["max_in_flight"],
+        calls=stats["calls"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--limit", type=int, default=16, help="the service's lease limit")
+    parser.add_argument("--latency-ms", type=float, default=100)
+    parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
+    parser.add_argument("--worker-concurrency", type=int, default=12)
+    parser.add_argument("--redis-db", type=int, default=13)
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    catalog = logs / "catalog.yaml"
+    catalog.write_text(CATALOG.format(service=SERVICE, limit=args.limit))
+    port = free_port()
+    sim_url = f"http://127.0.0.1:{port}"
+    with scratch_environment(args.redis_db, CAO_CATALOG=str(catalog), SIM_URL=sim_url) as env:
+        from app.migrate import upgrade_head
+
+        upgrade_head()
+        simulators = Proc("simulators", [python(), "-m", "app.cli", "simulators",
+                                         "--port", str(port)], env, logs)  # fmt: skip
+        try:
+            wait_until(lambda: port_open(port), 30, message="simulators")
+            sim = Simulators(sim_url)
+            for service in (SERVICE, PLAIN_SERVICE):
+                sim.behave(service, latency_ms=args.latency_ms)
+            results = [run_plain(args, env, sim, logs), run_gateway(args, env, sim, logs)]
+        finally:
+            simulators.stop()
+
+    print(
+        f"\n{args.jobs} jobs x one {args.latency_ms:g} ms call, limit {args.limit} "
+        f"(gateway: {args.workers} workers x {args.worker_concurrency})"
+    )
+    print(f"{'run':<28}{'wall s':>9}{'ideal s':>9}{'÷ ideal':>9}{'max in flight':>15}{'calls':>7}")
+    for r in results:
+        print(
+            f"{r.name:<28}{r.wall_s:>9.2f}{r.ideal_s:>9.2f}{r.ratio:>9.3f}"
+            f"{r.max_in_flight:>15}{r.calls:>7}"
+        )
+    gateway = results[-1]
+    verdict = "met" if gateway.ratio <= 1.10 and gateway.max_in_flight <= args.limit else "MISSED"
+    print(f"target <= 1.10 x ideal, in flight <= {args.limit}: {verdict}")
+    print(f"logs: {logs}")
+
+
+if __name__ == "__main__":
+    main()

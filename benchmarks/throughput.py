@@ -1,0 +1,152 @@
+"""Throughput: 1000 jobs x 4 no-op python steps through the gateway, side by side with a
+plain Celery chain of 4 tasks and a Celery chain that writes a row per step, on the same
+Redis and PostgreSQL in the same run. Reports jobs/s, ratios and the step hand-off
+latency (one step's commit to the next step's start).
+
+    python -m benchmarks.throughput [--jobs 1000] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+from benchmarks.common import percentile, python, scratch_environment
+from tests.harness import Proc, wait_until
+
+
+def _worker(argv: list[str], name: str, env: dict[str, str], log_dir, app) -> Proc:
+    """Start a worker at WARNING (no per-task log lines) and wait until it answers pings."""
+    proc = Proc(name, argv, env, log_dir)
+    wait_until(lambda: not proc.alive() or app.control.ping(timeout=0.5), 60, 0.2, name)
+    if not proc.alive():
+        raise RuntimeError(proc.log_text())
+    return proc
+
+
+def run_gateway(jobs: int, concurrency: int, env: dict[str, str], log_dir) -> dict[str, float]:
+    from sqlalchemy import func, select
+
+    from app.catalog import current_catalog
+    from app.db import init_db, session_scope
+    from app.jobs.service import create_job
+    from app.models import Job, JobStep
+
+    init_db()
+    catalog = current_catalog()
+    argv = [python(), "-m", "app.cli", "worker", "-Q", "bench", "-c", str(concurrency),
+            "--loglevel", "WARNING"]  # fmt: skip
+    from worker.celery_app import celery_app
+
+    worker = _worker(argv, "gateway-worker", env, log_dir, celery_app)
+    try:
+        started = time.perf_counter()
+        for _ in range(jobs):
+            with session_scope() as session:
+                create_job(session, catalog, feature_name="four_noops", input_data={})
+
+        def finished() -> bool:
+            with session_scope() as session:
+                done = session.scalar(
+                    select(func.count()).select_from(Job).where(Job.status == "COMPLETED")
+                )
+            return done == jobs
+
+        wait_until(finished, 900, 0.1, "gateway jobs")
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.stop()
+    with session_scope() as session:
+        rows = session.execute(
+            select(JobStep.job_id, JobStep.step_index, JobStep.started_at, JobStep.finished_at)
+        ).all()
+    by_job: dict[uuid.UUID, dict[int, tuple]] = {}
+    for job_id, index, started_at, finished_at in rows:
+        by_job.setdefault(job_id, {})[index] = (started_at, finished_at)
+    handoffs = [
+        (steps[i + 1][0] - steps[i][1]).total_seconds() * 1000
+        for steps in by_job.values()
+        for i in range(3)
+    ]
+    return {
+        "seconds": elapsed,
+        "jobs_per_s": jobs / elapsed,
+        "handoff_p50_ms": percentile(handoffs, 50),
+        "handoff_p99_ms": percentile(handoffs, 99),
+    }
+
+
+def run_chain(jobs: int, concurrency: int, env: dict[str, str], log_dir, write_rows: bool) -> dict:
+    import psycopg
+    import redis
+    from celery import chain
+
+    from benchmarks import chain_app as bench
+
+    if write_rows:
+        with psycopg.connect(env["BENCH_PG_URL"], autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS bench_step "
+                "(id bigserial primary key, run_id text, step int, done_at timestamptz)"
+            )
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    client.delete(bench.DONE_KEY)
+    argv = [python(), "-m", "celery", "-A", "benchmarks.chain_app:chain_app", "worker",
+            "-Q", "chain", "-c", str(concurrency), "--loglevel", "WARNING",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    worker = _worker(argv, "chain-worker", env, log_dir, bench.chain_app)
+    try:
+        started = time.perf_counter()
+        for _ in range(jobs):
+            run_id = uuid.uuid4().hex
+            if write_rows:
+                signatures = [bench.noop_db.s(i, i == 3, run_id) for i in range(4)]
+                signatures[0] = bench.noop_db.s(None, 0, False, run_id)
+            else:
+                signatures = [bench.noop.s(i, i == 3) for i in range(4)]
+                signatures[0] = bench.noop.s(None, 0, False)
+            chain(*signatures).apply_async()
+        wait_until(lambda: int(client.get(bench.DONE_KEY) or 0) >= jobs, 900, 0.1, "chains")
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.stop()
+    return {"seconds": elapsed, "jobs_per_s": jobs / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    import tempfile
+    from pathlib import Path
+
+    log_dir = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    with scratch_environment() as env:
+        from app.migrate import upgrade_head
+
+        upgrade_head()
+        plain = run_chain(args.jobs, args.concurrency, env, log_dir, write_rows=False)
+        with_db = run_chain(args.jobs, args.concurrency, env, log_dir, write_rows=True)
+        gateway = run_gateway(args.jobs, args.concurrency, env, log_dir)
+
+    print(f"\n{args.jobs} jobs x 4 no-op steps, worker concurrency {args.concurrency}")
+    print(f"{'run':<28}{'seconds':>10}{'jobs/s':>10}")
+    for name, result in (("plain Celery chain", plain), ("Celery chain + row/step", with_db),
+                         ("CAO gateway", gateway)):  # fmt: skip
+        print(f"{name:<28}{result['seconds']:>10.2f}{result['jobs_per_s']:>10.1f}")
+    vs_db = gateway["jobs_per_s"] / with_db["jobs_per_s"]
+    vs_plain = gateway["jobs_per_s"] / plain["jobs_per_s"]
+    print(f"gateway / chain+DB  = {vs_db:.2f}x (target >= 1.0)")
+    print(f"gateway / plain     = {vs_plain:.2f}x (target >= 0.7)")
+    print(
+        f"hand-off commit->next start: p50 {gateway['handoff_p50_ms']:.1f} ms, "
+        f"p99 {gateway['handoff_p99_ms']:.1f} ms (target p50 <= 5 ms)"
+    )
+    print(f"logs: {log_dir}")
+
+
+if __name__ == "__main__":
+    main()

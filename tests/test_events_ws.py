@@ -1,0 +1,250 @@
+"""Acceptance: WebSocket event streams over a real API, real Redis and real workers.
+
+Each test attacks the promise that a dashboard never misses or repeats an event:
+order and completeness live and after the fact, resume with `after`, hundreds of
+sockets at once, a killed Redis subscription, and a client that stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvloop
+
+from app.db import session_scope
+from app.events.hub import HUB_CLIENT_NAME, MAX_SEND_STALL_S, POLL_INTERVAL_S
+from app.events.log import latest_event_id
+from tests.event_clients import (
+    EVENT_FIELDS,
+    TERMINAL,
+    FanOut,
+    SocketRecorder,
+    StalledSocket,
+    latencies,
+    latency_summary,
+    ws_url,
+)
+from tests.harness import wait_for_job, wait_until
+from tests.operator_support import submit
+
+pytestmark = pytest.mark.slow
+
+STEPS = ["prompt_enhancer", "fast_chat_llm", "summarizer_pro", "email_notifier"]
+
+
+def run(coro: Any) -> Any:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def newest_event_id() -> int:
+    """The log's newest global id (needs the `db` fixture): `/ws?after=` it sees only new events."""
+    with session_scope() as session:
+        return latest_event_id(session)
+
+
+def stored_log(api: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    body = api.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 1000}).json()
+    assert body["success"] is True, body
+    return body["events"]
+
+
+def assert_complete_job_stream(events: list[dict[str, Any]], job_id: str) -> None:
+    """seq 1..n without gap or repeat; every step started then completed, in order;
+    the job's final event last; every event carries exactly the documented fields."""
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), events
+    assert all(set(e) == EVENT_FIELDS and e["job_id"] == job_id for e in events)
+    assert [e["id"] for e in events] == sorted({e["id"] for e in events})
+    steps = [(e["type"], e["step_index"]) for e in events if e["type"].startswith("STEP_")]
+    expected = [(kind, i) for i in range(len(STEPS)) for kind in ("STEP_STARTED", "STEP_COMPLETED")]
+    assert steps == expected, steps
+    assert events[0]["type"] == "JOB_CREATED"
+    assert events[-1]["type"] == "JOB_COMPLETED"
+
+
+def test_job_stream_is_ordered_complete_and_replayable(stack, api_server):
+    api, sim = stack["api"], stack["sim"]
+    sim.behave("fast_chat_llm", latency_ms=150)
+    job_id = submit(api, "business_plan")
+    live = run(SocketRecorder(ws_url(api_server, f"/ws/{job_id}")).run())
+
+    assert live.messages[0]["type"] == "WS_CONNECTED"
+    assert live.messages[0]["job_id"] == job_id
+    assert_complete_job_stream(live.events, job_id)
+    assert live.close_code == 1000, (live.close_code, live.close_reason)
+    assert live.events == stored_log(api, job_id)
+
+    # After the job finished: the very same stream, then a clean close.
+    replay = run(SocketRecorder(ws_url(api_server, f"/ws/{job_id}")).run())
+    assert replay.messages[0]["type"] == "WS_CONNECTED"
+    assert replay.events == live.events
+    assert replay.close_code == 1000
+
+
+def test_reconnect_with_after_yields_exactly_the_rest(stack, api_server):
+    api = stack["api"]
+    job_id = submit(api, "business_plan")
+    assert wait_for_job(api, job_id)["status"] == "COMPLETED"
+    full = stored_log(api, job_id)
+    last = full[-1]["seq"]
+
+    async def resume_at(after: int) -> SocketRecorder:
+        return await SocketRecorder(ws_url(api_server, f"/ws/{job_id}?after={after}")).run()
+
+    async def all_resumes() -> list[SocketRecorder]:
+        return list(await asyncio.gather(*(resume_at(k) for k in range(last + 1))))
+
+    for after, recorder in enumerate(run(all_resumes())):
+        assert recorder.messages[0] == {**recorder.messages[0], "type": "WS_CONNECTED"}
+        assert recorder.events == full[after:], after
+        assert recorder.close_code == 1000, (after, recorder.close_code)
+
+
+def test_unknown_job_closes_with_4004(api_server):
+    for job_id in ("00000000-0000-0000-0000-000000000000", "not-a-uuid"):
+        recorder = run(SocketRecorder(ws_url(api_server, f"/ws/{job_id}")).run())
+        assert recorder.messages == []
+        assert recorder.close_code == 4004, recorder.close_code
+
+
+def test_700_sockets_each_get_every_event_in_order_while_50_jobs_run(stack, api_server, db):
+    api, sim = stack["api"], stack["sim"]
+    for service in STEPS:
+        sim.behave(service, latency_ms=30)
+    # The watched job's first call lingers so that its 500 sockets are open before it
+    # moves on; most of its events are then delivered live.
+    sim.behave("prompt_enhancer", latency_ms=30, script=[{"delay_ms": 6000}])
+    after_id = newest_event_id()
+    watched = submit(api, "business_plan")
+    wait_until(lambda: sim.requests("prompt_enhancer", watched), 15, message="the watched job")
+
+    async def scenario() -> tuple[FanOut, list[str]]:
+        fan_out = FanOut(api_server, [watched] * 500, 200, after_id, jobs=50)
+        await fan_out.start()
+        # A few submissions at a time: many at once stall job creation (see the report).
+        limit = asyncio.Semaphore(8)
+        body = {"feature_name": "business_plan", "input_data": {"prompt": "fan-out"}}
+        async with httpx.AsyncClient(base_url=api_server, timeout=30) as client:
+
+            async def create() -> str:
+                async with limit:
+                    response = await client.post("/api/v1/jobs", json=body)
+                assert response.status_code == 201, response.text
+                return str(response.json()["job_id"])
+
+            created = await asyncio.gather(*(create() for _ in range(49)))
+        await fan_out.finish(timeout=90)
+        return fan_out, list(created)
+
+    fan_out, others = run(scenario())
+    jobs = [watched, *others]
+    logs = {job: stored_log(api, job) for job in jobs}
+    for job in jobs:
+        assert_complete_job_stream(logs[job], job)
+    for recorder in fan_out.job_sockets:
+        assert recorder.events == logs[watched]
+        assert recorder.close_code == 1000
+    for recorder in fan_out.all_sockets:
+        ids = [event["id"] for event in recorder.events]
+        assert ids == sorted(set(ids)), "the all-jobs stream repeated or reordered events"
+        for job in jobs:
+            assert [e for e in recorder.events if e["job_id"] == job] == logs[job], job
+    summary = latency_summary(latencies(fan_out.recorders))
+    print(f"\nfan-out 500 on one job + 200 on /ws, 50 jobs: commit-to-receipt {summary}")
+    assert summary["p99_ms"] < 5000, summary
+
+
+def test_killing_the_hubs_pubsub_connection_mid_job_loses_nothing(stack, api_server, env, db):
+    api, sim = stack["api"], stack["sim"]
+    for service in STEPS:
+        sim.behave(service, latency_ms=150)
+    admin = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    db = admin.connection_pool.connection_kwargs.get("db", 0)
+
+    def hub_connections() -> set[str]:
+        # Only this run's API: other runs on the same Redis server use other databases.
+        clients = admin.client_list(_type="pubsub")
+        return {c["id"] for c in clients if c["name"] == HUB_CLIENT_NAME and int(c["db"]) == db}
+
+    wait_until(hub_connections, 10, message="the hub's subscription")
+    after_id = newest_event_id()
+    job_id = submit(api, "business_plan")
+    killed: set[str] = set()
+
+    async def scenario() -> tuple[SocketRecorder, SocketRecorder]:
+        one_job = SocketRecorder(ws_url(api_server, f"/ws/{job_id}"))
+        every_job = SocketRecorder(ws_url(api_server, f"/ws?after={after_id}"))
+        streams = asyncio.gather(
+            one_job.run(), every_job.run(until=lambda e: e["type"] in TERMINAL)
+        )
+        deadline = time.monotonic() + 30
+        while not streams.done() and time.monotonic() < deadline:  # kill it while the job runs
+            for client_id in hub_connections():
+                admin.client_kill_filter(_id=client_id)
+                killed.add(client_id)
+            await asyncio.sleep(0.02)
+        await asyncio.wait_for(streams, 5)
+        return one_job, every_job
+
+    one_job, every_job = run(scenario())
+    assert len(killed) >= 3, "the hub should have resubscribed after each kill"
+    full = stored_log(api, job_id)
+    assert_complete_job_stream(full, job_id)
+    assert one_job.events == full
+    assert one_job.close_code == 1000
+    assert [e for e in every_job.events if e["job_id"] == job_id] == full
+    wait_until(hub_connections, 10, message="the hub to subscribe again")
+
+
+def test_a_socket_that_stops_reading_gets_4008_and_delays_no_one(stack, api_server, db):
+    sim = stack["sim"]
+    jobs = 30
+    # Big step outputs fill a frozen client's buffers (a few MB) quickly.
+    sim.behave("flaky", script=[{"body": {"blob": "x" * 300_000}}] * jobs)
+    after_id = newest_event_id()
+    frozen = StalledSocket(ws_url(api_server, f"/ws?after={after_id}"))
+
+    async def scenario() -> FanOut:
+        healthy = FanOut(api_server, [], 3, after_id, jobs=jobs)
+        await healthy.start()
+        limit = asyncio.Semaphore(8)
+        body = {"feature_name": "flaky_then_mail", "input_data": {"prompt": "big"}}
+        async with httpx.AsyncClient(base_url=api_server, timeout=30) as client:
+
+            async def create() -> None:
+                async with limit:
+                    assert (await client.post("/api/v1/jobs", json=body)).status_code == 201
+
+            await asyncio.gather(*(create() for _ in range(jobs)))
+        await healthy.finish(timeout=90)
+        return healthy
+
+    healthy = run(scenario())
+    # Everyone else got every event of every job, promptly, while one socket stood still.
+    reference = healthy.all_sockets[0].events
+    assert len({e["job_id"] for e in reference if e["type"] == "JOB_COMPLETED"}) == jobs
+    for recorder in healthy.all_sockets:
+        assert recorder.events == reference
+    assert latency_summary(latencies(healthy.recorders))["p99_ms"] < 3000
+
+    # The hub notices the stalled send, then the close frame waits behind the backlog.
+    time.sleep(MAX_SEND_STALL_S + 2 * POLL_INTERVAL_S + 1)
+    messages, code, reason = frozen.drain()
+    assert code == 4008, (code, reason)
+    got = [m for m in messages if m["type"] != "WS_CONNECTED"]
+    assert 0 < len(got) < len(reference)
+    assert got == reference[: len(got)], "what it got before the close is in order"
+    assert reason.endswith(f"after={got[-1]['id']}"), reason
+
+    # Resuming where it stopped yields exactly the rest.
+    rest = run(
+        SocketRecorder(ws_url(api_server, f"/ws?after={got[-1]['id']}")).run(
+            until=lambda e: e.get("id") == reference[-1]["id"]
+        )
+    )
+    assert got + rest.events == reference

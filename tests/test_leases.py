@@ -1,0 +1,133 @@
+"""The lease semaphore against a real Redis: limits, wait-list hand-off, renewal and
+expiry on Redis time, reaping; and a woken waiter that turns out stale gives its slot
+back at once."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.leases import LeaseId, LeaseSemaphore, LeaseState
+from app.redis_client import build_redis
+
+TTL_S = 30.0
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    client = build_redis()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def semaphore(client: redis.Redis) -> LeaseSemaphore:
+    return LeaseSemaphore(client)
+
+
+@pytest.fixture
+def service(client: redis.Redis) -> Iterator[str]:
+    name = f"svc-{uuid.uuid4().hex[:8]}"
+    yield name
+    client.delete(*LeaseSemaphore.keys(name))
+
+
+def lease(n: int, fence: int = 1) -> LeaseId:
+    return LeaseId(f"00000000-0000-0000-0000-{n:012d}", 0, fence, "default")
+
+
+def test_limit_is_exact_and_full_steps_queue_in_arrival_order(semaphore, service):
+    acquired = [semaphore.acquire(service, lease(i), TTL_S, limit=2) for i in range(5)]
+    assert acquired == [LeaseSemaphore.ACQUIRED] * 2 + [LeaseSemaphore.FULL] * 3
+    assert semaphore.usage(service).in_use == 2
+    assert semaphore.usage(service).waiting == 3
+    # A duplicate delivery of a held lease takes no second slot.
+    assert semaphore.acquire(service, lease(0), TTL_S, limit=2) == LeaseSemaphore.ALREADY_HELD
+    assert semaphore.usage(service).in_use == 2
+    # A step re-checked while waiting keeps its place in the line.
+    assert semaphore.acquire(service, lease(2), TTL_S, limit=2) == LeaseSemaphore.FULL
+
+    woken = semaphore.release(service, lease(0), TTL_S, limit=2)
+    assert woken == [lease(2)], "the oldest waiter gets the freed slot"
+    assert semaphore.state(service, lease(2)) is LeaseState.HELD
+    assert semaphore.state(service, lease(3)) is LeaseState.WAITING
+    assert semaphore.state(service, lease(0)) is LeaseState.NONE
+    # The slot was handed over: a newcomer cannot take it.
+    assert semaphore.acquire(service, lease(9), TTL_S, limit=2) == LeaseSemaphore.FULL
+    # Its woken delivery finds the lease already made for it.
+    assert semaphore.acquire(service, lease(2), TTL_S, limit=2) == LeaseSemaphore.ALREADY_HELD
+    assert semaphore.usage(service).in_use == 2
+
+
+def test_live_limit_changes(semaphore, service):
+    for i in range(6):
+        semaphore.acquire(service, lease(i), TTL_S, limit=2)
+    # Raised from 2 to 4: the periodic re-check hands the two new slots out at once.
+    assert semaphore.wake_waiters(service, TTL_S, limit=4) == [lease(2), lease(3)]
+    assert semaphore.usage(service).in_use == 4
+    # Lowered to 2 with 4 held: nothing new gets in, and releases wake nobody until
+    # the count is under the new limit.
+    assert semaphore.acquire(service, lease(8), TTL_S, limit=2) == LeaseSemaphore.FULL
+    assert semaphore.release(service, lease(0), TTL_S, limit=2) == []
+    assert semaphore.release(service, lease(1), TTL_S, limit=2) == []
+    assert semaphore.release(service, lease(2), TTL_S, limit=2) == [lease(4)]
+    assert semaphore.usage(service).in_use == 2
+    # Releasing one that is already gone is harmless and frees nothing extra.
+    assert semaphore.release(service, lease(0), TTL_S, limit=2) == []
+    assert semaphore.usage(service).in_use == 2
+
+
+def test_expiry_renewal_and_reaping_run_on_redis_time(semaphore, service, client, monkeypatch):
+    # The worker's clock is wildly wrong; the lease deadline must not care.
+    monkeypatch.setattr(time, "time", lambda: 946684800.0)  # 2000-01-01
+    assert semaphore.acquire(service, lease(1), 0.3, limit=1) == LeaseSemaphore.ACQUIRED
+    assert semaphore.acquire(service, lease(2), 60, limit=5) == LeaseSemaphore.ACQUIRED
+    monkeypatch.undo()
+    seconds, micros = client.time()
+    redis_now_ms = seconds * 1000 + micros // 1000
+    deadline = client.zscore(LeaseSemaphore.keys(service)[0], str(lease(1)))
+    assert deadline is not None
+    assert 0 < deadline - redis_now_ms <= 300
+
+    assert semaphore.renew(service, lease(1), 0.3)
+    time.sleep(0.45)
+    # Expired: no longer counted or renewable, and its slot is free before any reaping.
+    assert semaphore.state(service, lease(1)) is LeaseState.NONE
+    assert not semaphore.renew(service, lease(1), 0.3)
+    assert semaphore.usage(service).in_use == 1
+    assert semaphore.acquire(service, lease(3), TTL_S, limit=2) == LeaseSemaphore.ACQUIRED
+
+    assert semaphore.reap_expired(service) == [lease(1)]
+    assert semaphore.reap_expired(service) == [], "a lease is reaped once"
+    assert semaphore.state(service, lease(2)) is LeaseState.HELD
+
+
+def test_stale_woken_delivery_gives_its_slot_back(db, semaphore):
+    """A waiter woken after its job moved on must not sit on the slot for lease_ttl_s."""
+    from app.catalog import current_catalog
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import Outcome, run_step
+    from app.jobs.service import create_job
+
+    with session_scope() as session:
+        job = create_job(session, current_catalog(), feature_name="stalled_job", input_data={})
+        job_id = job.job.id
+    # The step moved on (say a recovery gave it a new fence) while its old delivery
+    # sat on the wait list; a release then handed that old delivery a slot.
+    with session_scope() as session:
+        repo.queue_step(session, job_id, 0)
+    old = LeaseId(str(job_id), 0, 1, "stalled")
+    semaphore.acquire("stalled", old, TTL_S, limit=1)
+    waiter = LeaseId(str(uuid.uuid4()), 0, 1, "stalled")
+    assert semaphore.acquire("stalled", waiter, TTL_S, limit=1) == LeaseSemaphore.FULL
+    try:
+        assert run_step(job_id, 0, 1) is Outcome.STALE
+        assert semaphore.state("stalled", old) is LeaseState.NONE
+        assert semaphore.state("stalled", waiter) is LeaseState.HELD, "next waiter woken"
+    finally:
+        semaphore.release("stalled", waiter, TTL_S, limit=1)
