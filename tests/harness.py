@@ -6,11 +6,13 @@ is `cao api` under uvicorn, the services are `cao simulators` over real HTTP.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,10 +43,30 @@ def wait_until(
         time.sleep(interval)
 
 
+_LIVE: set[Proc] = set()
+
+
+def _stop_everything(*_: object) -> None:
+    """Children run in their own sessions, so a killed test run must stop them itself."""
+    for proc in list(_LIVE):
+        proc.signal_group(signal.SIGKILL)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _stop_everything()
+    raise SystemExit(128 + signum)
+
+
+atexit.register(_stop_everything)
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 class Proc:
     """A supervised subprocess with its output in a log file."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        _LIVE.add(self)
         self.name = name
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
@@ -76,11 +98,13 @@ class Proc:
                 self.popen.wait(5)
         self.signal_group(signal.SIGKILL)  # orphans of the group (pool children)
         self._log.close()
+        _LIVE.discard(self)
 
     def kill(self) -> None:
         self.signal_group(signal.SIGKILL)
         self.popen.wait(10)
         self._log.close()
+        _LIVE.discard(self)
 
     def wait_for_log(self, needle: str, timeout: float = 60.0) -> None:
         def seen() -> bool:

@@ -42,24 +42,30 @@ def pending_job(db) -> uuid.UUID:
 def test_stale_fence_can_neither_claim_nor_commit(pending_job):
     job_id = pending_job
     with session_scope() as session:
-        assert repo.claim_step(session, job_id, 0, fence=1)
-        assert not repo.claim_step(session, job_id, 0, fence=1), "a duplicate claimed twice"
+        assert repo.claim_step(session, job_id, 0, fence=1) is not None
+        assert repo.claim_step(session, job_id, 0, fence=1) is None, "a duplicate claimed twice"
         next_fence = repo.retry_step(session, job_id, 0, 1, error="503", code="http_503")
     assert next_fence == 2
     with session_scope() as session:
+        run = repo.load_step_run(session, job_id, 0)
+        assert run is not None
         # The zombie of fence 1 returns late: nothing changes.
-        assert repo.complete_step(session, job_id, 0, 1, {"late": True}) is None
+        assert repo.complete_step(session, run, 1, {"late": True}) is None
         assert repo.retry_step(session, job_id, 0, 1, error="x", code="x") is None
         assert not repo.fail_step(session, job_id, 0, 1, error="x", code="x", retryable=False)
-        assert repo.claim_step(session, job_id, 0, fence=2)
-        job = repo.complete_step(session, job_id, 0, 2, {"fresh": True})
+        assert repo.claim_step(session, job_id, 0, fence=2) is not None
+        advance = repo.complete_step(session, run, 2, {"fresh": True})
+        assert advance is not None
+        assert not advance.job_finished
+    with session_scope() as session:
+        job = repo.get_job(session, job_id)
         assert job is not None
         assert job.context == {"one": {"fresh": True}}
         assert job.progress == 50
-    with session_scope() as session:
+        assert job.current_step == 1
         # A redelivery of the winning fence after the commit is also a no-op.
-        assert repo.complete_step(session, job_id, 0, 2, {"again": True}) is None
-        assert not repo.claim_step(session, job_id, 0, fence=2)
+        assert repo.complete_step(session, run, 2, {"again": True}) is None
+        assert repo.claim_step(session, job_id, 0, fence=2) is None
         step = repo.get_step(session, job_id, 0)
         assert step is not None
         assert step.output == {"fresh": True}

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db import on_commit
@@ -40,6 +40,17 @@ def to_wire(event: JobEvent) -> EventOut:
     )
 
 
+_EVENT = JobEvent.__table__
+_INSERT_EVENT = insert(_EVENT).returning(_EVENT.c.id)
+_RESERVE_SEQ = (
+    update(Job.__table__)
+    .where(Job.__table__.c.id == bindparam("p_job"))
+    .values(last_seq=Job.__table__.c.last_seq + 1)
+    .returning(Job.__table__.c.last_seq, Job.__table__.c.feature_name, Job.__table__.c.progress)
+)
+_LOCK_EVENT_IDS = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_EVENT_ID_LOCK)
+
+
 def append_event(
     session: Session,
     job_id: uuid.UUID,
@@ -50,30 +61,48 @@ def append_event(
     attempt: int | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Append one event to the log in the current transaction."""
-    seq, feature_name, progress = session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(last_seq=Job.last_seq + 1)
-        .returning(Job.last_seq, Job.feature_name, Job.progress)
-    ).one()
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_ID_LOCK})
-    event = JobEvent(
-        job_id=job_id,
-        seq=seq,
-        type=str(event_type),
-        feature_name=feature_name,
-        step_index=step_index,
-        step_name=step_name,
-        attempt=attempt,
-        progress=progress,
-        ts=utcnow(),
-        data=data or {},
+    """Append one event to the log in the current transaction, reserving its seq."""
+    seq, feature_name, progress = (
+        session.connection().execute(_RESERVE_SEQ, {"p_job": job_id}).one()
     )
-    session.add(event)
-    session.flush()
-    wire = to_wire(event)
+    record_event(
+        session, job_id, event_type, seq=seq, feature_name=feature_name, progress=progress,
+        step_index=step_index, step_name=step_name, attempt=attempt, data=data,
+    )  # fmt: skip
+
+
+def record_event(
+    session: Session,
+    job_id: uuid.UUID,
+    event_type: EventType,
+    *,
+    seq: int,
+    feature_name: str,
+    progress: int,
+    step_index: int | None = None,
+    step_name: str | None = None,
+    attempt: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> None:
+    """Insert an event whose seq was reserved on the job row by the caller's update;
+    it is published after the transaction commits."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_LOCK_EVENT_IDS)
+    row = {
+        "job_id": job_id,
+        "seq": seq,
+        "type": str(event_type),
+        "feature_name": feature_name,
+        "step_index": step_index,
+        "step_name": step_name,
+        "attempt": attempt,
+        "progress": progress,
+        "ts": utcnow(),
+        "data": data or {},
+    }
+    event_id = connection.execute(_INSERT_EVENT, row).scalar_one()
+    wire = EventOut(id=event_id, **{**row, "job_id": str(job_id)})
     on_commit(session, lambda: publish_after_commit(wire))
 
 

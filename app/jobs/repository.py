@@ -13,7 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    CursorResult,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.events.types import EventType
@@ -25,7 +37,7 @@ from app.jobs.states import (
     StepStatus,
     progress_for,
 )
-from app.models import Job, JobEvent, JobStep, utcnow
+from app.models import Job, JobEvent, JobStep, UTCDateTime, utcnow
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,7 @@ class StepRun:
     job_status: str
     input_data: dict[str, Any]
     context: dict[str, Any]
-    service_spec: dict[str, Any]
+    recipe_steps: list[dict[str, Any]]
     step_index: int
     step_name: str
     queue: str
@@ -45,6 +57,10 @@ class StepRun:
     attempt: int
     fence: int
     max_attempts: int
+
+    @property
+    def service_spec(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.recipe_steps[self.step_index]["service"])
 
     def accepts(self, fence: int) -> bool:
         return (
@@ -93,52 +109,84 @@ def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | No
     ).one_or_none()
 
 
+# The hot path (load, claim, complete, queue) runs per step: its statements are built
+# once with bind parameters and executed at the Core level, skipping the ORM's
+# per-call statement building and identity-map work.
+_JOB = Job.__table__
+_STEP = JobStep.__table__
+_NOW = bindparam("now", type_=UTCDateTime())
+_THIS_STEP = and_(_STEP.c.job_id == bindparam("p_job"), _STEP.c.step_index == bindparam("index"))
+_JOB_IS_ACTIVE = (
+    exists().where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB)).correlate(None)
+)
+
+_LOAD_STEP_RUN = (
+    select(
+        _JOB.c.feature_name,
+        _JOB.c.status.label("job_status"),
+        _JOB.c.input_data,
+        _JOB.c.context,
+        _JOB.c.recipe,
+        _STEP.c.step_name,
+        _STEP.c.queue,
+        _STEP.c.status,
+        _STEP.c.attempt,
+        _STEP.c.fence,
+        _STEP.c.max_attempts,
+    )
+    .join_from(_STEP, _JOB, _STEP.c.job_id == _JOB.c.id)
+    .where(_THIS_STEP)
+)
+
+
 def load_step_run(session: Session, job_id: uuid.UUID, step_index: int) -> StepRun | None:
-    row = session.execute(
-        select(Job, JobStep)
-        .join(JobStep, JobStep.job_id == Job.id)
-        .where(_step(job_id, step_index))
-    ).one_or_none()
+    row = (
+        session.connection()
+        .execute(_LOAD_STEP_RUN, {"p_job": job_id, "index": step_index})
+        .one_or_none()
+    )
     if row is None:
         return None
-    job, step = row
     return StepRun(
-        job_id=job.id,
-        feature_name=job.feature_name,
-        job_status=job.status,
-        input_data=job.input_data,
-        context=job.context or {},
-        service_spec=job.recipe["steps"][step_index]["service"],
+        job_id=job_id,
+        feature_name=row.feature_name,
+        job_status=row.job_status,
+        input_data=row.input_data,
+        context=row.context or {},
+        recipe_steps=row.recipe["steps"],
         step_index=step_index,
-        step_name=step.step_name,
-        queue=step.queue,
-        status=step.status,
-        attempt=step.attempt,
-        fence=step.fence,
-        max_attempts=step.max_attempts,
+        step_name=row.step_name,
+        queue=row.queue,
+        status=row.status,
+        attempt=row.attempt,
+        fence=row.fence,
+        max_attempts=row.max_attempts,
     )
 
 
+_QUEUE_STEP = (
+    update(_STEP)
+    .where(_THIS_STEP)
+    .values(
+        status=StepStatus.QUEUED,
+        attempt=1,
+        fence=_STEP.c.fence + 1,
+        queued_at=_NOW,
+        started_at=None,
+        heartbeat_at=None,
+        finished_at=None,
+        error=None,
+        error_code=None,
+        retryable=None,
+    )
+    .returning(_STEP.c.queue, _STEP.c.fence)
+)
+
+
 def queue_step(session: Session, job_id: uuid.UUID, step_index: int) -> tuple[str, int]:
-    """Put a step on its queue as a fresh attempt 1; returns (queue, fence)."""
-    now = utcnow()
-    queue, fence = session.execute(
-        update(JobStep)
-        .where(_step(job_id, step_index))
-        .values(
-            status=StepStatus.QUEUED,
-            attempt=1,
-            fence=JobStep.fence + 1,
-            queued_at=now,
-            started_at=None,
-            heartbeat_at=None,
-            finished_at=None,
-            error=None,
-            error_code=None,
-            retryable=None,
-        )
-        .returning(JobStep.queue, JobStep.fence)
-    ).one()
+    """Put a step on its queue as a fresh attempt 1 under a new fence; returns (queue, fence)."""
+    params = {"p_job": job_id, "index": step_index, "now": utcnow()}
+    queue, fence = session.connection().execute(_QUEUE_STEP, params).one()
     return queue, fence
 
 
@@ -157,33 +205,50 @@ def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: in
     return result == 1
 
 
-def claim_step(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
-    """Start the step for the delivery holding `fence`; False when stale or a duplicate."""
-    now = utcnow()
-    result = _execute(
-        session,
-        update(JobStep)
-        .where(
-            _step(job_id, step_index),
-            JobStep.fence == fence,
-            JobStep.status.in_(CLAIMABLE_STEP),
-            _job_active(job_id),
-        )
-        .values(status=StepStatus.RUNNING, started_at=now, heartbeat_at=now, finished_at=None),
+@dataclass(frozen=True)
+class EventSlot:
+    """Event numbers reserved on the job row by the update that changed it."""
+
+    first_seq: int
+    feature_name: str
+    progress: int
+
+
+_CLAIM_STEP = (
+    update(_STEP)
+    .where(
+        _THIS_STEP,
+        _STEP.c.fence == bindparam("p_fence"),
+        _STEP.c.status.in_(CLAIMABLE_STEP),
+        _JOB_IS_ACTIVE,
     )
-    if result != 1:
-        return False
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
-        .values(
-            status=JobStatus.RUNNING,
-            current_step=step_index,
-            started_at=func.coalesce(Job.started_at, now),
-            updated_at=now,
-        )
+    .values(status=StepStatus.RUNNING, started_at=_NOW, heartbeat_at=_NOW, finished_at=None)
+)
+_START_JOB = (
+    update(_JOB)
+    .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB))
+    .values(
+        status=JobStatus.RUNNING,
+        current_step=bindparam("index"),
+        started_at=func.coalesce(_JOB.c.started_at, _NOW),
+        updated_at=_NOW,
+        last_seq=_JOB.c.last_seq + 1,
     )
-    return True
+    .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
+)
+
+
+def claim_step(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int
+) -> EventSlot | None:
+    """Start the step for the delivery holding `fence`, reserving the seq of its
+    STEP_STARTED event; None when the delivery is stale or a duplicate."""
+    connection = session.connection()
+    params = {"p_job": job_id, "index": step_index, "p_fence": fence, "now": utcnow()}
+    if cast(CursorResult[Any], connection.execute(_CLAIM_STEP, params)).rowcount != 1:
+        return None
+    seq, feature_name, progress = connection.execute(_START_JOB, params).one()
+    return EventSlot(seq, feature_name, progress)
 
 
 def is_running(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
@@ -221,33 +286,77 @@ def _finish_running_step(
     return result == 1
 
 
+@dataclass(frozen=True)
+class Advance:
+    """A committed step result: the job's new state and the event numbers reserved."""
+
+    job_finished: bool
+    events: EventSlot
+
+
+_COMPLETE_STEP = (
+    update(_STEP)
+    .where(_THIS_STEP, _STEP.c.fence == bindparam("p_fence"), _STEP.c.status == StepStatus.RUNNING)
+    .values(
+        status=StepStatus.COMPLETED,
+        output=bindparam("p_output", type_=JSON()),
+        finished_at=_NOW,
+        error=None,
+        error_code=None,
+        retryable=None,
+    )
+)
+_ADVANCE_JOB = (
+    update(_JOB)
+    .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status == JobStatus.RUNNING)
+    .values(
+        context=bindparam("p_context", type_=JSON()),
+        progress=case(
+            (_JOB.c.progress > bindparam("p_progress"), _JOB.c.progress),
+            else_=bindparam("p_progress"),
+        ),
+        current_step=bindparam("p_current_step"),
+        status=bindparam("p_status"),
+        finished_at=bindparam("p_finished_at", type_=UTCDateTime()),
+        updated_at=_NOW,
+        last_seq=_JOB.c.last_seq + bindparam("events"),
+    )
+    .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
+)
+
+
 def complete_step(
-    session: Session, job_id: uuid.UUID, step_index: int, fence: int, output: dict[str, Any]
-) -> Job | None:
-    """Commit a step's output and advance the job; None when this result is stale."""
+    session: Session, run: StepRun, fence: int, output: dict[str, Any]
+) -> Advance | None:
+    """Commit a step's output and advance the job, reserving the seq of STEP_COMPLETED
+    (and of JOB_COMPLETED after the last step); None when this result is stale."""
+    connection = session.connection()
     now = utcnow()
-    if not _finish_running_step(
-        session, job_id, step_index, fence,
-        status=StepStatus.COMPLETED, output=output, finished_at=now,
-        error=None, error_code=None, retryable=None,
-    ):  # fmt: skip
+    params = {"p_job": run.job_id, "index": run.step_index, "p_fence": fence, "now": now}
+    completed = connection.execute(_COMPLETE_STEP, {**params, "p_output": output})
+    if cast(CursorResult[Any], completed).rowcount != 1:
         return None
-    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
-    if job is None or job.status != JobStatus.RUNNING:
+    total = len(run.recipe_steps)
+    last = run.step_index + 1 >= total
+    # Steps run one at a time, so the context read at load time is still the job's.
+    row = connection.execute(
+        _ADVANCE_JOB,
+        {
+            **params,
+            "p_context": {**run.context, run.step_name: output},
+            "p_progress": 100 if last else progress_for(run.step_index + 1, total),
+            "p_current_step": run.step_index if last else run.step_index + 1,
+            "p_status": JobStatus.COMPLETED if last else JobStatus.RUNNING,
+            "p_finished_at": now if last else None,
+            "events": 2 if last else 1,
+        },
+    ).one_or_none()
+    if row is None:
         # Cancel and resume change the step and the job together; this cannot happen.
-        raise RuntimeError(f"job {job_id} is not RUNNING while its step {step_index} is")
-    step_name = session.get_one(JobStep, (job_id, step_index)).step_name
-    job.context = {**(job.context or {}), step_name: output}
-    job.progress = max(job.progress, progress_for(step_index + 1, job.total_steps))
-    job.updated_at = now
-    if step_index + 1 >= job.total_steps:
-        job.status = JobStatus.COMPLETED
-        job.progress = 100
-        job.finished_at = now
-    else:
-        job.current_step = step_index + 1
-    session.flush()
-    return job
+        raise RuntimeError(f"job {run.job_id} is not RUNNING while its step is")
+    last_seq, feature_name, progress = row
+    first_seq = last_seq - (1 if last else 0)
+    return Advance(job_finished=last, events=EventSlot(first_seq, feature_name, progress))
 
 
 def retry_step(
