@@ -68,7 +68,9 @@ class HandoffChain:
     def __init__(self, max_s: float = CHAIN_MAX_S) -> None:
         self._deadline = time.monotonic() + max_s
         self._next: LeaseId | None = None
-        self._pending: list[Recording[object]] = []
+        # Deferred by the current step / by the one before it, awaiting the next claim.
+        self._deferred: list[Recording[object]] = []
+        self._awaiting_claim: list[Recording[object]] = []
         self._started: list[Recording[object]] = []
 
     def keep(self, queue: str, woken: list[LeaseId]) -> list[LeaseId]:
@@ -87,23 +89,27 @@ class HandoffChain:
         if self._next is None:
             recording.run_inline()
         else:
-            self._pending.append(recording)  # type: ignore[arg-type]
+            self._deferred.append(recording)  # type: ignore[arg-type]
         return recording
 
-    def step_claimed(self) -> None:
-        """The next step holds its claim (or gave up): start the deferred recordings."""
-        for recording in self._pending:
-            recording.start()
-        self._started.extend(self._pending)
-        self._pending.clear()
-
     def take(self) -> LeaseId | None:
+        """The step to run next; recordings deferred so far wait for its claim."""
         lease, self._next = self._next, None
+        self._awaiting_claim.extend(self._deferred)
+        self._deferred.clear()
         return lease
+
+    def step_claimed(self) -> None:
+        """The taken step holds its claim (or gave up): start the recordings it deferred."""
+        for recording in self._awaiting_claim:
+            recording.start()
+        self._started.extend(self._awaiting_claim)
+        self._awaiting_claim.clear()
 
     def close(self) -> None:
         """Enqueue a slot still held, finish every recording."""
         lease = self.take()
+        self.step_claimed()
         if lease is not None:
             try:
                 enqueue_step(
@@ -111,6 +117,5 @@ class HandoffChain:
                 )
             except Exception:
                 log.exception("hand-off enqueue failed; Beat reaps the lease", lease=str(lease))
-        self.step_claimed()
         for recording in self._started:
             recording.result()

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog import Service, current_catalog
 from app.db import on_commit, session_scope
-from app.events.log import append_event
+from app.events.log import append_event, record_event
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.backoff import retry_delay
@@ -140,15 +140,17 @@ def _run_claimed(
     try:
         with session_scope() as session:
             claimed = repo.claim_step(session, job_id, step_index, fence)
-            if claimed:
-                append_event(
+            if claimed is not None:
+                record_event(
                     session, job_id, EventType.STEP_STARTED,
+                    seq=claimed.first_seq, feature_name=claimed.feature_name,
+                    progress=claimed.progress,
                     step_index=step_index, step_name=run.step_name, attempt=run.attempt,
                 )  # fmt: skip
             else:
                 # The same fence already running elsewhere holds this very lease.
                 release = not repo.is_running(session, job_id, step_index, fence)
-        if not claimed:
+        if claimed is None:
             bound.info("duplicate or stale delivery dropped after lease")
             return Outcome.STALE
         chain.step_claimed()
@@ -209,22 +211,27 @@ def _wait_for_slot(run: StepRun, service: Service, bound: Any) -> None:
 
 def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome:
     with session_scope() as session:
-        job = repo.complete_step(session, run.job_id, run.step_index, run.fence, output)
-        if job is None:
+        advance = repo.complete_step(session, run, run.fence, output)
+        if advance is None:
             bound.warning("late result discarded: the step moved on without this attempt")
             return Outcome.DISCARDED
-        append_event(
+        slot = advance.events
+        record_event(
             session, run.job_id, EventType.STEP_COMPLETED,
+            seq=slot.first_seq, feature_name=slot.feature_name, progress=slot.progress,
             step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
             data={"output": output},
         )  # fmt: skip
-        if job.status == "COMPLETED":
-            append_event(session, run.job_id, EventType.JOB_COMPLETED, data={})
+        if advance.job_finished:
+            record_event(
+                session, run.job_id, EventType.JOB_COMPLETED,
+                seq=slot.first_seq + 1, feature_name=slot.feature_name, progress=slot.progress,
+            )  # fmt: skip
         else:
             next_index = run.step_index + 1
             queue, fence = repo.queue_step(session, run.job_id, next_index)
             on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
-    bound.info("step completed", job_status=job.status)
+    bound.info("step completed", job_finished=advance.job_finished)
     return Outcome.COMPLETED
 
 
