@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
@@ -75,6 +76,21 @@ class SocketRecorder:
     @property
     def events(self) -> list[dict[str, Any]]:
         return [body for body in self.messages if body.get("type") != "WS_CONNECTED"]
+
+
+async def submit_many(api_url: str, feature: str, count: int, at_once: int = 8) -> list[str]:
+    """Create `count` jobs, a few requests at a time (many at once stall job creation)."""
+    limit = asyncio.Semaphore(at_once)
+    body = {"feature_name": feature, "input_data": {"prompt": "events"}}
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as client:
+
+        async def create() -> str:
+            async with limit:
+                response = await client.post("/api/v1/jobs", json=body)
+            assert response.status_code == 201, response.text
+            return str(response.json()["job_id"])
+
+        return list(await asyncio.gather(*(create() for _ in range(count))))
 
 
 def latencies(recorders: Iterable[SocketRecorder]) -> list[float]:
@@ -145,7 +161,7 @@ class StalledSocket:
             self.protocol.receive_data(data)
             for item in self.protocol.events_received():
                 if isinstance(item, Frame) and item.opcode is Opcode.TEXT:
-                    messages.append(json.loads(item.data))
+                    messages.append(json.loads(bytes(item.data)))
         self.sock.close()
         close = self.protocol.close_rcvd
         return messages, (close.code if close else None), (close.reason if close else "")

@@ -8,6 +8,8 @@ job's final event.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -28,15 +30,21 @@ def stream_events(
     """Read SSE events until the server ends the stream (or `stop_after` events, then hang up)."""
     received: list[dict[str, Any]] = []
     url = f"{api_server}/api/v1/jobs/{job_id}/events"
+    deadline = time.monotonic() + 40
+
+    def lines_in_time(response: httpx.Response) -> Iterator[str]:
+        for line in response.iter_lines():  # keep-alives come at least every 15 s
+            assert time.monotonic() < deadline, f"the stream did not end: {received}"
+            yield line
+
     with httpx.stream("GET", url, headers={**SSE, **headers}, timeout=30) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        for frame in read_sse(response.iter_lines()):
+        for frame in read_sse(lines_in_time(response)):
             event = json.loads(frame["data"])
             assert frame["id"] == str(event["seq"]), frame
             assert frame["event"] == event["type"], frame
             received.append(event)
-            print("GOT", event["seq"], event["type"], flush=True)
             if stop_after is not None and len(received) == stop_after:
                 break
     return received

@@ -8,6 +8,7 @@ sockets at once, a killed Redis subscription, and a client that stops reading.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -27,19 +28,21 @@ from tests.event_clients import (
     StalledSocket,
     latencies,
     latency_summary,
+    submit_many,
     ws_url,
 )
 from tests.harness import wait_for_job, wait_until
-from tests.operator_support import submit
+from tests.operator_support import key_of, secured_api, submit
 
 pytestmark = pytest.mark.slow
 
 STEPS = ["prompt_enhancer", "fast_chat_llm", "summarizer_pro", "email_notifier"]
 
 
-def run(coro: Any) -> Any:
+def run(coro: Any, timeout: float = 100) -> Any:
+    """Run a client scenario; a hang fails it here, well inside the test's own timeout."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+        return runner.run(asyncio.wait_for(coro, timeout))
 
 
 def newest_event_id() -> int:
@@ -78,6 +81,7 @@ def test_job_stream_is_ordered_complete_and_replayable(stack, api_server):
     assert_complete_job_stream(live.events, job_id)
     assert live.close_code == 1000, (live.close_code, live.close_reason)
     assert live.events == stored_log(api, job_id)
+    assert latencies([live]), "the job ran while the socket was open: some events were live"
 
     # After the job finished: the very same stream, then a clean close.
     replay = run(SocketRecorder(ws_url(api_server, f"/ws/{job_id}")).run())
@@ -126,20 +130,9 @@ def test_700_sockets_each_get_every_event_in_order_while_50_jobs_run(stack, api_
     async def scenario() -> tuple[FanOut, list[str]]:
         fan_out = FanOut(api_server, [watched] * 500, 200, after_id, jobs=50)
         await fan_out.start()
-        # A few submissions at a time: many at once stall job creation (see the report).
-        limit = asyncio.Semaphore(8)
-        body = {"feature_name": "business_plan", "input_data": {"prompt": "fan-out"}}
-        async with httpx.AsyncClient(base_url=api_server, timeout=30) as client:
-
-            async def create() -> str:
-                async with limit:
-                    response = await client.post("/api/v1/jobs", json=body)
-                assert response.status_code == 201, response.text
-                return str(response.json()["job_id"])
-
-            created = await asyncio.gather(*(create() for _ in range(49)))
+        created = await submit_many(api_server, "business_plan", 49)
         await fan_out.finish(timeout=90)
-        return fan_out, list(created)
+        return fan_out, created
 
     fan_out, others = run(scenario())
     jobs = [watched, *others]
@@ -212,15 +205,7 @@ def test_a_socket_that_stops_reading_gets_4008_and_delays_no_one(stack, api_serv
     async def scenario() -> FanOut:
         healthy = FanOut(api_server, [], 3, after_id, jobs=jobs)
         await healthy.start()
-        limit = asyncio.Semaphore(8)
-        body = {"feature_name": "flaky_then_mail", "input_data": {"prompt": "big"}}
-        async with httpx.AsyncClient(base_url=api_server, timeout=30) as client:
-
-            async def create() -> None:
-                async with limit:
-                    assert (await client.post("/api/v1/jobs", json=body)).status_code == 201
-
-            await asyncio.gather(*(create() for _ in range(jobs)))
+        await submit_many(api_server, "flaky_then_mail", jobs)
         await healthy.finish(timeout=90)
         return healthy
 
@@ -248,3 +233,26 @@ def test_a_socket_that_stops_reading_gets_4008_and_delays_no_one(stack, api_serv
         )
     )
     assert got + rest.events == reference
+
+
+def test_an_api_restart_mid_job_loses_nothing(stack, env, log_dir):
+    api, sim = stack["api"], stack["sim"]
+    sim.behave("summarizer_pro", latency_ms=3000)  # the job is still running after the restart
+    job_id = submit(api, "business_plan")
+    path = f"/ws/{job_id}?api_key={key_of('operator')}"
+
+    with secured_api(env, log_dir) as first_api:  # an API of its own, to stop mid-job
+        before = SocketRecorder(ws_url(first_api, path))
+        reader = threading.Thread(target=lambda: run(before.run()))
+        reader.start()
+        wait_until(lambda: len(before.events) >= 3, 30, message="the first events")
+    reader.join(15)
+    assert before.close_code == 1012, "a restarting server says so"
+    assert api.get(f"/api/v1/jobs/{job_id}").json()["status"] == "RUNNING"
+
+    last_seen = before.events[-1]["seq"]
+    with secured_api(env, log_dir) as second_api:
+        after = run(SocketRecorder(ws_url(second_api, f"{path}&after={last_seen}")).run())
+    full = stored_log(api, job_id)
+    assert before.events + after.events == full
+    assert after.close_code == 1000

@@ -75,6 +75,7 @@ def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeRespo
         created_after=body.created_after,
     )
     result = operations.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
+    session.commit()  # in this thread: see app/api/jobs.py create_job
     return BulkResumeResponse(
         dry_run=result.dry_run, count=len(result.job_ids), job_ids=result.job_ids
     )
@@ -86,10 +87,13 @@ def resume_job(
 ) -> JobDetail:
     """Resume a FAILED job from its failed step, or from an earlier `from_step`."""
     job = operations.resume_job(session, job_id, body.from_step if body else None)
+    session.commit()  # in this thread: see app/api/jobs.py create_job
     return _detail(session, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail)
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
     """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
-    return _detail(session, operations.cancel_job(session, job_id))
+    job = operations.cancel_job(session, job_id)
+    session.commit()  # in this thread: see app/api/jobs.py create_job
+    return _detail(session, job)

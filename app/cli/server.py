@@ -27,6 +27,8 @@ def api(
         log_level="warning",
         ws_ping_interval=20,
         ws_ping_timeout=20,
+        # Open SSE streams and sockets must not hold a shutdown forever.
+        timeout_graceful_shutdown=5,
     )
 
 

@@ -105,6 +105,9 @@ class Subscription:
             if self.stop_reason is not None:
                 raise SubscriptionStopped(self.stop_reason)
             self._wakeup.clear()
+            if timeout is None:
+                await self._wakeup.wait()
+                continue
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
@@ -275,7 +278,10 @@ class EventHub:
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
             self._stop_stalled()
-            await self._catch_up_logged()
+            # With nobody listening a missed event matters to no one; the next payload
+            # reveals the gap and the log fills it.
+            if self._all_jobs or self._by_job:
+                await self._catch_up_logged()
 
     async def _catch_up_logged(self) -> bool:
         try:

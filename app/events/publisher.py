@@ -3,6 +3,8 @@ recovered by subscribers reading the log, so failures here are only logged."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import structlog
 from redis.connection import parse_url
 
@@ -19,8 +21,12 @@ def events_channel(redis_url: str | None = None) -> str:
     Pub/sub ignores the Redis database number, so it is part of the name: two
     deployments (or test runs) on one Redis server never hear each other's events.
     """
-    db = parse_url(redis_url or get_settings().redis_url).get("db", 0)
-    return f"cao:events:{db}"
+    return _channel_for(redis_url or get_settings().redis_url)
+
+
+@lru_cache(maxsize=8)
+def _channel_for(redis_url: str) -> str:
+    return f"cao:events:{parse_url(redis_url).get('db', 0)}"
 
 
 def publish_after_commit(event: EventOut) -> None:

@@ -104,8 +104,8 @@ class OrderedStream:
                 self.delivered = self.source.position(event)
 
     async def _ordered(self, idle_after: float | None) -> AsyncIterator[WireEvent | None]:
-        async for event in self._from_log():
-            yield event
+        async for missed in self._from_log():
+            yield missed
         while not self._finished():
             event = await self.sub.next(idle_after)
             if event is None:

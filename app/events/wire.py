@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from starlette.concurrency import run_in_threadpool
 
@@ -35,7 +34,6 @@ class WireEvent:
     seq: int
     job_id: str
     type: str
-    ts: datetime
     text: str
 
     @property
@@ -52,7 +50,6 @@ class WireEvent:
             seq=int(body["seq"]),
             job_id=str(body["job_id"]),
             type=str(body["type"]),
-            ts=datetime.fromisoformat(body["ts"]),
             text=decoded,
         )
 
@@ -64,7 +61,6 @@ class WireEvent:
             seq=wire.seq,
             job_id=wire.job_id,
             type=wire.type,
-            ts=wire.ts,
             text=wire.model_dump_json(),
         )
 
