@@ -57,3 +57,16 @@ def percentile(values: list[float], q: float) -> float:
 
 def python() -> str:
     return sys.executable
+
+
+# What a plain Celery baseline shares with the gateway's worker (worker/celery_app.py):
+# at-least-once delivery, one message per process at a time, no result backend.
+BASELINE_CELERY_CONF = {
+    "task_serializer": "json",
+    "accept_content": ["json"],
+    "task_ignore_result": True,
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "worker_hijack_root_logger": False,
+}

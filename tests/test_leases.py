@@ -131,3 +131,35 @@ def test_stale_woken_delivery_gives_its_slot_back(db, semaphore):
         assert semaphore.state("stalled", waiter) is LeaseState.HELD, "next waiter woken"
     finally:
         semaphore.release("stalled", waiter, TTL_S, limit=1)
+
+
+def test_released_slot_is_taken_over_in_process(db, semaphore):
+    """The worker that frees a slot runs the step it hands the slot to: no broker hop."""
+    from app.catalog import current_catalog
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import Outcome, run_step
+    from app.jobs.service import create_job
+    from tests.lease_support import queued_deliveries
+
+    with session_scope() as session:
+        first, second = (
+            create_job(session, current_catalog(), feature_name="solo_job", input_data={}).job.id
+            for _ in range(2)
+        )
+    queued_deliveries("solo")  # the creation messages; these steps are driven by hand
+    first_lease = LeaseId(str(first), 0, 1, "solo")
+    try:
+        # The first step's delivery holds the only slot; the second must wait for it.
+        assert semaphore.acquire("solo", first_lease, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        assert run_step(second, 0, 1) is Outcome.WAITING
+        assert semaphore.state("solo", LeaseId(str(second), 0, 1, "solo")) is LeaseState.WAITING
+
+        assert run_step(first, 0, 1) is Outcome.COMPLETED
+        with session_scope() as session:
+            jobs = [repo.get_job(session, job_id) for job_id in (first, second)]
+            assert [job.status if job else None for job in jobs] == ["COMPLETED"] * 2
+        assert queued_deliveries("solo") == [], "the hand-off went through the broker"
+        assert semaphore.usage("solo").in_use == 0
+    finally:
+        semaphore.release("solo", first_lease, TTL_S, limit=1)

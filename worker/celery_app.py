@@ -31,7 +31,13 @@ celery_app.conf.update(
     worker_prefetch_multiplier=1,
     task_default_queue="default",
     task_create_missing_queues=True,
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        # A hung broker (not down: connections accepted, nothing answered) must not
+        # hold an enqueue forever; the committed step is found again by Beat.
+        "socket_connect_timeout": 3,
+        "socket_timeout": 5,
+    },
     broker_connection_retry_on_startup=True,
     beat_schedule=beat_schedule(settings),
     worker_hijack_root_logger=False,

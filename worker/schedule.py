@@ -1,8 +1,9 @@
 """The Beat schedule: the only place schedules live.
 
-Intervals and thresholds come from the settings of the process that runs Beat. A
-maintenance message expires when the next one is due anyway, so a backlog on the
-default queue never piles up sweeps.
+Intervals and thresholds come from the settings of the process that runs Beat (the
+thresholds travel as task arguments, so whichever worker runs a sweep applies them).
+A maintenance message expires once a newer one is due (never within 5 s), so a
+backlog on the default queue does not pile sweeps up.
 """
 
 from __future__ import annotations

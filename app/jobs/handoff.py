@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -69,9 +69,9 @@ class HandoffChain:
         self._deadline = time.monotonic() + max_s
         self._next: LeaseId | None = None
         # Deferred by the current step / by the one before it, awaiting the next claim.
-        self._deferred: list[Recording[object]] = []
-        self._awaiting_claim: list[Recording[object]] = []
-        self._started: list[Recording[object]] = []
+        self._deferred: list[Recording[Any]] = []
+        self._awaiting_claim: list[Recording[Any]] = []
+        self._started: list[Recording[Any]] = []
 
     def keep(self, queue: str, woken: list[LeaseId]) -> list[LeaseId]:
         """Keep one woken step of `queue` to run here next; returns the others."""
@@ -89,7 +89,7 @@ class HandoffChain:
         if self._next is None:
             recording.run_inline()
         else:
-            self._deferred.append(recording)  # type: ignore[arg-type]
+            self._deferred.append(recording)
         return recording
 
     def take(self) -> LeaseId | None:

@@ -104,7 +104,7 @@ def recover_step(job_id: uuid.UUID, step_index: int, fence: int, reason: str) ->
         if step.status == StepStatus.RUNNING:
             return _restart_lost_attempt(session, step, reason)
         # It took a lease but never started: not requeued if someone just did.
-        return _requeue(session, step, ttl_s=lease_ttl_s(step))
+        return _requeue(session, step, idle_for_s=lease_ttl_s(step))
 
 
 def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Action:
@@ -139,8 +139,9 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
     return Action.FAILED
 
 
-def _requeue(session: Session, step: LiveStep, ttl_s: float) -> Action:
-    idle_before = utcnow() - timedelta(seconds=ttl_s)
+def _requeue(session: Session, step: LiveStep, idle_for_s: float) -> Action:
+    """Re-enqueue under the same fence, unless queued (by anyone) in the last `idle_for_s`."""
+    idle_before = utcnow() - timedelta(seconds=idle_for_s)
     if not repo.touch_idle_step(session, step.job_id, step.step_index, step.fence, idle_before):
         return Action.NONE
     on_commit(session, lambda: enqueue_step(step.job_id, step.step_index, step.fence, step.queue))
@@ -158,7 +159,7 @@ def requeue_idle_step(step: LiveStep, requeue_after_s: float) -> Action:
             # Its message is delayed (ETA): only overdue once that delay has passed too.
             delay_s = repo.last_retry_delay_s(session, step.job_id, step.step_index)
             requeue_after_s += delay_s
-        return _requeue(session, step, ttl_s=requeue_after_s)
+        return _requeue(session, step, idle_for_s=requeue_after_s)
 
 
 def fail_if_stuck(job_id: uuid.UUID, stuck_s: float) -> Action:

@@ -3,7 +3,9 @@
 Every delivery carries (job_id, step_index, fence). Only the delivery whose fence
 matches the step row and whose claim wins the conditional update calls the service;
 its result is committed only if the step is still RUNNING under that fence.
-Duplicate, late and zombie deliveries therefore change nothing.
+Duplicate, late and zombie deliveries therefore change nothing. The slot a finished
+call frees is handed to the oldest waiting step, which this same process then runs
+(app/jobs/handoff.py).
 """
 
 from __future__ import annotations
@@ -109,12 +111,12 @@ def _run_delivery(
     job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
 ) -> Outcome | Recording[Outcome]:
     try:
-        return _run_claimed(job_id, step_index, fence, chain)
+        return _run_attempt(job_id, step_index, fence, chain)
     finally:
         chain.step_claimed()  # however this delivery ended, deferred recordings may go
 
 
-def _run_claimed(
+def _run_attempt(
     job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
 ) -> Outcome | Recording[Outcome]:
     with session_scope() as session:
@@ -174,8 +176,8 @@ def _run_claimed(
         release = False
         _release(semaphore, run, lease, chain)
         if isinstance(result, StepError):
-            error = result
-            return chain.record(lambda: _record_failure(run, service, error, bound))
+            failure = result
+            return chain.record(lambda: _record_failure(run, service, failure, bound))
         output = result
         return chain.record(lambda: _record_success(run, output, bound))
     finally:
