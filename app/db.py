@@ -43,20 +43,25 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def build_engine(url: str | None = None) -> Engine:
+def build_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
+    """`pre_ping` tests each pooled connection before use: one more round trip per
+    transaction, worth it for the API; workers retry a task on a dead connection."""
     url = url or get_settings().database_url
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
     # The API's thread pool runs up to 40 requests at once; leave them headroom.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30, pool_timeout=10)
+    return create_engine(
+        url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=30, pool_timeout=10,
+        pool_recycle=1800,
+    )  # fmt: skip
 
 
-def init_db(url: str | None = None) -> Engine:
+def init_db(url: str | None = None, *, pre_ping: bool = True) -> Engine:
     global _engine, _sessionmaker
     if _engine is None:
-        _engine = build_engine(url)
+        _engine = build_engine(url, pre_ping=pre_ping)
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -135,3 +136,9 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_event_job_id_seq"),)
+
+
+# Typed handles on the tables for Core statements on the hot path.
+job_table = cast(Table, Job.__table__)
+job_step_table = cast(Table, JobStep.__table__)
+job_event_table = cast(Table, JobEvent.__table__)

@@ -78,7 +78,8 @@ def _on_process_init(**_: Any) -> None:
     from app.services.http import get_client
 
     configure_logging("worker")
-    init_db()
+    # No pre-ping: run_step retries on OperationalError, and the fence makes that safe.
+    init_db(pre_ping=False)
     # Now rather than on a first step's critical path, where a slot is already held.
     get_client()
 

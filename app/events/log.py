@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.db import on_commit
 from app.events.publisher import publish_after_commit
 from app.events.types import EventOut, EventType
-from app.models import Job, JobEvent, utcnow
+from app.models import Job, JobEvent, job_event_table, job_table, utcnow
 
 _EVENT_ID_LOCK = 0x0CA0E7
 
@@ -40,15 +40,31 @@ def to_wire(event: JobEvent) -> EventOut:
     )
 
 
-_EVENT = JobEvent.__table__
+_EVENT = job_event_table
 _INSERT_EVENT = insert(_EVENT).returning(_EVENT.c.id)
 _RESERVE_SEQ = (
-    update(Job.__table__)
-    .where(Job.__table__.c.id == bindparam("p_job"))
-    .values(last_seq=Job.__table__.c.last_seq + 1)
-    .returning(Job.__table__.c.last_seq, Job.__table__.c.feature_name, Job.__table__.c.progress)
+    update(job_table)
+    .where(job_table.c.id == bindparam("p_job"))
+    .values(last_seq=job_table.c.last_seq + 1)
+    .returning(job_table.c.last_seq, job_table.c.feature_name, job_table.c.progress)
 )
-_LOCK_EVENT_IDS = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_EVENT_ID_LOCK)
+_COLUMNS = ("job_id", "seq", "type", "feature_name", "step_index", "step_name", "attempt",
+            "progress", "ts", "data")  # fmt: skip
+# PostgreSQL: take the event-id lock and insert in one round trip.
+_LOCKED_INSERT_EVENT = (
+    text(
+        "WITH id_lock AS (SELECT pg_advisory_xact_lock(:lock_key)) "
+        f"INSERT INTO job_event ({', '.join(_COLUMNS)}) "
+        f"SELECT {', '.join(':' + c for c in _COLUMNS)} FROM id_lock RETURNING id"
+    )
+    .bindparams(
+        bindparam("lock_key", _EVENT_ID_LOCK),
+        bindparam("job_id", type_=_EVENT.c.job_id.type),
+        bindparam("ts", type_=_EVENT.c.ts.type),
+        bindparam("data", type_=_EVENT.c.data.type),
+    )
+    .columns(id=_EVENT.c.id.type)
+)
 
 
 def append_event(
@@ -87,8 +103,6 @@ def record_event(
     """Insert an event whose seq was reserved on the job row by the caller's update;
     it is published after the transaction commits."""
     connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(_LOCK_EVENT_IDS)
     row = {
         "job_id": job_id,
         "seq": seq,
@@ -101,7 +115,8 @@ def record_event(
         "ts": utcnow(),
         "data": data or {},
     }
-    event_id = connection.execute(_INSERT_EVENT, row).scalar_one()
+    statement = _LOCKED_INSERT_EVENT if connection.dialect.name == "postgresql" else _INSERT_EVENT
+    event_id = connection.execute(statement, row).scalar_one()
     wire = EventOut(id=event_id, **{**row, "job_id": str(job_id)})
     on_commit(session, lambda: publish_after_commit(wire))
 

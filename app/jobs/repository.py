@@ -37,7 +37,7 @@ from app.jobs.states import (
     StepStatus,
     progress_for,
 )
-from app.models import Job, JobEvent, JobStep, UTCDateTime, utcnow
+from app.models import Job, JobEvent, JobStep, UTCDateTime, job_step_table, job_table, utcnow
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | No
 # The hot path (load, claim, complete, queue) runs per step: its statements are built
 # once with bind parameters and executed at the Core level, skipping the ORM's
 # per-call statement building and identity-map work.
-_JOB = Job.__table__
-_STEP = JobStep.__table__
+_JOB = job_table
+_STEP = job_step_table
 _NOW = bindparam("now", type_=UTCDateTime())
 _THIS_STEP = and_(_STEP.c.job_id == bindparam("p_job"), _STEP.c.step_index == bindparam("index"))
 _JOB_IS_ACTIVE = (

@@ -119,28 +119,24 @@ def _run_delivery(
 def _run_attempt(
     job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
 ) -> Outcome | Recording[Outcome]:
-    with session_scope() as session:
-        run = repo.load_step_run(session, job_id, step_index)
-    if run is None or not run.accepts(fence):
-        log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
-        if run is not None and not (run.status == StepStatus.RUNNING and run.fence == fence):
-            # A waiter woken after its job was cancelled or its step moved on holds the
-            # slot it was handed; give it back now rather than after lease_ttl_s. (A
-            # duplicate of the delivery running this fence must keep that one's lease.)
-            _release(get_semaphore(), run, LeaseId(str(job_id), step_index, fence, run.queue))
-        return Outcome.STALE
-    service = live_service(run.service_spec)
-    bound = log.bind(job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue)
     semaphore = get_semaphore()
-    lease = LeaseId(str(job_id), step_index, fence, run.queue)
-    acquired = semaphore.acquire(service.name, lease, service.lease_ttl_s, service.concurrency)
-    if acquired == LeaseSemaphore.FULL:
-        _wait_for_slot(run, service, bound)
-        return Outcome.WAITING
-
-    release = True
+    release = False
     try:
+        # One transaction: read the step, take its slot, claim it (or park it waiting).
         with session_scope() as session:
+            run = repo.load_step_run(session, job_id, step_index)
+            if run is None or not run.accepts(fence):
+                return _drop_stale(semaphore, run, job_id, step_index, fence)
+            service = live_service(run.service_spec)
+            bound = log.bind(
+                job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue
+            )
+            lease = LeaseId(str(job_id), step_index, fence, run.queue)
+            limit, ttl = service.concurrency, service.lease_ttl_s
+            if semaphore.acquire(service.name, lease, ttl, limit) == LeaseSemaphore.FULL:
+                _wait_for_slot(session, run, service, bound)
+                return Outcome.WAITING
+            release = True
             claimed = repo.claim_step(session, job_id, step_index, fence)
             if claimed is not None:
                 record_event(
@@ -181,7 +177,7 @@ def _run_attempt(
         output = result
         return chain.record(lambda: _record_success(run, output, bound))
     finally:
-        if release:
+        if release and run is not None:
             _release(semaphore, run, lease)
 
 
@@ -200,14 +196,25 @@ def _release(
         log.exception("lease release or wake-up failed", lease=str(lease))
 
 
-def _wait_for_slot(run: StepRun, service: Service, bound: Any) -> None:
-    with session_scope() as session:
-        if repo.mark_waiting(session, run.job_id, run.step_index, run.fence):
-            append_event(
-                session, run.job_id, EventType.WAITING_FOR_SLOT,
-                step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
-                data={"service": service.name, "limit": service.concurrency},
-            )  # fmt: skip
+def _drop_stale(
+    semaphore: LeaseSemaphore, run: StepRun | None, job_id: uuid.UUID, step_index: int, fence: int
+) -> Outcome:
+    log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
+    if run is not None and not (run.status == StepStatus.RUNNING and run.fence == fence):
+        # A waiter woken after its job was cancelled or its step moved on holds the
+        # slot it was handed; give it back now rather than after lease_ttl_s. (A
+        # duplicate of the delivery running this fence must keep that one's lease.)
+        _release(semaphore, run, LeaseId(str(job_id), step_index, fence, run.queue))
+    return Outcome.STALE
+
+
+def _wait_for_slot(session: Session, run: StepRun, service: Service, bound: Any) -> None:
+    if repo.mark_waiting(session, run.job_id, run.step_index, run.fence):
+        append_event(
+            session, run.job_id, EventType.WAITING_FOR_SLOT,
+            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
+            data={"service": service.name, "limit": service.concurrency},
+        )  # fmt: skip
     bound.info("waiting for a slot", service=service.name, limit=service.concurrency)
 
 
@@ -217,6 +224,11 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
         if advance is None:
             bound.warning("late result discarded: the step moved on without this attempt")
             return Outcome.DISCARDED
+        if not advance.job_finished:
+            next_index = run.step_index + 1
+            queue, fence = repo.queue_step(session, run.job_id, next_index)
+            on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
+        # Events go last: inserting one takes the event-id lock until commit.
         slot = advance.events
         record_event(
             session, run.job_id, EventType.STEP_COMPLETED,
@@ -229,10 +241,6 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
                 session, run.job_id, EventType.JOB_COMPLETED,
                 seq=slot.first_seq + 1, feature_name=slot.feature_name, progress=slot.progress,
             )  # fmt: skip
-        else:
-            next_index = run.step_index + 1
-            queue, fence = repo.queue_step(session, run.job_id, next_index)
-            on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
     bound.info("step completed", job_finished=advance.job_finished)
     return Outcome.COMPLETED
 
