@@ -34,9 +34,10 @@ from app.catalog import current_catalog
 from app.db import on_commit, session_scope
 from app.events.log import append_event
 from app.events.types import EventType
+from app.jobs import recovery_repository as recovery_repo
 from app.jobs import repository as repo
 from app.jobs.dispatch import enqueue_step
-from app.jobs.repository import LiveStep
+from app.jobs.recovery_repository import LiveStep
 from app.jobs.runner import wake
 from app.jobs.states import StepStatus
 from app.leases import LeaseId, LeaseState, get_semaphore
@@ -98,7 +99,7 @@ def _each(items: Iterable[_T], act: Callable[[_T], Action], report: SweepReport)
 def recover_step(job_id: uuid.UUID, step_index: int, fence: int, reason: str) -> Action:
     """The holder of this step's lease under `fence` is gone; put the step back."""
     with session_scope() as session:
-        step = repo.find_live_step(session, job_id, step_index)
+        step = recovery_repo.find_live_step(session, job_id, step_index)
         if step is None or step.fence != fence:
             return Action.NONE
         if step.status == StepStatus.RUNNING:
@@ -109,7 +110,7 @@ def recover_step(job_id: uuid.UUID, step_index: int, fence: int, reason: str) ->
 
 def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Action:
     error = f"worker lost during attempt {step.attempt} of {step.max_attempts}: {reason}"
-    new_fence = repo.restart_lost_attempt(
+    new_fence = recovery_repo.restart_lost_attempt(
         session, step.job_id, step.step_index, step.fence, error=error, code=WORKER_LOST
     )
     if new_fence is not None:
@@ -142,7 +143,9 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
 def _requeue(session: Session, step: LiveStep, idle_for_s: float) -> Action:
     """Re-enqueue under the same fence, unless queued (by anyone) in the last `idle_for_s`."""
     idle_before = utcnow() - timedelta(seconds=idle_for_s)
-    if not repo.touch_idle_step(session, step.job_id, step.step_index, step.fence, idle_before):
+    if not recovery_repo.touch_idle_step(
+        session, step.job_id, step.step_index, step.fence, idle_before
+    ):
         return Action.NONE
     on_commit(session, lambda: enqueue_step(step.job_id, step.step_index, step.fence, step.queue))
     log.info("step re-enqueued", job_id=str(step.job_id), step=step.step_index, fence=step.fence)
@@ -157,7 +160,7 @@ def requeue_idle_step(step: LiveStep, requeue_after_s: float) -> Action:
     with session_scope() as session:
         if step.status == StepStatus.RETRYING:
             # Its message is delayed (ETA): only overdue once that delay has passed too.
-            delay_s = repo.last_retry_delay_s(session, step.job_id, step.step_index)
+            delay_s = recovery_repo.last_retry_delay_s(session, step.job_id, step.step_index)
             requeue_after_s += delay_s
         return _requeue(session, step, idle_for_s=requeue_after_s)
 
@@ -176,7 +179,9 @@ def fail_if_stuck(job_id: uuid.UUID, stuck_s: float) -> Action:
             f"no progress for {stuck_s:g}s ({where}); failed by the stuck-job check "
             "(JOB_STUCK_SECONDS), resume it to try again"
         )
-        if not repo.fail_stuck_job(session, job_id, idle_since, error=error, code=JOB_STUCK):
+        if not recovery_repo.fail_stuck_job(
+            session, job_id, idle_since, error=error, code=JOB_STUCK
+        ):
             return Action.NONE
         append_event(
             session, job_id, EventType.JOB_ERROR,
@@ -198,7 +203,7 @@ def sweep_silent_steps() -> SweepReport:
     now = utcnow()
     shortest_ttl = min((s.lease_ttl_s for s in services), default=1.0)
     with session_scope() as session:
-        candidates = repo.find_silent_running_steps(
+        candidates = recovery_repo.find_silent_running_steps(
             session, now - timedelta(seconds=shortest_ttl), BATCH
         )
     semaphore = get_semaphore()
@@ -218,7 +223,7 @@ def sweep_silent_steps() -> SweepReport:
 
 def sweep_idle_steps(requeue_after_s: float) -> SweepReport:
     with session_scope() as session:
-        candidates = repo.find_idle_queued_steps(
+        candidates = recovery_repo.find_idle_queued_steps(
             session, utcnow() - timedelta(seconds=requeue_after_s), BATCH
         )
     report = SweepReport()
@@ -228,7 +233,9 @@ def sweep_idle_steps(requeue_after_s: float) -> SweepReport:
 
 def sweep_stuck_jobs(stuck_s: float) -> SweepReport:
     with session_scope() as session:
-        job_ids = repo.find_stuck_job_ids(session, utcnow() - timedelta(seconds=stuck_s), BATCH)
+        job_ids = recovery_repo.find_stuck_job_ids(
+            session, utcnow() - timedelta(seconds=stuck_s), BATCH
+        )
     report = SweepReport()
     _each(job_ids, lambda job_id: fail_if_stuck(job_id, stuck_s), report)
     return report
@@ -270,7 +277,7 @@ def delete_old_jobs(retention_days: float, max_batches: int = 20) -> int:
     deleted = 0
     for _ in range(max_batches):
         with session_scope() as session:
-            count = repo.delete_finished_jobs(session, finished_before, BATCH)
+            count = recovery_repo.delete_finished_jobs(session, finished_before, BATCH)
         deleted += count
         if count < BATCH:
             break

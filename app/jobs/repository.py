@@ -19,7 +19,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    delete,
     exists,
     func,
     or_,
@@ -28,16 +27,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.events.types import EventType
 from app.jobs.states import (
     ACTIVE_JOB,
     CLAIMABLE_STEP,
-    FINISHED_JOB,
     JobStatus,
     StepStatus,
     progress_for,
 )
-from app.models import Job, JobEvent, JobStep, UTCDateTime, job_step_table, job_table, utcnow
+from app.models import Job, JobStep, UTCDateTime, job_step_table, job_table, utcnow
 
 
 @dataclass(frozen=True)
@@ -68,17 +65,17 @@ class StepRun:
         )
 
 
-def _execute(session: Session, statement: Any) -> int:
+def rows_changed(session: Session, statement: Any) -> int:
     """Run an UPDATE and return how many rows it changed."""
     result = session.execute(statement)
     return cast(CursorResult[Any], result).rowcount
 
 
-def _step(job_id: uuid.UUID, step_index: int) -> Any:
+def step_where(job_id: uuid.UUID, step_index: int) -> Any:
     return and_(JobStep.job_id == job_id, JobStep.step_index == step_index)
 
 
-def _job_active(job_id: uuid.UUID) -> Any:
+def job_is_active(job_id: uuid.UUID) -> Any:
     return exists().where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
 
 
@@ -164,6 +161,11 @@ def load_step_run(session: Session, job_id: uuid.UUID, step_index: int) -> StepR
     )
 
 
+# What a step's previous run leaves behind, cleared whenever a new run is set up.
+_RUN_COLUMNS_CLEARED: dict[str, Any] = dict.fromkeys(
+    ("error", "error_code", "retryable", "queued_at", "started_at", "heartbeat_at", "finished_at")
+)
+
 _QUEUE_STEP = (
     update(_STEP)
     .where(_THIS_STEP)
@@ -171,13 +173,7 @@ _QUEUE_STEP = (
         status=StepStatus.QUEUED,
         attempt=1,
         fence=_STEP.c.fence + 1,
-        queued_at=_NOW,
-        started_at=None,
-        heartbeat_at=None,
-        finished_at=None,
-        error=None,
-        error_code=None,
-        retryable=None,
+        **{**_RUN_COLUMNS_CLEARED, "queued_at": _NOW},
     )
     .returning(_STEP.c.queue, _STEP.c.fence)
 )
@@ -191,14 +187,14 @@ def queue_step(session: Session, job_id: uuid.UUID, step_index: int) -> tuple[st
 
 
 def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
-    result = _execute(
+    result = rows_changed(
         session,
         update(JobStep)
         .where(
-            _step(job_id, step_index),
+            step_where(job_id, step_index),
             JobStep.fence == fence,
             JobStep.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
-            _job_active(job_id),
+            job_is_active(job_id),
         )
         .values(status=StepStatus.WAITING_FOR_SLOT),
     )
@@ -257,11 +253,11 @@ def is_running(session: Session, job_id: uuid.UUID, step_index: int, fence: int)
 
 
 def heartbeat(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
-    result = _execute(
+    result = rows_changed(
         session,
         update(JobStep)
         .where(
-            _step(job_id, step_index),
+            step_where(job_id, step_index),
             JobStep.fence == fence,
             JobStep.status == StepStatus.RUNNING,
         )
@@ -273,11 +269,11 @@ def heartbeat(session: Session, job_id: uuid.UUID, step_index: int, fence: int) 
 def _finish_running_step(
     session: Session, job_id: uuid.UUID, step_index: int, held_fence: int, **values: Any
 ) -> bool:
-    result = _execute(
+    result = rows_changed(
         session,
         update(JobStep)
         .where(
-            _step(job_id, step_index),
+            step_where(job_id, step_index),
             JobStep.fence == held_fence,
             JobStep.status == StepStatus.RUNNING,
         )
@@ -404,7 +400,7 @@ def fail_job(
     session: Session, job_id: uuid.UUID, *, error: str, code: str, retryable: bool
 ) -> bool:
     now = utcnow()
-    result = _execute(
+    result = rows_changed(
         session,
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
@@ -472,7 +468,7 @@ def _move_job(
     session: Session, job_id: uuid.UUID, from_status: Sequence[str], **values: Any
 ) -> bool:
     """Change the job only while its status is in `from_status`; True if this call did."""
-    result = _execute(
+    result = rows_changed(
         session,
         update(Job)
         .where(Job.id == job_id, Job.status.in_(from_status))
@@ -497,18 +493,7 @@ def reset_steps_from(session: Session, job_id: uuid.UUID, step_index: int) -> No
     session.execute(
         update(JobStep)
         .where(JobStep.job_id == job_id, JobStep.step_index >= step_index)
-        .values(
-            status=StepStatus.PENDING,
-            attempt=0,
-            output=None,
-            error=None,
-            error_code=None,
-            retryable=None,
-            queued_at=None,
-            started_at=None,
-            heartbeat_at=None,
-            finished_at=None,
-        )
+        .values(status=StepStatus.PENDING, attempt=0, output=None, **_RUN_COLUMNS_CLEARED)
     )
 
 
@@ -554,210 +539,3 @@ def find_failed_job_ids(
 def release_idempotency_key(session: Session, job_id: uuid.UUID) -> None:
     """Free an expired Idempotency-Key so that a new job can take it."""
     session.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
-
-
-# --- recovery: what Beat looks for and the conditional updates it applies -------------
-# Timestamps written by workers are compared with the caller's clock (hosts keep NTP
-# time); lease deadlines themselves come from Redis TIME (app/leases.py).
-
-
-@dataclass(frozen=True)
-class LiveStep:
-    """A step of an active job, as Beat sees it: enough to check its lease and act."""
-
-    job_id: uuid.UUID
-    step_index: int
-    service: str
-    queue: str
-    status: str
-    fence: int
-    attempt: int
-    max_attempts: int
-    queued_at: datetime | None
-    heartbeat_at: datetime | None
-    # From the job's recipe snapshot; the live catalog's value wins when it has one.
-    lease_ttl_s: float
-
-
-def _live_steps(session: Session, *conditions: Any, limit: int) -> list[LiveStep]:
-    rows = session.execute(
-        select(JobStep, Job.recipe)
-        .join(Job, Job.id == JobStep.job_id)
-        .where(Job.status.in_(ACTIVE_JOB), *conditions)
-        .order_by(JobStep.queued_at)
-        .limit(limit)
-    ).all()
-    return [
-        LiveStep(
-            job_id=step.job_id,
-            step_index=step.step_index,
-            service=step.step_name,
-            queue=step.queue,
-            status=step.status,
-            fence=step.fence,
-            attempt=step.attempt,
-            max_attempts=step.max_attempts,
-            queued_at=step.queued_at,
-            heartbeat_at=step.heartbeat_at,
-            lease_ttl_s=float(recipe["steps"][step.step_index]["service"]["lease_ttl_s"]),
-        )
-        for step, recipe in rows
-    ]
-
-
-def find_live_step(session: Session, job_id: uuid.UUID, step_index: int) -> LiveStep | None:
-    steps = _live_steps(session, _step(job_id, step_index), limit=1)
-    return steps[0] if steps else None
-
-
-def find_silent_running_steps(
-    session: Session, heartbeat_before: datetime, limit: int
-) -> list[LiveStep]:
-    """RUNNING steps whose last heartbeat is older than `heartbeat_before`."""
-    return _live_steps(
-        session,
-        JobStep.status == StepStatus.RUNNING,
-        or_(JobStep.heartbeat_at < heartbeat_before, JobStep.heartbeat_at.is_(None)),
-        limit=limit,
-    )
-
-
-def find_idle_queued_steps(session: Session, queued_before: datetime, limit: int) -> list[LiveStep]:
-    """Steps queued, waiting for a slot or between retries since before `queued_before`."""
-    return _live_steps(
-        session,
-        JobStep.status.in_(CLAIMABLE_STEP),
-        or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
-        limit=limit,
-    )
-
-
-def restart_lost_attempt(
-    session: Session, job_id: uuid.UUID, step_index: int, fence: int, *, error: str, code: str
-) -> int | None:
-    """RUNNING under `fence` → QUEUED as the next attempt under a new fence.
-
-    None when the step moved on, or when its attempts are spent."""
-    new_fence = fence + 1
-    result = _execute(
-        session,
-        update(JobStep)
-        .where(
-            _step(job_id, step_index),
-            JobStep.fence == fence,
-            JobStep.status == StepStatus.RUNNING,
-            JobStep.attempt < JobStep.max_attempts,
-            _job_active(job_id),
-        )
-        .values(
-            status=StepStatus.QUEUED,
-            attempt=JobStep.attempt + 1,
-            fence=new_fence,
-            queued_at=utcnow(),
-            started_at=None,
-            heartbeat_at=None,
-            error=error,
-            error_code=code,
-            retryable=True,
-        ),
-    )
-    return new_fence if result == 1 else None
-
-
-def touch_idle_step(
-    session: Session, job_id: uuid.UUID, step_index: int, fence: int, queued_before: datetime
-) -> bool:
-    """Mark a still-idle step as queued now; True for exactly one of concurrent callers."""
-    result = _execute(
-        session,
-        update(JobStep)
-        .where(
-            _step(job_id, step_index),
-            JobStep.fence == fence,
-            JobStep.status.in_(CLAIMABLE_STEP),
-            or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
-            _job_active(job_id),
-        )
-        .values(queued_at=utcnow()),
-    )
-    return result == 1
-
-
-def last_retry_delay_s(session: Session, job_id: uuid.UUID, step_index: int) -> float:
-    """The delay the last STEP_RETRYING event of this step announced (0 when none)."""
-    data = session.scalars(
-        select(JobEvent.data)
-        .where(
-            JobEvent.job_id == job_id,
-            JobEvent.step_index == step_index,
-            JobEvent.type == EventType.STEP_RETRYING,
-        )
-        .order_by(JobEvent.seq.desc())
-        .limit(1)
-    ).first()
-    return float((data or {}).get("delay_s") or 0.0)
-
-
-def _no_progress_since(idle_since: datetime) -> Any:
-    recent_heartbeat = exists().where(JobStep.job_id == Job.id, JobStep.heartbeat_at >= idle_since)
-    return and_(Job.status.in_(ACTIVE_JOB), Job.updated_at < idle_since, ~recent_heartbeat)
-
-
-def find_stuck_job_ids(session: Session, idle_since: datetime, limit: int) -> Sequence[uuid.UUID]:
-    """Active jobs with no state change and no step heartbeat since `idle_since`."""
-    return session.scalars(
-        select(Job.id).where(_no_progress_since(idle_since)).order_by(Job.updated_at).limit(limit)
-    ).all()
-
-
-def fail_stuck_job(
-    session: Session, job_id: uuid.UUID, idle_since: datetime, *, error: str, code: str
-) -> bool:
-    """FAILED (retryable) if the job still made no progress since `idle_since`.
-
-    Its live steps fail under a new fence, so a delivery or a result still on its
-    way finds nothing to act on."""
-    now = utcnow()
-    result = _execute(
-        session,
-        update(Job)
-        .where(Job.id == job_id, _no_progress_since(idle_since))
-        .values(
-            status=JobStatus.FAILED,
-            error=error,
-            error_code=code,
-            retryable=True,
-            finished_at=now,
-            updated_at=now,
-        ),
-    )
-    if result != 1:
-        return False
-    session.execute(
-        update(JobStep)
-        .where(
-            JobStep.job_id == job_id,
-            JobStep.status.in_((*CLAIMABLE_STEP, StepStatus.RUNNING)),
-        )
-        .values(
-            status=StepStatus.FAILED,
-            fence=JobStep.fence + 1,
-            error=error,
-            error_code=code,
-            retryable=True,
-            heartbeat_at=None,
-            finished_at=now,
-        )
-    )
-    return True
-
-
-def delete_finished_jobs(session: Session, finished_before: datetime, limit: int) -> int:
-    """Delete up to `limit` jobs that finished before `finished_before` (steps and
-    events go with them by ON DELETE CASCADE)."""
-    batch = (
-        select(Job.id)
-        .where(Job.status.in_(FINISHED_JOB), Job.finished_at < finished_before)
-        .limit(limit)
-    )
-    return _execute(session, delete(Job).where(Job.id.in_(batch)))
