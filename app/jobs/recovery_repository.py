@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.events.types import EventType
-from app.jobs.repository import job_is_active, rows_changed, step_where
+from app.jobs.repository import fenced_step, job_is_active, rows_changed, step_where
 from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, JobStatus, StepStatus
 from app.models import Job, JobEvent, JobStep, utcnow
 
@@ -106,8 +106,7 @@ def restart_lost_attempt(
         session,
         update(JobStep)
         .where(
-            step_where(job_id, step_index),
-            JobStep.fence == fence,
+            fenced_step(job_id, step_index, fence),
             JobStep.status == StepStatus.RUNNING,
             JobStep.attempt < JobStep.max_attempts,
             job_is_active(job_id),
@@ -135,8 +134,7 @@ def touch_idle_step(
         session,
         update(JobStep)
         .where(
-            step_where(job_id, step_index),
-            JobStep.fence == fence,
+            fenced_step(job_id, step_index, fence),
             JobStep.status.in_(CLAIMABLE_STEP),
             or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
             job_is_active(job_id),

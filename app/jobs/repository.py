@@ -75,6 +75,11 @@ def step_where(job_id: uuid.UUID, step_index: int) -> Any:
     return and_(JobStep.job_id == job_id, JobStep.step_index == step_index)
 
 
+def fenced_step(job_id: uuid.UUID, step_index: int, fence: int, *conditions: Any) -> Any:
+    """This step, only while it still carries `fence` (and meets `conditions`)."""
+    return and_(step_where(job_id, step_index), JobStep.fence == fence, *conditions)
+
+
 def job_is_active(job_id: uuid.UUID) -> Any:
     return exists().where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
 
@@ -191,8 +196,7 @@ def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: in
         session,
         update(JobStep)
         .where(
-            step_where(job_id, step_index),
-            JobStep.fence == fence,
+            fenced_step(job_id, step_index, fence),
             JobStep.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
             job_is_active(job_id),
         )
@@ -257,8 +261,7 @@ def heartbeat(session: Session, job_id: uuid.UUID, step_index: int, fence: int) 
         session,
         update(JobStep)
         .where(
-            step_where(job_id, step_index),
-            JobStep.fence == fence,
+            fenced_step(job_id, step_index, fence),
             JobStep.status == StepStatus.RUNNING,
         )
         .values(heartbeat_at=utcnow()),
@@ -273,8 +276,7 @@ def _finish_running_step(
         session,
         update(JobStep)
         .where(
-            step_where(job_id, step_index),
-            JobStep.fence == held_fence,
+            fenced_step(job_id, step_index, held_fence),
             JobStep.status == StepStatus.RUNNING,
         )
         .values(**values),
