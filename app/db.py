@@ -58,6 +58,12 @@ def build_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
     )  # fmt: skip
 
 
+def preload_driver(url: str | None = None) -> None:
+    """Import the database driver now, in a pre-fork parent, so that every child
+    does not pay for the import when it builds its engine."""
+    make_url(url or get_settings().database_url).get_dialect().import_dbapi()
+
+
 def init_db(url: str | None = None, *, pre_ping: bool = True) -> Engine:
     global _engine, _sessionmaker
     if _engine is None:

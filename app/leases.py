@@ -26,26 +26,54 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Lua functions shared by the scripts below; `now` is Redis TIME in ms.
+# acquire: 1 acquired, 2 already held (handed over or a duplicate delivery), 0 full
+# (and, when wait_if_full, queued on the wait list).
+_ACQUIRE_FN = """
+local function acquire(leases, waiters, lease_id, ttl, limit, wait_if_full)
+  local held = redis.call('ZSCORE', leases, lease_id)
+  if held and tonumber(held) >= now then
+    redis.call('ZADD', leases, now + ttl, lease_id)
+    return 2
+  end
+  if redis.call('ZCOUNT', leases, now, '+inf') < limit then
+    redis.call('ZADD', leases, now + ttl, lease_id)
+    redis.call('ZREM', waiters, lease_id)
+    return 1
+  end
+  if wait_if_full then
+    redis.call('ZADD', waiters, 'NX', now, lease_id)
+  end
+  return 0
+end
+"""
+
+# release_and_wake: removes the lease ('' to only wake), then hands free slots to the
+# oldest waiters (a lease is created for each); returns their ids.
+_RELEASE_FN = """
+local function release_and_wake(leases, waiters, lease_id, ttl, limit, max_wake)
+  if lease_id ~= '' then
+    redis.call('ZREM', leases, lease_id)
+  end
+  local free = limit - redis.call('ZCOUNT', leases, now, '+inf')
+  local woken = {}
+  while free > 0 and #woken < max_wake do
+    local popped = redis.call('ZPOPMIN', waiters)
+    if #popped == 0 then break end
+    redis.call('ZADD', leases, now + ttl, popped[1])
+    table.insert(woken, popped[1])
+    free = free - 1
+  end
+  return woken
+end
+"""
+
 # KEYS: leases, waiters. ARGV: lease_id, ttl_ms, limit, wait_if_full (0/1).
-# Returns 1 acquired, 2 already held (handed over or a duplicate delivery), 0 full.
 _ACQUIRE = (
     _NOW
+    + _ACQUIRE_FN
     + """
-local ttl = tonumber(ARGV[2])
-local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if held and tonumber(held) >= now then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  return 2
-end
-if redis.call('ZCOUNT', KEYS[1], now, '+inf') < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 1
-end
-if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[2], 'NX', now, ARGV[1])
-end
-return 0
+return acquire(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1')
 """
 )
 
@@ -63,24 +91,28 @@ return 0
 )
 
 # KEYS: leases, waiters. ARGV: lease_id ('' to only wake), ttl_ms, limit, max_wake.
-# Removes the lease, then hands free slots to the oldest waiters; returns their ids.
 _RELEASE_AND_WAKE = (
     _NOW
+    + _RELEASE_FN
     + """
-if ARGV[1] ~= '' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-local ttl = tonumber(ARGV[2])
-local free = tonumber(ARGV[3]) - redis.call('ZCOUNT', KEYS[1], now, '+inf')
-local woken = {}
-while free > 0 and #woken < tonumber(ARGV[4]) do
-  local popped = redis.call('ZPOPMIN', KEYS[2])
-  if #popped == 0 then break end
-  redis.call('ZADD', KEYS[1], now + ttl, popped[1])
-  table.insert(woken, popped[1])
-  free = free - 1
-end
-return woken
+return release_and_wake(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+                        tonumber(ARGV[4]))
+"""
+)
+
+# KEYS: leases, waiters of the released service; leases, waiters of the next one.
+# ARGV: released id, its ttl_ms, its limit; next id, its ttl_ms, its limit.
+# Release (waking waiters first: they were there before the next step), then take a
+# slot for the next step without queueing it. Returns {acquire result, woken ids}.
+_HAND_ON = (
+    _NOW
+    + _RELEASE_FN
+    + _ACQUIRE_FN
+    + """
+local woken = release_and_wake(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]),
+                               tonumber(ARGV[3]), tonumber(ARGV[3]))
+local acquired = acquire(KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), false)
+return {acquired, woken}
 """
 )
 
@@ -137,6 +169,16 @@ class LeaseId:
 
 
 @dataclass(frozen=True)
+class Slot:
+    """A lease on a service with that service's current limits."""
+
+    service: str
+    lease: LeaseId
+    ttl_s: float
+    limit: int
+
+
+@dataclass(frozen=True)
 class Usage:
     in_use: int
     waiting: int
@@ -162,6 +204,7 @@ class LeaseSemaphore:
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE_AND_WAKE)
+        self._hand_on = client.register_script(_HAND_ON)
         self._reap = client.register_script(_REAP)
         self._count = client.register_script(_COUNT)
         self._state = client.register_script(_STATE)
@@ -190,6 +233,18 @@ class LeaseSemaphore:
         takes effect at the next release.
         """
         return self._wake(service, str(lease), ttl_s, limit, max_wake=limit)
+
+    def hand_on(self, released: Slot, nxt: Slot) -> tuple[bool, list[LeaseId]]:
+        """Release one lease and take a slot for the next step of the same job, in one
+        round trip: (whether the next step got its slot, the waiters woken). Waiters go
+        first; a next step that finds its service full is not queued (the caller sends
+        it the usual way)."""
+        acquired, woken = self._hand_on(
+            keys=[*self.keys(released.service), *self.keys(nxt.service)],
+            args=[str(released.lease), int(released.ttl_s * 1000), released.limit,
+                  str(nxt.lease), int(nxt.ttl_s * 1000), nxt.limit],
+        )  # fmt: skip
+        return int(acquired) == self.ACQUIRED, [LeaseId.parse(raw) for raw in woken]
 
     def wake_waiters(self, service: str, ttl_s: float, limit: int) -> list[LeaseId]:
         """Hand every free slot to a waiter (a raised limit, or a lost wake-up)."""

@@ -12,16 +12,18 @@ import argparse
 import time
 import uuid
 
-from benchmarks.common import percentile, python, scratch_environment
+from benchmarks.common import percentile, python, scratch_environment, wait_until_idle
 from tests.harness import Proc, wait_until
 
 
 def _worker(argv: list[str], name: str, env: dict[str, str], log_dir, app) -> Proc:
-    """Start a worker at WARNING (no per-task log lines) and wait until it answers pings."""
+    """Start a worker at WARNING (no per-task log lines); return once it answers pings
+    and its pool has finished starting."""
     proc = Proc(name, argv, env, log_dir)
     wait_until(lambda: not proc.alive() or app.control.ping(timeout=0.5), 60, 0.2, name)
     if not proc.alive():
         raise RuntimeError(proc.log_text())
+    wait_until_idle(proc.pid)
     return proc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -70,6 +71,58 @@ def test_stale_fence_can_neither_claim_nor_commit(pending_job):
         assert step is not None
         assert step.output == {"fresh": True}
         assert step.attempt == 2
+
+
+def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its_fence(
+    pending_job,
+):
+    """A worker running the next step itself starts it in the transaction that commits
+    this result: a stale result starts nothing, and a next step that moved meanwhile
+    rolls the whole transaction back."""
+    job_id = pending_job
+    with session_scope() as session:
+        assert repo.claim_step(session, job_id, 0, fence=1) is not None
+    with session_scope() as session:
+        run = repo.load_step_run(session, job_id, 0)
+    assert run is not None
+    assert run.next_step_fence == 0
+
+    # A zombie of an older fence: nothing is committed or started.
+    with session_scope() as session:
+        stale = dataclasses.replace(run, fence=0)
+        assert repo.complete_and_start_next(session, stale, 0, {"late": True}) is None
+    with session_scope() as session:
+        assert repo.get_step(session, job_id, 1).status == "PENDING"
+
+    # The next step moved (its fence rose): the result is not half-committed.
+    moved = dataclasses.replace(run, next_step_fence=7)
+    # (pytest.raises outside: the exception must leave the transaction, rolling it back.)
+    with pytest.raises(repo.NextStepMoved), session_scope() as session:
+        repo.complete_and_start_next(session, moved, 1, {"ok": True})
+    with session_scope() as session:
+        assert repo.get_step(session, job_id, 0).status == "RUNNING"
+        assert repo.get_step(session, job_id, 1).status == "PENDING"
+
+    with session_scope() as session:
+        continued = repo.complete_and_start_next(session, run, 1, {"ok": True})
+        assert continued is not None
+        # The seqs of STEP_COMPLETED and the next STEP_STARTED (JOB_CREATED=1, STARTED=2).
+        assert continued.events.first_seq == 3
+    with session_scope() as session:
+        first, second = repo.get_step(session, job_id, 0), repo.get_step(session, job_id, 1)
+        job = repo.get_job(session, job_id)
+        assert (first.status, first.output) == ("COMPLETED", {"ok": True})
+        assert (second.status, second.attempt, second.fence) == ("RUNNING", 1, 1)
+        assert second.queued_at == second.started_at
+        assert (job.current_step, job.progress, job.last_seq) == (1, 50, 4)
+    next_run = continued.next_run
+    assert (next_run.step_index, next_run.fence, next_run.context) == (1, 1, {"one": {"ok": True}})
+    with session_scope() as session:
+        # The started step is RUNNING under its fence: a queued delivery cannot claim it.
+        assert repo.claim_step(session, job_id, 1, fence=1) is None
+        assert repo.complete_step(session, next_run, 1, {"two": 2}) is not None
+    with session_scope() as session:
+        assert repo.get_job(session, job_id).status == "COMPLETED"
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from app.leases import LeaseId, LeaseSemaphore, LeaseState
+from app.leases import LeaseId, LeaseSemaphore, LeaseState, Usage
 from app.redis_client import build_redis
 
 TTL_S = 30.0
@@ -163,3 +163,26 @@ def test_released_slot_is_taken_over_in_process(db, semaphore):
         assert semaphore.usage("solo").in_use == 0
     finally:
         semaphore.release("solo", first_lease, TTL_S, limit=1)
+
+
+def test_hand_on_frees_the_slot_for_waiters_before_the_next_step_takes_one(semaphore, service):
+    """A finished step passing on to its job's next step: waiters that were in line
+    first get the freed slot; the next step takes a slot only if one is left, and is
+    never put on the wait list by this call."""
+    from app.leases import Slot
+
+    def slot(n: int) -> Slot:
+        return Slot(service, lease(n), TTL_S, limit=1)
+
+    assert semaphore.acquire(service, lease(0), TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+    acquired, woken = semaphore.hand_on(slot(0), slot(1))
+    assert (acquired, woken) == (True, []), "no one waits: the next step takes the slot"
+    assert semaphore.state(service, lease(0)) is LeaseState.NONE
+    assert semaphore.state(service, lease(1)) is LeaseState.HELD
+
+    assert semaphore.acquire(service, lease(5), TTL_S, limit=1) == LeaseSemaphore.FULL
+    acquired, woken = semaphore.hand_on(slot(1), slot(2))
+    assert (acquired, woken) == (False, [lease(5)]), "the waiter was first in line"
+    assert semaphore.state(service, lease(5)) is LeaseState.HELD
+    assert semaphore.state(service, lease(2)) is LeaseState.NONE, "not queued by hand_on"
+    assert semaphore.usage(service) == Usage(in_use=1, waiting=0)

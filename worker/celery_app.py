@@ -64,10 +64,15 @@ def check_visibility_timeout() -> None:
 
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
+    from app.db import preload_driver
     from app.logs import configure_logging
+    from app.services.http import prepare_tls
 
     configure_logging("worker")
     check_visibility_timeout()
+    # Fork-safe work done once here rather than in every pool process.
+    preload_driver()
+    prepare_tls()
 
 
 @signals.worker_process_init.connect

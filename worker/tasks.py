@@ -23,4 +23,13 @@ from worker.celery_app import celery_app
 )
 def run_step(job_id: str, step_index: int, fence: int) -> str:
     init_db()
-    return str(runner.run_step(uuid.UUID(job_id), step_index, fence))
+    return str(runner.run_step(uuid.UUID(job_id), step_index, fence, consumed_queues()))
+
+
+def consumed_queues() -> frozenset[str]:
+    """The queues this worker consumes (its -Q): a next step of one of them may run
+    here at once instead of going through the broker."""
+    selected = celery_app.amqp.queues.consume_from
+    if selected:
+        return frozenset(selected)
+    return frozenset({celery_app.conf.task_default_queue})

@@ -1,17 +1,22 @@
-"""Slot hand-off inside one worker process: a freed slot is used at once.
+"""What one worker process runs next without a broker round trip (the chain).
 
-When a step's call ends, releasing its lease hands the slot to the oldest step
-waiting for that service (app/leases.py). The process that released it is the best
-place to use it: it is free and needs no broker round trip and no idle worker. So it
-runs the handed-over step next (the chain), and records its own result in the
-background once that step has been claimed: recording is a database commit, and the
-slot should not wait for it.
+Two kinds of work are taken over in-process:
+
+- a slot hand-off: when a step's call ends, releasing its lease hands the slot to
+  the oldest step waiting for that service (app/leases.py). The process that released
+  it is free and needs no broker round trip, so it runs the handed-over step next,
+  and records its own result in the background once that step has been claimed
+  (recording is a database commit, and the slot should not wait for it);
+- a continuation: when the job's next step belongs to a queue this worker consumes,
+  the runner starts it in the transaction that commits the current step's result and
+  runs it here (app/jobs/runner.py). The next step is still started only after the
+  previous result is committed, by a worker of its queue.
 
 A chain is bounded in time so that its Celery task returns regularly (shutdown and
 redelivery stay prompt). A slot still held at the end, or handed to a step of
 another queue, goes on its queue ahead of fresh deliveries, like any hand-off. If
-this process dies mid-chain, the handed-over step's lease expires and Beat puts the
-step back (app/jobs/recovery.py).
+this process dies mid-chain, the step it was running keeps its lease until it
+expires, and Beat puts the step back (app/jobs/recovery.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ log = structlog.get_logger(__name__)
 CHAIN_MAX_S = 10.0
 
 _R = TypeVar("_R")
+_Claimed = TypeVar("_Claimed")
 
 
 class Recording(Generic[_R]):
@@ -62,20 +68,33 @@ class Recording(Generic[_R]):
         return self._result
 
 
-class HandoffChain:
-    """The steps one Celery task runs: its own delivery, then the slots it hands over."""
+class HandoffChain(Generic[_Claimed]):
+    """The steps one Celery task runs: its own delivery, then the slots it hands over
+    and the continuations it starts (already claimed steps, as the runner holds them)."""
 
-    def __init__(self, max_s: float = CHAIN_MAX_S) -> None:
+    def __init__(self, local_queues: frozenset[str] = frozenset(), max_s: float = CHAIN_MAX_S):
         self._deadline = time.monotonic() + max_s
-        self._next: LeaseId | None = None
+        self._local_queues = local_queues
+        self._next: LeaseId | _Claimed | None = None
         # Deferred by the current step / by the one before it, awaiting the next claim.
         self._deferred: list[Recording[Any]] = []
         self._awaiting_claim: list[Recording[Any]] = []
         self._started: list[Recording[Any]] = []
 
+    def _has_room(self) -> bool:
+        return self._next is None and time.monotonic() < self._deadline
+
+    def may_continue(self, queue: str) -> bool:
+        """Whether a next step of `queue` may be started here and run next."""
+        return queue in self._local_queues and self._has_room()
+
+    def continue_with(self, claimed: _Claimed) -> None:
+        """Run this already claimed step next."""
+        self._next = claimed
+
     def keep(self, queue: str, woken: list[LeaseId]) -> list[LeaseId]:
         """Keep one woken step of `queue` to run here next; returns the others."""
-        if self._next is not None or time.monotonic() >= self._deadline:
+        if not self._has_room():
             return woken
         for index, lease in enumerate(woken):
             if lease.queue == queue:
@@ -92,7 +111,7 @@ class HandoffChain:
             self._deferred.append(recording)
         return recording
 
-    def take(self) -> LeaseId | None:
+    def take(self) -> LeaseId | _Claimed | None:
         """The step to run next; recordings deferred so far wait for its claim."""
         lease, self._next = self._next, None
         self._awaiting_claim.extend(self._deferred)
@@ -110,7 +129,11 @@ class HandoffChain:
         """Enqueue a slot still held, finish every recording."""
         lease = self.take()
         self.step_claimed()
-        if lease is not None:
+        if lease is not None and not isinstance(lease, LeaseId):
+            # A started continuation left behind by a failure: its lease expires and
+            # Beat puts the step back.
+            log.warning("a started step was not run; Beat will restart it")
+        elif lease is not None:
             try:
                 enqueue_step(
                     lease.job_id, lease.step_index, lease.fence, lease.queue, holds_slot=True

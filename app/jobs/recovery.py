@@ -266,7 +266,7 @@ def wake_all_waiters() -> int:
     woken = 0
     for service in current_catalog().services.values():
         leases = semaphore.wake_waiters(service.name, service.lease_ttl_s, service.concurrency)
-        wake(service, leases)
+        wake(leases)
         woken += len(leases)
     return woken
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     CursorResult,
+    Integer,
     and_,
     bindparam,
     case,
@@ -54,10 +55,41 @@ class StepRun:
     attempt: int
     fence: int
     max_attempts: int
+    # The fence the next step carries now (None after the last step): a run started
+    # straight from this one takes the fence after it (see complete_and_start_next).
+    next_step_fence: int | None = None
 
     @property
     def service_spec(self) -> dict[str, Any]:
         return cast(dict[str, Any], self.recipe_steps[self.step_index]["service"])
+
+    @property
+    def is_last(self) -> bool:
+        return self.step_index + 1 >= len(self.recipe_steps)
+
+    def next_spec(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.recipe_steps[self.step_index + 1]["service"])
+
+    def successor(self, output: dict[str, Any], fence: int, next_step_fence: int | None) -> StepRun:
+        """The next step's first attempt, as complete_and_start_next leaves it."""
+        index = self.step_index + 1
+        spec = self.recipe_steps[index]
+        return StepRun(
+            job_id=self.job_id,
+            feature_name=self.feature_name,
+            job_status=JobStatus.RUNNING,
+            input_data=self.input_data,
+            context={**self.context, self.step_name: output},
+            recipe_steps=self.recipe_steps,
+            step_index=index,
+            step_name=spec["name"],
+            queue=spec["service"]["queue"],
+            status=StepStatus.RUNNING,
+            attempt=1,
+            fence=fence,
+            max_attempts=spec["service"]["max_attempts"],
+            next_step_fence=next_step_fence,
+        )
 
     def accepts(self, fence: int) -> bool:
         return (
@@ -122,6 +154,16 @@ _JOB_IS_ACTIVE = (
     exists().where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB)).correlate(None)
 )
 
+_NEXT_STEP = job_step_table.alias("next_step")
+_NEXT_STEP_FENCE = (
+    select(_NEXT_STEP.c.fence)
+    .where(
+        _NEXT_STEP.c.job_id == _STEP.c.job_id,
+        _NEXT_STEP.c.step_index == _STEP.c.step_index + 1,
+    )
+    .scalar_subquery()
+)
+
 _LOAD_STEP_RUN = (
     select(
         _JOB.c.feature_name,
@@ -135,6 +177,7 @@ _LOAD_STEP_RUN = (
         _STEP.c.attempt,
         _STEP.c.fence,
         _STEP.c.max_attempts,
+        _NEXT_STEP_FENCE.label("next_step_fence"),
     )
     .join_from(_STEP, _JOB, _STEP.c.job_id == _JOB.c.id)
     .where(_THIS_STEP)
@@ -163,6 +206,7 @@ def load_step_run(session: Session, job_id: uuid.UUID, step_index: int) -> StepR
         attempt=row.attempt,
         fence=row.fence,
         max_attempts=row.max_attempts,
+        next_step_fence=row.next_step_fence,
     )
 
 
@@ -328,32 +372,120 @@ def complete_step(
 ) -> Advance | None:
     """Commit a step's output and advance the job, reserving the seq of STEP_COMPLETED
     (and of JOB_COMPLETED after the last step); None when this result is stale."""
-    connection = session.connection()
-    now = utcnow()
-    params = {"p_job": run.job_id, "index": run.step_index, "p_fence": fence, "now": now}
-    completed = connection.execute(_COMPLETE_STEP, {**params, "p_output": output})
-    if cast(CursorResult[Any], completed).rowcount != 1:
+    if not _complete(session, run, fence, output):
         return None
+    current_step = run.step_index if run.is_last else run.step_index + 1
+    return _advance(session, run, output, current_step=current_step)
+
+
+class NextStepMoved(Exception):
+    """The next step is not the PENDING row this run expected (roll back, go the usual way)."""
+
+
+_START_NEXT_STEP = (
+    update(_STEP)
+    .where(
+        _STEP.c.job_id == bindparam("p_job"),
+        _STEP.c.step_index == bindparam("p_next_index"),
+        _STEP.c.fence == bindparam("p_next_fence", type_=Integer()) - 1,
+        _STEP.c.status == StepStatus.PENDING,
+    )
+    .values(
+        status=StepStatus.RUNNING,
+        attempt=1,
+        fence=bindparam("p_next_fence"),
+        **{**_RUN_COLUMNS_CLEARED, "queued_at": _NOW, "started_at": _NOW, "heartbeat_at": _NOW},
+    )
+    .returning(_NEXT_STEP_FENCE)
+)
+
+
+@dataclass(frozen=True)
+class Continued:
+    """A committed result whose next step started in the same transaction."""
+
+    events: EventSlot  # STEP_COMPLETED at first_seq, the next STEP_STARTED after it
+    next_run: StepRun
+
+
+def complete_and_start_next(
+    session: Session, run: StepRun, fence: int, output: dict[str, Any]
+) -> Continued | None:
+    """Commit a step's output and start the next step's first attempt in one
+    transaction, for a worker that runs that step itself (no broker round trip).
+
+    The next step takes the fence after `run.next_step_fence`, which the caller has
+    already leased. None when this result is stale; raises NextStepMoved (the caller
+    rolls back) when the next step is not where this run found it."""
+    if run.is_last or run.next_step_fence is None:
+        raise NextStepMoved(f"step {run.step_index} of job {run.job_id} has no next step")
+    if not _complete(session, run, fence, output):
+        return None
+    next_fence = run.next_step_fence + 1
+    started = (
+        session.connection()
+        .execute(
+            _START_NEXT_STEP,
+            {
+                "p_job": run.job_id,
+                "p_next_index": run.step_index + 1,
+                "p_next_fence": next_fence,
+                "now": utcnow(),
+            },
+        )
+        .one_or_none()
+    )
+    if started is None:
+        raise NextStepMoved(f"step {run.step_index + 1} of job {run.job_id} moved")
+    events = _advance(session, run, output, current_step=run.step_index + 1, extra_events=1)
+    return Continued(events.events, run.successor(output, next_fence, started[0]))
+
+
+def _complete(session: Session, run: StepRun, fence: int, output: dict[str, Any]) -> bool:
+    params = {
+        "p_job": run.job_id, "index": run.step_index, "p_fence": fence, "now": utcnow(),
+        "p_output": output,
+    }  # fmt: skip
+    completed = session.connection().execute(_COMPLETE_STEP, params)
+    return cast(CursorResult[Any], completed).rowcount == 1
+
+
+def _advance(
+    session: Session,
+    run: StepRun,
+    output: dict[str, Any],
+    *,
+    current_step: int,
+    extra_events: int = 0,
+) -> Advance:
+    """Move the job past `run`'s step, reserving the seqs of the events that say so."""
+    now = utcnow()
     total = len(run.recipe_steps)
-    last = run.step_index + 1 >= total
+    last = run.is_last
+    events = (2 if last else 1) + extra_events  # JOB_COMPLETED follows the last step's
     # Steps run one at a time, so the context read at load time is still the job's.
-    row = connection.execute(
-        _ADVANCE_JOB,
-        {
-            **params,
-            "p_context": {**run.context, run.step_name: output},
-            "p_progress": 100 if last else progress_for(run.step_index + 1, total),
-            "p_current_step": run.step_index if last else run.step_index + 1,
-            "p_status": JobStatus.COMPLETED if last else JobStatus.RUNNING,
-            "p_finished_at": now if last else None,
-            "events": 2 if last else 1,
-        },
-    ).one_or_none()
+    row = (
+        session.connection()
+        .execute(
+            _ADVANCE_JOB,
+            {
+                "p_job": run.job_id,
+                "now": now,
+                "p_context": {**run.context, run.step_name: output},
+                "p_progress": 100 if last else progress_for(run.step_index + 1, total),
+                "p_current_step": current_step,
+                "p_status": JobStatus.COMPLETED if last else JobStatus.RUNNING,
+                "p_finished_at": now if last else None,
+                "events": events,
+            },
+        )
+        .one_or_none()
+    )
     if row is None:
         # Cancel and resume change the step and the job together; this cannot happen.
         raise RuntimeError(f"job {run.job_id} is not RUNNING while its step is")
     last_seq, feature_name, progress = row
-    first_seq = last_seq - (1 if last else 0)
+    first_seq = last_seq - events + 1
     return Advance(job_finished=last, events=EventSlot(first_seq, feature_name, progress))
 
 

@@ -10,8 +10,8 @@ call frees is handed to the oldest waiting step, which this same process then ru
 
 from __future__ import annotations
 
-import threading
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -26,9 +26,10 @@ from app.jobs import repository as repo
 from app.jobs.backoff import retry_delay
 from app.jobs.dispatch import enqueue_step
 from app.jobs.handoff import HandoffChain, Recording
+from app.jobs.heartbeat import beating
 from app.jobs.repository import StepRun
 from app.jobs.states import StepStatus
-from app.leases import LeaseId, LeaseSemaphore, get_semaphore
+from app.leases import LeaseId, LeaseSemaphore, Slot, get_semaphore
 from app.services import StepCall, StepError, call_service
 
 log = structlog.get_logger(__name__)
@@ -54,53 +55,40 @@ def live_service(snapshot: dict[str, Any]) -> Service:
     )
 
 
-def wake(service: Service, woken: list[LeaseId]) -> None:
+def wake(woken: list[LeaseId]) -> None:
+    """Send steps that were handed a slot to their queues, ahead of fresh deliveries."""
     for lease in woken:
         enqueue_step(lease.job_id, lease.step_index, lease.fence, lease.queue, holds_slot=True)
 
 
-class Heartbeat:
-    """Renews the lease and the step's heartbeat while a call is in flight."""
+@dataclass(frozen=True)
+class Claimed:
+    """A step attempt this process has claimed and whose lease it holds."""
 
-    def __init__(self, semaphore: LeaseSemaphore, service: Service, lease: LeaseId) -> None:
-        self._semaphore = semaphore
-        self._service = service
-        self._lease = lease
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cao-heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        interval = max(0.2, self._service.lease_ttl_s / 3)
-        lease = self._lease
-        while not self._stop.wait(interval):
-            try:
-                if not self._semaphore.renew(self._service.name, lease, self._service.lease_ttl_s):
-                    log.warning("lease lost while the step runs; its result will be fenced")
-                with session_scope() as session:
-                    repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
-            except Exception:
-                log.exception("heartbeat failed")
+    run: StepRun
+    service: Service
+    lease: LeaseId
+    log: Any
 
 
-def run_step(job_id: uuid.UUID, step_index: int, fence: int) -> Outcome:
-    """Run this delivery, then the steps its released slots were handed to (handoff.py)."""
-    chain = HandoffChain()
+def run_step(
+    job_id: uuid.UUID, step_index: int, fence: int, local_queues: frozenset[str] = frozenset()
+) -> Outcome:
+    """Run this delivery, then what the chain took over: steps its released slots were
+    handed to, and next steps of the same job on `local_queues` (handoff.py)."""
+    chain: HandoffChain[Claimed] = HandoffChain(local_queues)
     try:
         outcome = _run_delivery(job_id, step_index, fence, chain)
-        while (lease := chain.take()) is not None:
+        while (taken := chain.take()) is not None:
             try:
-                _run_delivery(uuid.UUID(lease.job_id), lease.step_index, lease.fence, chain)
+                if isinstance(taken, Claimed):
+                    chain.step_claimed()
+                    _execute(taken, chain)
+                else:
+                    _run_delivery(uuid.UUID(taken.job_id), taken.step_index, taken.fence, chain)
             except Exception:
-                # Its lease expires and Beat puts the step back; stop taking slots over.
-                log.exception("handed-over step failed", lease=str(lease))
+                # Its lease expires and Beat puts the step back; stop taking work over.
+                log.exception("step taken over in-process failed", taken=str(taken))
                 break
     finally:
         chain.close()
@@ -108,21 +96,22 @@ def run_step(job_id: uuid.UUID, step_index: int, fence: int) -> Outcome:
 
 
 def _run_delivery(
-    job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
+    job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain[Claimed]
 ) -> Outcome | Recording[Outcome]:
     try:
-        return _run_attempt(job_id, step_index, fence, chain)
+        claimed = _claim(job_id, step_index, fence)
     finally:
-        chain.step_claimed()  # however this delivery ended, deferred recordings may go
+        chain.step_claimed()  # however the claim ended, deferred recordings may go
+    if isinstance(claimed, Outcome):
+        return claimed
+    return _execute(claimed, chain)
 
 
-def _run_attempt(
-    job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain
-) -> Outcome | Recording[Outcome]:
+def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
+    """One transaction: read the step, take its slot, claim it (or park it waiting)."""
     semaphore = get_semaphore()
-    release = False
+    held: tuple[StepRun, LeaseId] | None = None  # a slot this call must give back
     try:
-        # One transaction: read the step, take its slot, claim it (or park it waiting).
         with session_scope() as session:
             run = repo.load_step_run(session, job_id, step_index)
             if run is None or not run.accepts(fence):
@@ -136,7 +125,7 @@ def _run_attempt(
             if semaphore.acquire(service.name, lease, ttl, limit) == LeaseSemaphore.FULL:
                 _wait_for_slot(session, run, service, bound)
                 return Outcome.WAITING
-            release = True
+            held = (run, lease)
             claimed = repo.claim_step(session, job_id, step_index, fence)
             if claimed is not None:
                 record_event(
@@ -145,52 +134,146 @@ def _run_attempt(
                     progress=claimed.progress,
                     step_index=step_index, step_name=run.step_name, attempt=run.attempt,
                 )  # fmt: skip
-            else:
-                # The same fence already running elsewhere holds this very lease.
-                release = not repo.is_running(session, job_id, step_index, fence)
-        if claimed is None:
-            bound.info("duplicate or stale delivery dropped after lease")
-            return Outcome.STALE
-        chain.step_claimed()
-        bound.info("step started", service=service.name)
-        call = StepCall(
-            job_id=str(job_id),
-            feature_name=run.feature_name,
-            step_index=step_index,
-            step_name=run.step_name,
-            attempt=run.attempt,
-            input_data=run.input_data,
-            context=run.context,
-        )
+            elif repo.is_running(session, job_id, step_index, fence):
+                held = None  # the delivery running this very fence holds this lease
+    except BaseException:
+        if held is not None:
+            _release(semaphore, held[0].service_spec, held[1])
+        raise
+    if claimed is None:
+        if held is not None:
+            _release(semaphore, run.service_spec, lease)
+        bound.info("duplicate or stale delivery dropped after lease")
+        return Outcome.STALE
+    bound.info("step started", service=service.name)
+    return Claimed(run, service, lease, bound)
+
+
+def _execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Recording[Outcome]:
+    """Call the service, free the slot, record the result (or start the next step)."""
+    run, service, lease, bound = claimed.run, claimed.service, claimed.lease, claimed.log
+    semaphore = get_semaphore()
+    call = StepCall(
+        job_id=str(run.job_id),
+        feature_name=run.feature_name,
+        step_index=run.step_index,
+        step_name=run.step_name,
+        attempt=run.attempt,
+        input_data=run.input_data,
+        context=run.context,
+    )
+    released = False
+    try:
         result: dict[str, Any] | StepError
-        with Heartbeat(semaphore, service, lease):
+        with beating(semaphore, service, lease):
             try:
                 result = call_service(service, call)
             except StepError as error:
                 result = error
-        # The call is over: free the slot before recording, so the next step starts sooner.
-        release = False
-        _release(semaphore, run, lease, chain)
         if isinstance(result, StepError):
             failure = result
+            # Free the slot before recording, so the next step starts sooner.
+            released = True
+            _release(semaphore, run.service_spec, lease, chain)
             return chain.record(lambda: _record_failure(run, service, failure, bound))
         output = result
+        if not run.is_last and chain.may_continue(run.next_spec()["queue"]):
+            released = True
+            continued = _continue(claimed, output, chain)
+            if continued is not None:
+                return continued
+        else:
+            released = True
+            _release(semaphore, run.service_spec, lease, chain)
         return chain.record(lambda: _record_success(run, output, bound))
     finally:
-        if release and run is not None:
-            _release(semaphore, run, lease)
+        if not released:
+            _release(semaphore, run.service_spec, lease)
+
+
+def _continue(
+    claimed: Claimed, output: dict[str, Any], chain: HandoffChain[Claimed]
+) -> Outcome | None:
+    """Free this step's slot, take one for the next step and start it in the
+    transaction that commits this result, to run it here next. None when the next
+    step cannot start here (its service is full): this slot is freed either way, and
+    the caller records the result the usual way."""
+    run, bound = claimed.run, claimed.log
+    assert run.next_step_fence is not None  # loaded with every step but the last
+    semaphore = get_semaphore()
+    service = live_service(run.service_spec)
+    next_service = live_service(run.next_spec())
+    next_lease = LeaseId(
+        str(run.job_id), run.step_index + 1, run.next_step_fence + 1, next_service.queue
+    )
+    try:
+        acquired, woken = semaphore.hand_on(
+            Slot(service.name, claimed.lease, service.lease_ttl_s, service.concurrency),
+            Slot(next_service.name, next_lease, next_service.lease_ttl_s, next_service.concurrency),
+        )
+    except Exception:
+        log.exception("lease hand-on failed; releasing the usual way", lease=str(claimed.lease))
+        _release(semaphore, run.service_spec, claimed.lease, chain)
+        return None
+    if not acquired:
+        wake(chain.keep(run.queue, woken))
+        return None
+    wake(woken)
+    try:
+        with session_scope() as session:
+            continued = repo.complete_and_start_next(session, run, run.fence, output)
+            if continued is not None:
+                _record_continuation(session, run, continued, output)
+    except repo.NextStepMoved:
+        _release(semaphore, run.next_spec(), next_lease)
+        return None
+    except BaseException:
+        _release(semaphore, run.next_spec(), next_lease)
+        raise
+    if continued is None:
+        _release(semaphore, run.next_spec(), next_lease)
+        bound.warning("late result discarded: the step moved on without this attempt")
+        return Outcome.DISCARDED
+    next_run = continued.next_run
+    next_bound = log.bind(
+        job_id=str(run.job_id), step=next_run.step_index, attempt=1, queue=next_run.queue
+    )
+    bound.info("step completed", job_finished=False)
+    next_bound.info("step started", service=next_service.name)
+    chain.continue_with(Claimed(next_run, next_service, next_lease, next_bound))
+    return Outcome.COMPLETED
+
+
+def _record_continuation(
+    session: Session, run: StepRun, continued: repo.Continued, output: dict[str, Any]
+) -> None:
+    slot, next_run = continued.events, continued.next_run
+    record_event(
+        session, run.job_id, EventType.STEP_COMPLETED,
+        seq=slot.first_seq, feature_name=slot.feature_name, progress=slot.progress,
+        step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
+        data={"output": output},
+    )  # fmt: skip
+    record_event(
+        session, run.job_id, EventType.STEP_STARTED,
+        seq=slot.first_seq + 1, feature_name=slot.feature_name, progress=slot.progress,
+        step_index=next_run.step_index, step_name=next_run.step_name, attempt=1,
+    )  # fmt: skip
 
 
 def _release(
-    semaphore: LeaseSemaphore, run: StepRun, lease: LeaseId, chain: HandoffChain | None = None
+    semaphore: LeaseSemaphore,
+    service_spec: dict[str, Any],
+    lease: LeaseId,
+    chain: HandoffChain[Claimed] | None = None,
 ) -> None:
     # The limit as it is now, not when the step started: a raised limit wakes at once.
-    service = live_service(run.service_spec)
+    service = live_service(service_spec)
     try:
         woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
         if chain is not None:
-            woken = chain.keep(run.queue, woken)
-        wake(service, woken)
+            woken = chain.keep(lease.queue, woken)
+        wake(woken)
     except Exception:
         # The result must still be recorded; Beat reaps the lease and re-enqueues waiters.
         log.exception("lease release or wake-up failed", lease=str(lease))
@@ -204,7 +287,7 @@ def _drop_stale(
         # A waiter woken after its job was cancelled or its step moved on holds the
         # slot it was handed; give it back now rather than after lease_ttl_s. (A
         # duplicate of the delivery running this fence must keep that one's lease.)
-        _release(semaphore, run, LeaseId(str(job_id), step_index, fence, run.queue))
+        _release(semaphore, run.service_spec, LeaseId(str(job_id), step_index, fence, run.queue))
     return Outcome.STALE
 
 

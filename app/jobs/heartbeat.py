@@ -1,0 +1,115 @@
+"""Heartbeats for steps in flight: one thread per process keeps every running step's
+lease alive and its step row's heartbeat fresh, so starting a step costs a dict insert,
+not a thread.
+
+A step's lease is renewed every `lease_ttl_s / 3` (at least every 0.2 s) while its call
+runs. A renewal that races the step's own release finds the lease gone and changes
+nothing: the renew script only extends a lease that is still held (app/leases.py).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+
+import structlog
+
+from app.catalog import Service
+from app.db import session_scope
+from app.jobs import repository as repo
+from app.leases import LeaseId, LeaseSemaphore
+
+log = structlog.get_logger(__name__)
+
+MIN_INTERVAL_S = 0.2
+IDLE_WAKE_S = 5.0
+
+
+@dataclass(eq=False)
+class _Beat:
+    semaphore: LeaseSemaphore
+    service: Service
+    lease: LeaseId
+    interval: float
+    due: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.due = time.monotonic() + self.interval
+
+
+class Heartbeats:
+    """The steps in flight in this process and the one thread that beats for them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._beats: set[_Beat] = set()
+        self._next_wake = float("inf")
+        self._owner_pid: int | None = None
+
+    @contextmanager
+    def beating(
+        self, semaphore: LeaseSemaphore, service: Service, lease: LeaseId
+    ) -> Iterator[None]:
+        """Keep `lease` and its step's heartbeat alive for the duration of the block."""
+        beat = _Beat(semaphore, service, lease, max(MIN_INTERVAL_S, service.lease_ttl_s / 3))
+        with self._lock:
+            self._ensure_thread()
+            self._beats.add(beat)
+            if beat.due < self._next_wake:
+                self._wakeup.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._beats.discard(beat)
+
+    def _ensure_thread(self) -> None:
+        # Threads do not survive fork: a pool process starts its own on first use.
+        if self._owner_pid != os.getpid():
+            self._owner_pid = os.getpid()
+            threading.Thread(target=self._run, name="cao-heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                due = [beat for beat in self._beats if beat.due <= now]
+            for beat in due:
+                self._beat(beat)
+                beat.due = time.monotonic() + beat.interval
+            with self._lock:
+                self._next_wake = min((b.due for b in self._beats), default=now + IDLE_WAKE_S)
+                self._wakeup.clear()
+            self._wakeup.wait(max(0.0, self._next_wake - time.monotonic()))
+
+    def _beat(self, beat: _Beat) -> None:
+        lease = beat.lease
+        try:
+            renewed = beat.semaphore.renew(beat.service.name, lease, beat.service.lease_ttl_s)
+            with self._lock:
+                finished = beat not in self._beats
+            if finished:
+                return  # the step ended meanwhile and released its lease itself
+            if not renewed:
+                log.warning("lease lost while the step runs; its result will be fenced",
+                            lease=str(lease))  # fmt: skip
+            with session_scope() as session:
+                repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
+        except Exception:
+            log.exception("heartbeat failed", lease=str(lease))
+
+
+_heartbeats = Heartbeats()
+
+
+def beating(
+    semaphore: LeaseSemaphore, service: Service, lease: LeaseId
+) -> AbstractContextManager[None]:
+    """Keep `lease` and its step's heartbeat alive while the block runs."""
+    return _heartbeats.beating(semaphore, service, lease)
