@@ -244,16 +244,22 @@ def _continue(
     return Outcome.COMPLETED
 
 
-def _record_continuation(
-    session: Session, run: StepRun, continued: repo.Continued, output: dict[str, Any]
+def _record_completed(
+    session: Session, run: StepRun, slot: repo.EventSlot, output: dict[str, Any]
 ) -> None:
-    slot, next_run = continued.events, continued.next_run
     record_event(
         session, run.job_id, EventType.STEP_COMPLETED,
         seq=slot.first_seq, feature_name=slot.feature_name, progress=slot.progress,
         step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
         data={"output": output},
     )  # fmt: skip
+
+
+def _record_continuation(
+    session: Session, run: StepRun, continued: repo.Continued, output: dict[str, Any]
+) -> None:
+    slot, next_run = continued.events, continued.next_run
+    _record_completed(session, run, slot, output)
     record_event(
         session, run.job_id, EventType.STEP_STARTED,
         seq=slot.first_seq + 1, feature_name=slot.feature_name, progress=slot.progress,
@@ -313,12 +319,7 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
             on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
         # Events go last: inserting one takes the event-id lock until commit.
         slot = advance.events
-        record_event(
-            session, run.job_id, EventType.STEP_COMPLETED,
-            seq=slot.first_seq, feature_name=slot.feature_name, progress=slot.progress,
-            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
-            data={"output": output},
-        )  # fmt: skip
+        _record_completed(session, run, slot, output)
         if advance.job_finished:
             record_event(
                 session, run.job_id, EventType.JOB_COMPLETED,
