@@ -22,6 +22,7 @@ from sqlalchemy import (
     case,
     exists,
     func,
+    insert,
     or_,
     select,
     update,
@@ -130,11 +131,13 @@ def get_step(session: Session, job_id: uuid.UUID, step_index: int) -> JobStep | 
     return session.get(JobStep, (job_id, step_index))
 
 
-def add_job(session: Session, job: Job, steps: list[JobStep]) -> None:
-    session.add(job)
-    session.flush()
-    session.add_all(steps)
-    session.flush()
+def insert_job(session: Session, job: Job, steps: list[dict[str, Any]]) -> None:
+    """Insert a new job (a transient `Job`, left out of the session) and its step rows,
+    one statement each."""
+    values = {column.key: getattr(job, column.key) for column in job_table.columns}
+    connection = session.connection()
+    connection.execute(insert(job_table), values)
+    connection.execute(insert(job_step_table), steps)
 
 
 def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | None:

@@ -17,12 +17,12 @@ from app.catalog import Catalog
 from app.config import get_settings
 from app.db import on_commit
 from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
-from app.events.log import append_event
+from app.events.log import record_event
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.dispatch import enqueue_step
 from app.jobs.states import JobStatus, StepStatus
-from app.models import Job, JobStep, utcnow
+from app.models import Job, utcnow
 
 
 @dataclass(frozen=True)
@@ -94,38 +94,42 @@ def create_job(
         recipe={"steps": [{"name": s.name, "service": s.model_dump()} for s in services]},
         idempotency_key=idempotency_key,
         request_hash=digest,
-        last_seq=0,
+        last_seq=1,  # JOB_CREATED, recorded below
         created_at=now,
         updated_at=now,
     )
+    first = services[0]
     steps = [
-        JobStep(
-            job_id=job.id,
-            step_index=index,
-            step_name=service.name,
-            queue=service.queue,
-            status=StepStatus.QUEUED if index == 0 else StepStatus.PENDING,
-            attempt=1 if index == 0 else 0,
-            fence=1 if index == 0 else 0,
-            max_attempts=service.max_attempts,
-            queued_at=now if index == 0 else None,
-        )
+        {
+            "job_id": job.id,
+            "step_index": index,
+            "step_name": service.name,
+            "queue": service.queue,
+            "status": StepStatus.QUEUED if index == 0 else StepStatus.PENDING,
+            "attempt": 1 if index == 0 else 0,
+            "fence": 1 if index == 0 else 0,
+            "max_attempts": service.max_attempts,
+            "queued_at": now if index == 0 else None,
+        }
         for index, service in enumerate(services)
     ]
-    try:
-        with session.begin_nested():
-            repo.add_job(session, job, steps)
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
-        if idempotency_key is None:
-            raise
-        existing = _existing_for_key(session, tenant, idempotency_key, digest)
-        if existing is None:
-            raise
-        return CreateResult(existing, created=False)
-    append_event(session, job.id, EventType.JOB_CREATED, data={"steps": feature.steps})
-    first_queue = steps[0].queue
-    on_commit(session, lambda: enqueue_step(job.id, 0, steps[0].fence, first_queue))
+    if idempotency_key is None:
+        repo.insert_job(session, job, steps)
+    else:
+        try:
+            with session.begin_nested():
+                repo.insert_job(session, job, steps)
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key won the insert.
+            existing = _existing_for_key(session, tenant, idempotency_key, digest)
+            if existing is None:
+                raise
+            return CreateResult(existing, created=False)
+    record_event(
+        session, job.id, EventType.JOB_CREATED,
+        seq=1, feature_name=feature_name, progress=0, data={"steps": feature.steps},
+    )  # fmt: skip
+    on_commit(session, lambda: enqueue_step(job.id, 0, 1, first.queue))
     return CreateResult(job, created=True)
 
 
