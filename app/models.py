@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -123,7 +124,12 @@ class JobStep(Base):
 class JobEvent(Base):
     __tablename__ = "job_event"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Insertion order: writers take it without waiting on each other.
+    ingest_id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The global position clients see (`/ws?after=ID`), handed out in commit order:
+    # at insert on SQLite (writers are serialised), by the sequencer on PostgreSQL
+    # (NULL until then; see app/events/sequencer.py).
+    id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(32))
@@ -135,7 +141,16 @@ class JobEvent(Base):
     ts: Mapped[datetime] = mapped_column(default=utcnow)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
-    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_job_event_job_id_seq"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_job_event_job_id_seq"),
+        # What the sequencer scans: only events still waiting for their id.
+        Index(
+            "ix_job_event_unsequenced",
+            "ingest_id",
+            postgresql_where=text("id IS NULL"),
+            sqlite_where=text("id IS NULL"),
+        ),
+    )
 
 
 # Typed handles on the tables for Core statements on the hot path.

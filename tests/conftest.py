@@ -156,6 +156,28 @@ def migrated() -> str:
 
 
 @pytest.fixture
+def private_postgres() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database that no process of the run but this test
+    uses (no API hub sequences its events, no worker writes to it); dropped afterwards."""
+    import psycopg
+
+    from app.migrate import upgrade_head
+
+    if "pg_admin" not in _state:
+        pytest.skip("PostgreSQL not reachable (the suite runs on SQLite)")
+    name = f"cao_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_state["pg_admin"], autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _state["database_url"].rsplit("/", 1)[0] + "/" + name
+    try:
+        upgrade_head(url)
+        yield url
+    finally:
+        with psycopg.connect(_state["pg_admin"], autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def db(migrated: str) -> None:
     """This process's engine; re-made per test because an in-process API disposes it."""
     from app.db import init_db

@@ -8,8 +8,11 @@ sockets at once, a killed Redis subscription, and a client that stops reading.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +34,7 @@ from tests.event_clients import (
     submit_many,
     ws_url,
 )
-from tests.harness import wait_for_job, wait_until
+from tests.harness import CAO, Proc, free_port, port_open, wait_for_job, wait_until
 from tests.operator_support import key_of, secured_api, submit
 
 pytestmark = pytest.mark.slow
@@ -256,3 +259,50 @@ def test_an_api_restart_mid_job_loses_nothing(stack, env, log_dir):
     full = stored_log(api, job_id)
     assert before.events + after.events == full
     assert after.close_code == 1000
+
+
+@contextlib.contextmanager
+def another_api(env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """A second `cao api` on the run's database and Redis: its hub sequences too."""
+    port = free_port()
+    proc = Proc("api-2", [*CAO, "api", "--port", str(port)], env, log_dir)
+    try:
+        wait_until(lambda: port_open(port) or not proc.alive(), 30, message="second api")
+        assert proc.alive(), proc.log_text()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+def test_two_api_processes_sequencing_side_by_side_each_stream_every_id_once(
+    stack, api_server, env, log_dir, db
+):
+    api, sim = stack["api"], stack["sim"]
+    for service in STEPS:
+        sim.behave(service, latency_ms=20)
+    jobs = 20
+    after_id = newest_event_id()
+
+    with another_api(env, log_dir) as other_api:
+
+        async def scenario() -> tuple[list[FanOut], list[str]]:
+            fan_outs = [FanOut(url, [], 2, after_id, jobs=jobs) for url in (api_server, other_api)]
+            for fan_out in fan_outs:
+                await fan_out.start()
+            created = [
+                *await submit_many(api_server, "business_plan", jobs // 2),
+                *await submit_many(other_api, "business_plan", jobs // 2),
+            ]
+            for fan_out in fan_outs:
+                await fan_out.finish(timeout=90)
+            return fan_outs, created
+
+        fan_outs, created = run(scenario())
+
+    logs = {job: stored_log(api, job) for job in created}
+    for recorder in (r for fan_out in fan_outs for r in fan_out.all_sockets):
+        ids = [event["id"] for event in recorder.events]
+        # Every id, once, in order: the hubs number events in commit order without gaps.
+        assert ids == list(range(after_id + 1, after_id + len(ids) + 1)), ids
+        for job in created:
+            assert [e for e in recorder.events if e["job_id"] == job] == logs[job], job

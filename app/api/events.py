@@ -19,10 +19,9 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PrincipalDep
-from app.db import session_scope
 from app.errors import GatewayError
 from app.events.hub import HubUnavailable, SubscriptionStopped, get_hub
-from app.events.log import events_for_job, to_wire
+from app.events.sequencer import read_job_events
 from app.events.stream import JobEvents, OrderedStream
 from app.events.types import EventOut
 from app.events.wire import JobHead, read_job_head
@@ -67,8 +66,7 @@ async def job_events(
 
 
 def _page(job_id: uuid.UUID, after: int, limit: int) -> EventPage:
-    with session_scope() as session:
-        events = [to_wire(row) for row in events_for_job(session, job_id, after, limit)]
+    events = read_job_events(job_id, after, limit)
     return EventPage(events=events, next_after=events[-1].seq if events else after)
 
 

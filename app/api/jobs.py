@@ -40,8 +40,8 @@ def create_job(
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
     )
-    # Commit here, in this thread: the transaction holds the event-id lock until it
-    # ends, and must not wait for another thread-pool slot to build the response.
+    # Commit here, in this thread: the enqueue runs after commit, and the transaction
+    # must not stay open while the response waits for another thread-pool slot.
     session.commit()
     if not result.created:
         response.status_code = status.HTTP_200_OK

@@ -1,16 +1,20 @@
 """The per-process event hub: one Redis subscription shared by every socket.
 
 The hub keeps a cursor on the global event id and feeds each subscriber's mailbox
-with every committed event in id order, exactly once. Pub/sub payloads are the fast
-path; the log is the truth:
+with every committed event in id order, exactly once. Pub/sub payloads are the
+wake-up; the log is the truth:
 
-- a payload whose id is the next one is delivered at once; one that arrives early
-  waits a moment for its predecessors, then the hub reads the log from its cursor
-  (ids are handed out in commit order, so the log holds everything before it);
-- on every (re)subscribe, and once a second anyway, the hub reads the log from its
-  cursor, so events published while the subscription was down, or whose publish
-  failed, still arrive (one read for the whole process, not one per socket);
-- a payload the log does not confirm is dropped.
+- a payload whose id is the next one is delivered at once (SQLite numbers events at
+  insert). Any other payload, without an id (PostgreSQL) or beyond the next one,
+  wakes the sequencer run: number waiting events (app/events/sequencer.py) and
+  deliver them straight from the database's answer when they follow the cursor;
+  first read the log for the ids between (another API process numbered those); or,
+  when nothing was left to number, read the log from the cursor. Runs are coalesced:
+  one at a time per process, and one more afterwards if woken meanwhile;
+- on every (re)subscribe, and once a second anyway, the same run happens, so events
+  published while the subscription was down, or whose publish failed, still arrive
+  (one read for the whole process, not one per socket);
+- a payload is never delivered on its own say-so except as the very next id.
 
 Mailboxes are bounded. A subscriber that falls too far behind, or whose socket has
 not accepted a message for `MAX_SEND_STALL_S`, is stopped as slow (the socket closes
@@ -31,7 +35,15 @@ import redis.asyncio as aioredis
 import structlog
 
 from app.events.publisher import events_channel
-from app.events.wire import LOG_PAGE, WireEvent, read_events_after, read_job_tenant, read_latest_id
+from app.events.sequencer import SEQUENCE_BATCH
+from app.events.wire import (
+    LOG_PAGE,
+    WireEvent,
+    read_events_after,
+    read_job_tenant,
+    read_latest_id,
+    sequence_pending,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -39,10 +51,8 @@ log = structlog.get_logger(__name__)
 MAX_PENDING_EVENTS = 1000
 # How long one send may stay blocked (the client is not reading) before it counts as too slow.
 MAX_SEND_STALL_S = 5.0
-# The safety-net read of the log (lost publishes, a Redis outage) and the stall sweep.
+# The safety-net sequencer run (lost publishes, a Redis outage) and the stall sweep.
 POLL_INTERVAL_S = 1.0
-# How long an early payload waits for its predecessors before the hub reads the log.
-GAP_GRACE_S = 0.02
 # How long a new subscriber waits for the hub to find its place in the log at start-up.
 READY_TIMEOUT_S = 10.0
 RECONNECT_DELAY_S = (0.1, 5.0)
@@ -70,9 +80,10 @@ class HubStats:
     """Counters for logs: how events reached this process and where they went."""
 
     subscribes: int = 0  # (re)subscriptions to Redis
+    runs: int = 0  # sequencer runs
     delivered: int = 0  # events fanned out (each once, whichever way it came)
-    from_log: int = 0  # of which read from the log (publish lost, late or early)
-    early: int = 0  # payloads that arrived ahead of a predecessor
+    sequenced: int = 0  # of which numbered by this process's sequencer runs
+    from_log: int = 0  # of which read from the log (numbered elsewhere, or publish lost)
     slow_stopped: int = 0
 
 
@@ -137,10 +148,8 @@ class EventHub:
         self._all_jobs: set[Subscription] = set()
         self._cursor = 0
         self._ready = asyncio.Event()
-        # Payloads that arrived ahead of the cursor: id -> (received at, event).
-        self._early: dict[int, tuple[float, WireEvent]] = {}
-        self._catch_up_lock = asyncio.Lock()
-        self._gap_fill: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._run_again = False
         self._tasks: list[asyncio.Task[None]] = []
         self._tenants: dict[str, str | None] = {}
         self._tenant_reads: dict[str, asyncio.Task[str | None]] = {}
@@ -152,7 +161,7 @@ class EventHub:
         self._tasks = [asyncio.create_task(self._run(), name="cao-event-hub")]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *filter(None, [self._gap_fill])]:
+        for task in [*self._tasks, *filter(None, [self._runner])]:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -239,7 +248,7 @@ class EventHub:
                     # A first subscribe or redis-py's silent reconnect: anything published
                     # while we were not listening is in the log.
                     self.stats.subscribes += 1
-                    await self._catch_up_logged()
+                    self._wake()
                 elif message["type"] == "message":
                     self._on_payload(message["data"])
         finally:
@@ -254,68 +263,66 @@ class EventHub:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("malformed event payload ignored", error=str(exc))
             return
-        if event.id <= self._cursor:
+        if event is not None and event.id <= self._cursor:
             return
-        if event.id == self._cursor + 1:
+        if event is not None and event.id == self._cursor + 1:
             self._deliver(event)
-            self._deliver_early()
             return
-        self._early[event.id] = (asyncio.get_running_loop().time(), event)
-        self.stats.early += 1
-        if self._gap_fill is None or self._gap_fill.done():
-            self._gap_fill = asyncio.create_task(self._fill_gap_soon())
+        self._wake()
 
-    async def _fill_gap_soon(self) -> None:
-        # Usually the missing payloads arrive within the grace and nothing is read.
-        while self._early:
-            await asyncio.sleep(GAP_GRACE_S)
-            if self._early and not await self._catch_up_logged():
-                return  # the log is unreachable; the poll keeps trying
-
-    # --- the log: the truth ----------------------------------------------------------
+    # --- the sequencer and the log: the truth ------------------------------------------
 
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
             self._stop_stalled()
-            # With nobody listening a missed event matters to no one; the next payload
-            # reveals the gap and the log fills it.
-            if self._all_jobs or self._by_job:
-                await self._catch_up_logged()
+            self._wake()
 
-    async def _catch_up_logged(self) -> bool:
-        try:
+    def _wake(self) -> None:
+        """Have a sequencer run soon: now if none is running, else right after it."""
+        self._run_again = True
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run_while_woken(), name="cao-event-runs")
+
+    async def _run_while_woken(self) -> None:
+        while self._run_again:
+            self._run_again = False
+            try:
+                full = await self._sequence_and_deliver()
+            except Exception as exc:
+                # The next wake-up or poll retries; until then SQLite payloads keep flowing.
+                log.warning("event sequencing or log read failed", error=str(exc))
+                return
+            self._run_again |= full  # a backlog: one batch per run, back to back
+
+    async def _sequence_and_deliver(self) -> bool:
+        """One run: number what waits, deliver everything committed up to it in id order.
+        True when the batch was full (more may be waiting)."""
+        numbered = await sequence_pending()
+        self.stats.runs += 1
+        fresh = [event for event in numbered if event.id > self._cursor]
+        if not fresh:
+            # Nothing was left to number here: another process numbered what woke us.
             await self._catch_up()
-        except Exception as exc:
-            # The next poll retries; until then live payloads keep flowing.
-            log.warning("event log read failed", error=str(exc))
-            return False
-        return True
+        else:
+            if fresh[0].id > self._cursor + 1:
+                await self._catch_up(before_id=fresh[0].id)
+            for event in fresh:
+                if event.id > self._cursor:
+                    self.stats.sequenced += 1
+                    self._deliver(event)
+        return len(numbered) >= SEQUENCE_BATCH
 
-    async def _catch_up(self) -> None:
-        """Deliver every committed event after the cursor, page by page."""
-        async with self._catch_up_lock:
-            started = asyncio.get_running_loop().time()
-            while True:
-                page = await read_events_after(self._cursor, LOG_PAGE)
-                for event in page:
-                    if event.id > self._cursor:
-                        self.stats.from_log += 1
-                        self._deliver(event)
-                if len(page) < LOG_PAGE:
-                    break
-            # An early payload that the log did not hold when this read began was never
-            # committed here (a publish from elsewhere); later ones wait for the next read.
-            self._early = {
-                event_id: entry
-                for event_id, entry in self._early.items()
-                if event_id > self._cursor and entry[0] >= started
-            }
-            self._deliver_early()
-
-    def _deliver_early(self) -> None:
-        while (entry := self._early.pop(self._cursor + 1, None)) is not None:
-            self._deliver(entry[1])
+    async def _catch_up(self, before_id: int | None = None) -> None:
+        """Deliver every committed event after the cursor (and before `before_id`)."""
+        while True:
+            page = await read_events_after(self._cursor, LOG_PAGE, before_id=before_id)
+            for event in page:
+                if event.id > self._cursor:
+                    self.stats.from_log += 1
+                    self._deliver(event)
+            if len(page) < LOG_PAGE:
+                return
 
     def _deliver(self, event: WireEvent) -> None:
         self._cursor = event.id

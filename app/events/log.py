@@ -1,10 +1,16 @@
 """The durable event log: append in the caller's transaction, publish after commit.
 
 `seq` comes from the job row (`last_seq + 1` under that row's lock), so a job's
-events are numbered without gaps in commit order. On PostgreSQL a transaction-scoped
-advisory lock is taken just before the insert so that the global `id` is also handed
-out in commit order; a subscriber that resumes `after` an id cannot skip an event
-committed later with a smaller one. (SQLite serialises writers anyway.)
+events are numbered without gaps in commit order. The global `id` must also follow
+commit order (a subscriber that resumes `after` an id must not skip an event
+committed later with a smaller one), without making writers wait on each other:
+
+- PostgreSQL: an event is inserted with `id` NULL and no lock; the sequencer
+  (app/events/sequencer.py) numbers committed events afterwards.
+- SQLite: writers are serialised by the database (BEGIN IMMEDIATE, app/db.py), so
+  the insert itself takes `max(id) + 1`, which is then commit order already.
+
+Reads by `id` never see an event that has no id yet.
 """
 
 from __future__ import annotations
@@ -13,18 +19,19 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import on_commit
 from app.events.publisher import publish_after_commit
-from app.events.types import EventOut, EventType
+from app.events.types import EventOut, EventType, PublishedEvent
 from app.models import Job, JobEvent, job_event_table, job_table, utcnow
 
-_EVENT_ID_LOCK = 0x0CA0E7
 
-
-def to_wire(event: JobEvent) -> EventOut:
+def to_wire(event: JobEvent | Row[Any]) -> EventOut:
+    """The client's view of a stored event (an ORM row, or the sequencer's RETURNING)."""
+    if event.id is None:
+        raise ValueError(f"event {event.job_id}/{event.seq} has no global id yet")
     return EventOut(
         id=event.id,
         seq=event.seq,
@@ -41,29 +48,17 @@ def to_wire(event: JobEvent) -> EventOut:
 
 
 _EVENT = job_event_table
-_INSERT_EVENT = insert(_EVENT).returning(_EVENT.c.id)
+_INSERT_EVENT = insert(_EVENT)
+_INSERT_NUMBERED_EVENT = (
+    insert(_EVENT)
+    .values(id=select(func.coalesce(func.max(_EVENT.c.id), 0) + 1).scalar_subquery())
+    .returning(_EVENT.c.id)
+)
 _RESERVE_SEQ = (
     update(job_table)
     .where(job_table.c.id == bindparam("p_job"))
     .values(last_seq=job_table.c.last_seq + 1)
     .returning(job_table.c.last_seq, job_table.c.feature_name, job_table.c.progress)
-)
-_COLUMNS = ("job_id", "seq", "type", "feature_name", "step_index", "step_name", "attempt",
-            "progress", "ts", "data")  # fmt: skip
-# PostgreSQL: take the event-id lock and insert in one round trip.
-_LOCKED_INSERT_EVENT = (
-    text(
-        "WITH id_lock AS (SELECT pg_advisory_xact_lock(:lock_key)) "
-        f"INSERT INTO job_event ({', '.join(_COLUMNS)}) "
-        f"SELECT {', '.join(':' + c for c in _COLUMNS)} FROM id_lock RETURNING id"
-    )
-    .bindparams(
-        bindparam("lock_key", _EVENT_ID_LOCK),
-        bindparam("job_id", type_=_EVENT.c.job_id.type),
-        bindparam("ts", type_=_EVENT.c.ts.type),
-        bindparam("data", type_=_EVENT.c.data.type),
-    )
-    .columns(id=_EVENT.c.id.type)
 )
 
 
@@ -101,7 +96,8 @@ def record_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Insert an event whose seq was reserved on the job row by the caller's update;
-    it is published after the transaction commits."""
+    it is published after the transaction commits (without an id on PostgreSQL).
+    A transaction records its events in seq order: the sequencer numbers by insertion."""
     connection = session.connection()
     row = {
         "job_id": job_id,
@@ -115,15 +111,20 @@ def record_event(
         "ts": utcnow(),
         "data": data or {},
     }
-    statement = _LOCKED_INSERT_EVENT if connection.dialect.name == "postgresql" else _INSERT_EVENT
-    event_id = connection.execute(statement, row).scalar_one()
-    wire = EventOut(id=event_id, **{**row, "job_id": str(job_id)})
-    on_commit(session, lambda: publish_after_commit(wire))
+    event_id: int | None = None
+    if connection.dialect.name == "postgresql":
+        connection.execute(_INSERT_EVENT, row)
+    else:
+        event_id = connection.execute(_INSERT_NUMBERED_EVENT, row).scalar_one()
+    published = PublishedEvent(id=event_id, **{**row, "job_id": str(job_id)})
+    on_commit(session, lambda: publish_after_commit(published))
 
 
 def events_for_job(
     session: Session, job_id: uuid.UUID, after_seq: int = 0, limit: int = 1000
 ) -> Sequence[JobEvent]:
+    """A job's stored events in seq order; on PostgreSQL the newest may have no id
+    yet (app/events/sequencer.py reads them for clients)."""
     return session.scalars(
         select(JobEvent)
         .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
@@ -133,9 +134,17 @@ def events_for_job(
 
 
 def events_after_id(
-    session: Session, after_id: int = 0, limit: int = 1000, tenant: str | None = None
+    session: Session,
+    after_id: int = 0,
+    limit: int = 1000,
+    tenant: str | None = None,
+    *,
+    before_id: int | None = None,
 ) -> Sequence[JobEvent]:
+    """Every job's events with `after_id < id` (and `id < before_id`), in id order."""
     query = select(JobEvent).where(JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+    if before_id is not None:
+        query = query.where(JobEvent.id < before_id)
     if tenant is not None:
         query = query.join(Job, Job.id == JobEvent.job_id).where(Job.tenant == tenant)
     return session.scalars(query).all()

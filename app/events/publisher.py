@@ -9,7 +9,7 @@ import structlog
 from redis.connection import parse_url
 
 from app.config import get_settings
-from app.events.types import EventOut
+from app.events.types import PublishedEvent
 from app.redis_client import get_redis
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,7 @@ def _channel_for(redis_url: str) -> str:
     return f"cao:events:{parse_url(redis_url).get('db', 0)}"
 
 
-def publish_after_commit(event: EventOut) -> None:
+def publish_after_commit(event: PublishedEvent) -> None:
     try:
         get_redis().publish(events_channel(), event.model_dump_json())
     except Exception as exc:

@@ -4,9 +4,9 @@ A stream first reads the log after the client's position (the subscription is
 already open, so nothing committed meanwhile can slip between the two), then takes
 live events from its hub mailbox. It sends each event once, in order: a job's stream
 by `seq` (contiguous, so a jump is a gap that the log fills), the all-jobs stream by
-global `id` (not contiguous: other tenants' events and rolled-back ids leave holes;
-the hub already delivers every committed id in order). A job's stream ends after a
-terminal event once nothing newer is known.
+global `id` (not contiguous for a client: other tenants' events and deleted jobs
+leave holes; the hub already delivers every committed id in order). A job's stream
+ends after a terminal event once nothing newer is known.
 """
 
 from __future__ import annotations

@@ -24,8 +24,11 @@ class EventType(StrEnum):
 TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_ERROR, EventType.JOB_CANCELLED})
 
 
-class EventOut(BaseModel):
-    id: int
+class PublishedEvent(BaseModel):
+    """An event as its writer publishes it after commit. On PostgreSQL `id` is null:
+    the global id is given later by the sequencer (app/events/sequencer.py)."""
+
+    id: int | None
     seq: int
     type: str
     job_id: str
@@ -36,3 +39,9 @@ class EventOut(BaseModel):
     progress: int
     ts: datetime
     data: dict[str, Any]
+
+
+class EventOut(PublishedEvent):
+    """An event as clients see it: always with its global id."""
+
+    id: int

@@ -1,9 +1,9 @@
 """Events on their way to subscribers, and the log reads that produce them.
 
 An event is parsed and serialized once per API process, whichever way it arrived
-(a pub/sub payload or a log row), and the same JSON text goes to every socket.
-The log reads run in a worker thread: sessions are synchronous and the event loop
-serves every socket of the process.
+(a pub/sub payload, the sequencer or a log row), and the same JSON text goes to
+every socket. Database work runs in a worker thread: sessions are synchronous and
+the event loop serves every socket of the process.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
-from app.events import log
-from app.events.types import TERMINAL_EVENTS
+from app.events import log, sequencer
+from app.events.types import TERMINAL_EVENTS, EventOut
 from app.jobs import repository as repo
 from app.jobs.service import get_job_or_404
 from app.jobs.states import FINISHED_JOB
-from app.models import JobEvent
 
 # Rows per log read; a longer back-fill reads page after page.
 LOG_PAGE = 500
@@ -41,9 +40,12 @@ class WireEvent:
         return self.type in TERMINAL_EVENTS
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> WireEvent:
-        """From a pub/sub payload: the publisher's `EventOut` JSON."""
+    def from_json(cls, text: str | bytes) -> WireEvent | None:
+        """From a pub/sub payload (the publisher's JSON); None while it has no id yet
+        (PostgreSQL: the sequencer gives it one)."""
         body = json.loads(text)
+        if body["id"] is None:
+            return None
         decoded = text if isinstance(text, str) else text.decode()
         return cls(
             id=int(body["id"]),
@@ -54,14 +56,13 @@ class WireEvent:
         )
 
     @classmethod
-    def from_row(cls, row: JobEvent) -> WireEvent:
-        wire = log.to_wire(row)
+    def from_event(cls, event: EventOut) -> WireEvent:
         return cls(
-            id=wire.id,
-            seq=wire.seq,
-            job_id=wire.job_id,
-            type=wire.type,
-            text=wire.model_dump_json(),
+            id=event.id,
+            seq=event.seq,
+            job_id=event.job_id,
+            type=event.type,
+            text=event.model_dump_json(),
         )
 
 
@@ -85,15 +86,20 @@ def _job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:
 
 
 def _job_page(job_id: uuid.UUID, after_seq: int, limit: int) -> list[WireEvent]:
-    with session_scope() as session:
-        rows = log.events_for_job(session, job_id, after_seq, limit)
-        return [WireEvent.from_row(row) for row in rows]
+    events = sequencer.read_job_events(job_id, after_seq, limit)
+    return [WireEvent.from_event(event) for event in events]
 
 
-def _global_page(after_id: int, limit: int, tenant: str | None) -> list[WireEvent]:
+def _global_page(
+    after_id: int, limit: int, tenant: str | None, before_id: int | None
+) -> list[WireEvent]:
     with session_scope() as session:
-        rows = log.events_after_id(session, after_id, limit, tenant)
-        return [WireEvent.from_row(row) for row in rows]
+        rows = log.events_after_id(session, after_id, limit, tenant, before_id=before_id)
+        return [WireEvent.from_event(log.to_wire(row)) for row in rows]
+
+
+def _sequence() -> list[WireEvent]:
+    return [WireEvent.from_event(event) for event in sequencer.sequence_events()]
 
 
 def _latest_id() -> int:
@@ -120,10 +126,16 @@ async def read_job_events(
 
 
 async def read_events_after(
-    after_id: int, limit: int = LOG_PAGE, tenant: str | None = None
+    after_id: int, limit: int = LOG_PAGE, tenant: str | None = None, before_id: int | None = None
 ) -> list[WireEvent]:
-    """One page of every job's events with `id > after_id` (optionally one tenant's)."""
-    return await run_in_threadpool(_global_page, after_id, limit, tenant)
+    """One page of every job's events with `after_id < id < before_id` (optionally one
+    tenant's)."""
+    return await run_in_threadpool(_global_page, after_id, limit, tenant, before_id)
+
+
+async def sequence_pending() -> list[WireEvent]:
+    """Number the events waiting for their id (one batch), in id order; see sequencer.py."""
+    return await run_in_threadpool(_sequence)
 
 
 async def read_latest_id() -> int:

@@ -317,7 +317,6 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
             next_index = run.step_index + 1
             queue, fence = repo.queue_step(session, run.job_id, next_index)
             on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
-        # Events go last: inserting one takes the event-id lock until commit.
         slot = advance.events
         _record_completed(session, run, slot, output)
         if advance.job_finished:
