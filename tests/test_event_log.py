@@ -243,7 +243,7 @@ def test_four_sequencers_at_once_hand_out_unique_contiguous_ids(backend):
 def test_reads_never_show_an_event_without_its_id(backend, monkeypatch):
     # No wake-up for an event hub that may be running in this test run: the events
     # stay unnumbered (until its one-second poll) unless the read numbers them.
-    monkeypatch.setattr("app.events.log.publish_after_commit", lambda event: None)
+    monkeypatch.setattr("app.events.log.publish_after_commit", lambda events: None)
     job_id = new_job()
     for _ in range(3):
         append_and_linger(job_id, 0, events=2)
@@ -300,3 +300,31 @@ def test_event_types_are_the_documented_ones():
         "JOB_CREATED", "WAITING_FOR_SLOT", "STEP_STARTED", "STEP_RETRYING", "STEP_COMPLETED",
         "JOB_COMPLETED", "JOB_ERROR", "JOB_CANCELLED", "JOB_RESUMED",
     }  # fmt: skip
+
+
+def test_retention_never_lets_global_ids_start_again(backend):
+    """Deleting old jobs empties the log of their events, but the job holding the
+    newest event stays, so the next id still follows every id a reader has seen."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.jobs.recovery import delete_old_jobs
+    from app.models import Job, utcnow
+
+    jobs = [new_job() for _ in range(3)]
+    for job_id in jobs:
+        append_and_linger(job_id, 0)
+    sequence_all()
+    with session_scope() as session:
+        newest = latest_event_id(session)
+        session.execute(
+            update(Job).values(status="COMPLETED", finished_at=utcnow() - timedelta(days=30))
+        )
+
+    assert delete_old_jobs(retention_days=1) == 2
+    assert delete_old_jobs(retention_days=1) == 0, "the job with the newest event must stay"
+    fresh = new_job()
+    sequence_all()
+    with session_scope() as session:
+        assert [e.id for e in events_for_job(session, fresh)] == [newest + 1]

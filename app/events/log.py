@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -82,6 +82,17 @@ def append_event(
     )  # fmt: skip
 
 
+class NewEvent(TypedDict, total=False):
+    """One event for `record_events`: its type and reserved seq, and what it is about."""
+
+    type: Required[EventType]
+    seq: Required[int]
+    step_index: int | None
+    step_name: str | None
+    attempt: int | None
+    data: dict[str, Any]
+
+
 def record_event(
     session: Session,
     job_id: uuid.UUID,
@@ -96,27 +107,52 @@ def record_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Insert an event whose seq was reserved on the job row by the caller's update;
-    it is published after the transaction commits (without an id on PostgreSQL).
-    A transaction records its events in seq order: the sequencer numbers by insertion."""
+    it is published after the transaction commits (without an id on PostgreSQL)."""
+    event = NewEvent(
+        type=event_type, seq=seq, step_index=step_index, step_name=step_name, attempt=attempt,
+        data=data or {},
+    )  # fmt: skip
+    record_events(session, job_id, [event], feature_name=feature_name, progress=progress)
+
+
+def record_events(
+    session: Session,
+    job_id: uuid.UUID,
+    events: Sequence[NewEvent],
+    *,
+    feature_name: str,
+    progress: int,
+) -> None:
+    """Insert one job's events, in seq order (the sequencer numbers by insertion), in one
+    round trip on PostgreSQL; all are published together after the transaction commits."""
     connection = session.connection()
-    row = {
-        "job_id": job_id,
-        "seq": seq,
-        "type": str(event_type),
-        "feature_name": feature_name,
-        "step_index": step_index,
-        "step_name": step_name,
-        "attempt": attempt,
-        "progress": progress,
-        "ts": utcnow(),
-        "data": data or {},
-    }
-    event_id: int | None = None
+    now = utcnow()
+    rows = [
+        {
+            "job_id": job_id,
+            "seq": event["seq"],
+            "type": str(event["type"]),
+            "feature_name": feature_name,
+            "step_index": event.get("step_index"),
+            "step_name": event.get("step_name"),
+            "attempt": event.get("attempt"),
+            "progress": progress,
+            "ts": now,
+            "data": event.get("data") or {},
+        }
+        for event in events
+    ]
+    ids: list[int | None]
     if connection.dialect.name == "postgresql":
-        connection.execute(_INSERT_EVENT, row)
+        connection.execute(_INSERT_EVENT, rows)  # psycopg pipelines an executemany
+        ids = [None] * len(rows)
     else:
-        event_id = connection.execute(_INSERT_NUMBERED_EVENT, row).scalar_one()
-    published = PublishedEvent(id=event_id, **{**row, "job_id": str(job_id)})
+        # Row by row: each insert's max(id) + 1 must see the row before it.
+        ids = [connection.execute(_INSERT_NUMBERED_EVENT, row).scalar_one() for row in rows]
+    published = [
+        PublishedEvent(id=event_id, **{**row, "job_id": str(job_id)})
+        for event_id, row in zip(ids, rows, strict=True)
+    ]
     on_commit(session, lambda: publish_after_commit(published))
 
 

@@ -3,6 +3,7 @@ recovered by subscribers reading the log, so failures here are only logged."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import structlog
@@ -29,8 +30,15 @@ def _channel_for(redis_url: str) -> str:
     return f"cao:events:{parse_url(redis_url).get('db', 0)}"
 
 
-def publish_after_commit(event: PublishedEvent) -> None:
+def publish_after_commit(events: Sequence[PublishedEvent]) -> None:
+    """Publish one transaction's events, in one round trip."""
+    channel = events_channel()
     try:
-        get_redis().publish(events_channel(), event.model_dump_json())
+        with get_redis().pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.publish(channel, event.model_dump_json())
+            pipe.execute()
     except Exception as exc:
-        log.warning("event publish failed", job_id=event.job_id, seq=event.seq, error=str(exc))
+        log.warning(
+            "event publish failed", events=[f"{e.job_id}/{e.seq}" for e in events], error=str(exc)
+        )

@@ -215,10 +215,21 @@ def fail_stuck_job(
 
 def delete_finished_jobs(session: Session, finished_before: datetime, limit: int) -> int:
     """Delete up to `limit` jobs that finished before `finished_before` (steps and
-    events go with them by ON DELETE CASCADE)."""
+    events go with them by ON DELETE CASCADE).
+
+    The job holding the newest numbered event stays whatever its age: global event
+    ids continue from the largest one in the log (app/events/sequencer.py), and an
+    emptied log would start them again at 1, below the cursors readers resume from."""
+    newest_event_job = (
+        select(JobEvent.job_id).where(JobEvent.id.is_not(None)).order_by(JobEvent.id.desc())
+    ).limit(1)
     batch = (
         select(Job.id)
-        .where(Job.status.in_(FINISHED_JOB), Job.finished_at < finished_before)
+        .where(
+            Job.status.in_(FINISHED_JOB),
+            Job.finished_at < finished_before,
+            Job.id.not_in(newest_event_job),
+        )
         .limit(limit)
     )
     return rows_changed(session, delete(Job).where(Job.id.in_(batch)))

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog import Service, current_catalog
 from app.db import on_commit, session_scope
-from app.events.log import append_event, record_event
+from app.events.log import NewEvent, append_event, record_event, record_events
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.backoff import retry_delay
@@ -223,7 +223,10 @@ def _continue(
         with session_scope() as session:
             continued = repo.complete_and_start_next(session, run, run.fence, output)
             if continued is not None:
-                _record_continuation(session, run, continued, output)
+                _record_completed(
+                    session, run, continued.events, output,
+                    EventType.STEP_STARTED, continued.next_run,
+                )  # fmt: skip
     except repo.NextStepMoved:
         _release(semaphore, run.next_spec(), next_lease)
         return None
@@ -245,26 +248,33 @@ def _continue(
 
 
 def _record_completed(
-    session: Session, run: StepRun, slot: repo.EventSlot, output: dict[str, Any]
+    session: Session,
+    run: StepRun,
+    slot: repo.EventSlot,
+    output: dict[str, Any],
+    then: EventType | None = None,
+    next_run: StepRun | None = None,
 ) -> None:
-    record_event(
-        session, run.job_id, EventType.STEP_COMPLETED,
-        seq=slot.first_seq, feature_name=slot.feature_name, progress=slot.progress,
-        step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
-        data={"output": output},
-    )  # fmt: skip
-
-
-def _record_continuation(
-    session: Session, run: StepRun, continued: repo.Continued, output: dict[str, Any]
-) -> None:
-    slot, next_run = continued.events, continued.next_run
-    _record_completed(session, run, slot, output)
-    record_event(
-        session, run.job_id, EventType.STEP_STARTED,
-        seq=slot.first_seq + 1, feature_name=slot.feature_name, progress=slot.progress,
-        step_index=next_run.step_index, step_name=next_run.step_name, attempt=1,
-    )  # fmt: skip
+    """STEP_COMPLETED, and what follows it in the same commit: JOB_COMPLETED, or the
+    next step's STEP_STARTED when it was started with this result."""
+    events = [
+        NewEvent(
+            type=EventType.STEP_COMPLETED, seq=slot.first_seq, step_index=run.step_index,
+            step_name=run.step_name, attempt=run.attempt, data={"output": output},
+        )
+    ]  # fmt: skip
+    if then is EventType.JOB_COMPLETED:
+        events.append(NewEvent(type=then, seq=slot.first_seq + 1))
+    elif then is EventType.STEP_STARTED and next_run is not None:
+        events.append(
+            NewEvent(
+                type=then, seq=slot.first_seq + 1, step_index=next_run.step_index,
+                step_name=next_run.step_name, attempt=next_run.attempt,
+            )
+        )  # fmt: skip
+    record_events(
+        session, run.job_id, events, feature_name=slot.feature_name, progress=slot.progress
+    )
 
 
 def _release(
@@ -317,13 +327,8 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
             next_index = run.step_index + 1
             queue, fence = repo.queue_step(session, run.job_id, next_index)
             on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
-        slot = advance.events
-        _record_completed(session, run, slot, output)
-        if advance.job_finished:
-            record_event(
-                session, run.job_id, EventType.JOB_COMPLETED,
-                seq=slot.first_seq + 1, feature_name=slot.feature_name, progress=slot.progress,
-            )  # fmt: skip
+        then = EventType.JOB_COMPLETED if advance.job_finished else None
+        _record_completed(session, run, advance.events, output, then)
     bound.info("step completed", job_finished=advance.job_finished)
     return Outcome.COMPLETED
 
