@@ -34,6 +34,9 @@ def publish_after_commit(events: Sequence[PublishedEvent]) -> None:
     """Publish one transaction's events, in one round trip."""
     channel = events_channel()
     try:
+        if len(events) == 1:
+            get_redis().publish(channel, events[0].model_dump_json())
+            return
         with get_redis().pipeline(transaction=False) as pipe:
             for event in events:
                 pipe.publish(channel, event.model_dump_json())
