@@ -8,14 +8,17 @@ Routing is per message: each step is sent to its service's queue.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import structlog
 from celery import Celery, signals
 
 from app.catalog import current_catalog
 from app.config import get_settings
 from worker.schedule import beat_schedule
 
+log = structlog.get_logger(__name__)
 settings = get_settings()
 
 celery_app = Celery(
@@ -87,6 +90,26 @@ def _on_process_init(**_: Any) -> None:
     init_db(pre_ping=False)
     # Now rather than on a first step's critical path, where a slot is already held.
     get_client()
+    # In the background: process start-up must not wait on a slow database.
+    threading.Thread(target=_warm_up, name="cao-warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    """Open this process's database and Redis connections and prepare the first read
+    of a step, so that a first delivery does not pay for them while it holds a slot."""
+    import uuid
+
+    from app.db import session_scope
+    from app.jobs.repository import load_step_run
+    from app.redis_client import get_redis
+
+    try:
+        with session_scope() as session:
+            load_step_run(session, uuid.UUID(int=0), 0)
+        get_redis().ping()
+    except Exception as exc:
+        # The first delivery connects (and retries) the usual way.
+        log.warning("worker warm-up failed", error=str(exc))
 
 
 @signals.worker_process_shutdown.connect
