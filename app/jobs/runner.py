@@ -196,8 +196,9 @@ def _continue(
 ) -> Outcome | None:
     """Free this step's slot, take one for the next step and start it in the
     transaction that commits this result, to run it here next. None when the next
-    step cannot start here (its service is full): this slot is freed either way, and
-    the caller records the result the usual way."""
+    step cannot start here (its service is full, or it is not where this run found
+    it): this slot is freed either way, and the caller records the result the usual
+    way."""
     run, bound = claimed.run, claimed.log
     assert run.next_step_fence is not None  # loaded with every step but the last
     semaphore = get_semaphore()
