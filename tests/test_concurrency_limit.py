@@ -123,8 +123,9 @@ def test_limit_is_never_exceeded_and_slots_stay_busy(sim: Simulators, api, meter
         f"{overall:.3f} including job creation ({wall:.1f}s)"
     )
     print(report)
-    # Creating 200 jobs through the API shares the machine with the calls; what the
-    # lease design owes is that waiting steps keep every slot busy.
+    # Over the whole run (the AC's measure: creating the 200 jobs through the API shares
+    # the machine with the calls), and once every step waits: waiters keep slots busy.
+    assert overall >= 0.9, f"slots left idle: {report}"
     assert under_backlog >= 0.9, f"slots left idle while steps waited: {report}"
     row = service_row(api)
     assert (row["leases_in_use"], row["waiting"], row["queue_depth"]) == (0, 0, 0)
