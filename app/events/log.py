@@ -144,9 +144,9 @@ def record_events(
     ]
     ids: list[int | None]
     if connection.dialect.name == "postgresql":
-        # One statement, one round trip: a multi-row VALUES keeps the rows' order.
-        statement = _INSERT_EVENT if len(rows) == 1 else insert(_EVENT).values(rows)
-        connection.execute(statement, rows[0] if len(rows) == 1 else {})
+        # Several rows: psycopg pipelines an executemany (one round trip, rows in order),
+        # which costs less CPU than building a multi-row VALUES statement each time.
+        connection.execute(_INSERT_EVENT, rows[0] if len(rows) == 1 else rows)
         ids = [None] * len(rows)
     else:
         # Row by row: each insert's max(id) + 1 must see the row before it.

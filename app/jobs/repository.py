@@ -136,8 +136,12 @@ def insert_job(session: Session, job: Job, steps: list[dict[str, Any]]) -> None:
     one statement each."""
     values = {column.key: getattr(job, column.key) for column in job_table.columns}
     connection = session.connection()
-    connection.execute(insert(job_table), values)
-    connection.execute(insert(job_step_table), steps)
+    connection.execute(_INSERT_JOB, values)
+    connection.execute(_INSERT_STEP, steps)  # psycopg pipelines the executemany
+
+
+_INSERT_JOB = insert(job_table)
+_INSERT_STEP = insert(job_step_table)
 
 
 def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | None:
@@ -238,18 +242,22 @@ def queue_step(session: Session, job_id: uuid.UUID, step_index: int) -> tuple[st
     return queue, fence
 
 
-def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
-    result = rows_changed(
-        session,
-        update(JobStep)
-        .where(
-            fenced_step(job_id, step_index, fence),
-            JobStep.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
-            job_is_active(job_id),
-        )
-        .values(status=StepStatus.WAITING_FOR_SLOT),
+_MARK_WAITING = (
+    update(_STEP)
+    .where(
+        _THIS_STEP,
+        _STEP.c.fence == bindparam("p_fence"),
+        _STEP.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
+        _JOB_IS_ACTIVE,
     )
-    return result == 1
+    .values(status=StepStatus.WAITING_FOR_SLOT)
+)
+
+
+def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
+    params = {"p_job": job_id, "index": step_index, "p_fence": fence}
+    changed = session.connection().execute(_MARK_WAITING, params)
+    return cast(CursorResult[Any], changed).rowcount == 1
 
 
 @dataclass(frozen=True)
