@@ -84,13 +84,18 @@ def lease_of(step: LiveStep) -> LeaseId:
     return LeaseId(str(step.job_id), step.step_index, step.fence, step.queue)
 
 
-def _each(items: Iterable[_T], act: Callable[[_T], Action], report: SweepReport) -> None:
+def _each(
+    items: Iterable[_T], act: Callable[[_T], Action], report: SweepReport | None = None
+) -> SweepReport:
+    """Act on every item, counting outcomes into `report` (a new one by default)."""
+    report = report if report is not None else SweepReport()
     # One bad row must not stop the sweep; it is logged and retried next run.
     for item in items:
         try:
             report.count(act(item))
         except Exception:
             log.exception("recovery action failed", item=repr(item))
+    return report
 
 
 # --- per-step and per-job actions (idempotent) ------------------------------------------
@@ -216,9 +221,7 @@ def sweep_silent_steps() -> SweepReport:
             return Action.NONE  # the worker still renews its lease; only its DB writes lag
         return recover_step(step.job_id, step.step_index, step.fence, "heartbeat went silent")
 
-    report = SweepReport()
-    _each(candidates, act, report)
-    return report
+    return _each(candidates, act)
 
 
 def sweep_idle_steps(requeue_after_s: float) -> SweepReport:
@@ -226,9 +229,7 @@ def sweep_idle_steps(requeue_after_s: float) -> SweepReport:
         candidates = recovery_repo.find_idle_queued_steps(
             session, utcnow() - timedelta(seconds=requeue_after_s), BATCH
         )
-    report = SweepReport()
-    _each(candidates, lambda step: requeue_idle_step(step, requeue_after_s), report)
-    return report
+    return _each(candidates, lambda step: requeue_idle_step(step, requeue_after_s))
 
 
 def sweep_stuck_jobs(stuck_s: float) -> SweepReport:
@@ -236,9 +237,7 @@ def sweep_stuck_jobs(stuck_s: float) -> SweepReport:
         job_ids = recovery_repo.find_stuck_job_ids(
             session, utcnow() - timedelta(seconds=stuck_s), BATCH
         )
-    report = SweepReport()
-    _each(job_ids, lambda job_id: fail_if_stuck(job_id, stuck_s), report)
-    return report
+    return _each(job_ids, lambda job_id: fail_if_stuck(job_id, stuck_s))
 
 
 def reap_expired_leases() -> SweepReport:

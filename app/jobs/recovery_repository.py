@@ -15,7 +15,12 @@ from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.events.types import EventType
-from app.jobs.repository import fenced_step, job_is_active, rows_changed, step_where
+from app.jobs.repository import (
+    job_is_active,
+    rows_changed,
+    step_where,
+    update_fenced_step,
+)
 from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, JobStatus, StepStatus
 from app.models import Job, JobEvent, JobStep, utcnow
 
@@ -102,46 +107,29 @@ def restart_lost_attempt(
 
     None when the step moved on, or when its attempts are spent."""
     new_fence = fence + 1
-    result = rows_changed(
-        session,
-        update(JobStep)
-        .where(
-            fenced_step(job_id, step_index, fence),
-            JobStep.status == StepStatus.RUNNING,
-            JobStep.attempt < JobStep.max_attempts,
-            job_is_active(job_id),
-        )
-        .values(
-            status=StepStatus.QUEUED,
-            attempt=JobStep.attempt + 1,
-            fence=new_fence,
-            queued_at=utcnow(),
-            started_at=None,
-            heartbeat_at=None,
-            error=error,
-            error_code=code,
-            retryable=True,
-        ),
-    )
-    return new_fence if result == 1 else None
+    restarted = update_fenced_step(
+        session, job_id, step_index, fence,
+        JobStep.status == StepStatus.RUNNING,
+        JobStep.attempt < JobStep.max_attempts,
+        job_is_active(job_id),
+        status=StepStatus.QUEUED, attempt=JobStep.attempt + 1, fence=new_fence,
+        queued_at=utcnow(), started_at=None, heartbeat_at=None,
+        error=error, error_code=code, retryable=True,
+    )  # fmt: skip
+    return new_fence if restarted else None
 
 
 def touch_idle_step(
     session: Session, job_id: uuid.UUID, step_index: int, fence: int, queued_before: datetime
 ) -> bool:
     """Mark a still-idle step as queued now; True for exactly one of concurrent callers."""
-    result = rows_changed(
-        session,
-        update(JobStep)
-        .where(
-            fenced_step(job_id, step_index, fence),
-            JobStep.status.in_(CLAIMABLE_STEP),
-            or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
-            job_is_active(job_id),
-        )
-        .values(queued_at=utcnow()),
-    )
-    return result == 1
+    return update_fenced_step(
+        session, job_id, step_index, fence,
+        JobStep.status.in_(CLAIMABLE_STEP),
+        or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
+        job_is_active(job_id),
+        queued_at=utcnow(),
+    )  # fmt: skip
 
 
 def last_retry_delay_s(session: Session, job_id: uuid.UUID, step_index: int) -> float:

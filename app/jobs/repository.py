@@ -113,6 +113,32 @@ def fenced_step(job_id: uuid.UUID, step_index: int, fence: int, *conditions: Any
     return and_(step_where(job_id, step_index), JobStep.fence == fence, *conditions)
 
 
+def update_fenced_step(
+    session: Session,
+    job_id: uuid.UUID,
+    step_index: int,
+    fence: int,
+    /,
+    *conditions: Any,
+    **values: Any,
+) -> bool:
+    """Change the step only while it carries `fence` and meets `conditions`; True if
+    this call did (of concurrent callers, exactly one). `values` may set a new fence."""
+    statement = (
+        update(JobStep).where(fenced_step(job_id, step_index, fence, *conditions)).values(**values)
+    )
+    return rows_changed(session, statement) == 1
+
+
+def update_running_step(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int, /, **values: Any
+) -> bool:
+    """Change the step while the attempt holding `fence` is still RUNNING."""
+    return update_fenced_step(
+        session, job_id, step_index, fence, JobStep.status == StepStatus.RUNNING, **values
+    )
+
+
 def job_is_active(job_id: uuid.UUID) -> Any:
     return exists().where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
 
@@ -312,31 +338,7 @@ def is_running(session: Session, job_id: uuid.UUID, step_index: int, fence: int)
 
 
 def heartbeat(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
-    result = rows_changed(
-        session,
-        update(JobStep)
-        .where(
-            fenced_step(job_id, step_index, fence),
-            JobStep.status == StepStatus.RUNNING,
-        )
-        .values(heartbeat_at=utcnow()),
-    )
-    return result == 1
-
-
-def _finish_running_step(
-    session: Session, job_id: uuid.UUID, step_index: int, held_fence: int, **values: Any
-) -> bool:
-    result = rows_changed(
-        session,
-        update(JobStep)
-        .where(
-            fenced_step(job_id, step_index, held_fence),
-            JobStep.status == StepStatus.RUNNING,
-        )
-        .values(**values),
-    )
-    return result == 1
+    return update_running_step(session, job_id, step_index, fence, heartbeat_at=utcnow())
 
 
 @dataclass(frozen=True)
@@ -510,7 +512,7 @@ def retry_step(
     code: str,
 ) -> int | None:
     """Give up on this attempt; returns the fence of the next one (None when stale)."""
-    if not _finish_running_step(
+    if not update_running_step(
         session, job_id, step_index, fence,
         status=StepStatus.RETRYING, attempt=JobStep.attempt + 1, fence=fence + 1,
         error=error, error_code=code,
@@ -531,7 +533,7 @@ def fail_step(
     retryable: bool,
 ) -> bool:
     now = utcnow()
-    if not _finish_running_step(
+    if not update_running_step(
         session, job_id, step_index, fence,
         status=StepStatus.FAILED, error=error, error_code=code, retryable=retryable,
         finished_at=now,
