@@ -106,6 +106,24 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def statement_scope() -> Iterator[Session]:
+    """A session for reads and single-statement changes (the `*_in_one_statement` paths of
+    app/jobs/repository.py): on PostgreSQL each statement commits on its own, which
+    saves a BEGIN and a COMMIT round trip each time; elsewhere (SQLite) the block is one
+    transaction, as in session_scope. on_commit callbacks run when the block ends."""
+    with session_scope() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
+def single_statements(session: Session) -> bool:
+    """Whether this session's changes may be written as one statement each (PostgreSQL:
+    data-modifying WITH clauses), rather than statement by statement."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def on_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run `callback` after this session's transaction commits; dropped on rollback."""
     session.info.setdefault(_HOOKS, []).append(callback)

@@ -185,6 +185,28 @@ def db(migrated: str) -> None:
     init_db()
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database made this process's own: PostgreSQL (that no API process of the
+    run sequences: the tests count what their own sequencers do) or a SQLite file."""
+    from app.db import dispose_db, init_db
+    from app.migrate import upgrade_head
+
+    request.getfixturevalue("db")
+    if request.param == "postgresql":
+        url = request.getfixturevalue("private_postgres")
+    else:
+        url = f"sqlite:///{tmp_path / 'cao.db'}"
+        upgrade_head(url)
+    dispose_db()
+    init_db(url)
+    try:
+        yield request.param
+    finally:
+        dispose_db()
+        init_db()
+
+
 @pytest.fixture(scope="session")
 def simulators(env: dict[str, str], log_dir: Path) -> Iterator[Simulators]:
     port = _state["sim_port"]

@@ -15,21 +15,18 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from app.catalog import parse_catalog
-from app.db import dispose_db, init_db, new_session, session_scope
+from app.db import new_session, session_scope
 from app.events.log import append_event, events_after_id, events_for_job, latest_event_id
 from app.events.publisher import events_channel
 from app.events.sequencer import read_job_events, sequence_events
 from app.events.types import EventOut, EventType
 from app.jobs.service import create_job
-from app.migrate import upgrade_head
 from app.models import JobEvent
 from app.redis_client import get_redis
 from tests.event_clients import EVENT_FIELDS
@@ -44,25 +41,6 @@ features:
 """,
     "<test>",
 )
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database made this process's own: PostgreSQL (that no API process of the
-    run sequences: the tests count what their own sequencers do) or a SQLite file."""
-    request.getfixturevalue("db")
-    if request.param == "postgresql":
-        url = request.getfixturevalue("private_postgres")
-    else:
-        url = f"sqlite:///{tmp_path / 'events.db'}"
-        upgrade_head(url)
-    dispose_db()
-    init_db(url)
-    try:
-        yield request.param
-    finally:
-        dispose_db()
-        init_db()
 
 
 def new_job() -> uuid.UUID:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from app.catalog import parse_catalog
-from app.db import session_scope
+from app.db import session_scope, statement_scope
 from app.events.log import events_for_job
+from app.events.publisher import events_channel
 from app.jobs import repository as repo
 from app.jobs.dispatch import enqueue_step
 from app.jobs.service import create_job
+from app.redis_client import get_redis
 from tests.harness import wait_for_job, wait_until
 
 # A queue no worker consumes: these tests drive the state machine by hand.
@@ -123,6 +129,102 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
         assert repo.complete_step(session, next_run, 1, {"two": 2}) is not None
     with session_scope() as session:
         assert repo.get_job(session, job_id).status == "COMPLETED"
+
+
+def _published(pubsub: Any) -> list[tuple[int, str]]:
+    """(seq, type) of every event published on the channel so far."""
+    seen = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        event = json.loads(message["data"])
+        seen.append((event["seq"], event["type"]))
+    return seen
+
+
+def _stored(job_id: uuid.UUID) -> list[tuple[int, str]]:
+    with session_scope() as session:
+        return [(e.seq, e.type) for e in events_for_job(session, job_id)]
+
+
+def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fence(backend):
+    """The worker's claim, park and result commit: on PostgreSQL each is one statement
+    in autocommit, elsewhere statements in one transaction. Either way a stale or
+    duplicate change writes nothing, and the events stored are the events published."""
+    with session_scope() as session:
+        job_id = create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events_channel())
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+
+    def run_of(step_index: int) -> repo.StepRun:
+        with statement_scope() as session:
+            run = repo.load_step_run(session, job_id, step_index)
+        assert run is not None
+        return run
+
+    def change(act: Any) -> Any:
+        with statement_scope() as session:
+            return act(session)
+
+    try:
+        first = run_of(0)
+        assert change(lambda s: repo.start_step(s, first, 1)) == repo.EventSlot(2, "pair", 0)
+        assert change(lambda s: repo.start_step(s, first, 1)) is None, "claimed twice"
+        assert change(lambda s: repo.park_step(s, first, {})) is False, "parked while running"
+        assert change(lambda s: repo.finish_step(s, first, 0, {"late": True})) is None
+        finished = change(lambda s: repo.finish_step(s, first, 1, {"ok": True}))
+        assert finished == repo.Finished(job_finished=False, next_queue="unconsumed", next_fence=1)
+        assert change(lambda s: repo.finish_step(s, first, 1, {"again": True})) is None
+
+        second = run_of(1)
+        assert (second.status, second.fence, second.context) == ("QUEUED", 1, {"one": {"ok": True}})
+        assert change(lambda s: repo.park_step(s, second, {"limit": 1})) is True
+        assert change(lambda s: repo.park_step(s, second, {"limit": 1})) is False
+        assert change(lambda s: repo.start_step(s, second, 0)) is None, "a stale fence claimed"
+        assert change(lambda s: repo.start_step(s, second, 1)) == repo.EventSlot(5, "pair", 50)
+        assert change(lambda s: repo.finish_step(s, run_of(1), 1, {"two": 2})) == repo.Finished(
+            job_finished=True
+        )
+        published = _published(pubsub)
+    finally:
+        pubsub.close()
+
+    expected = [
+        (1, "JOB_CREATED"), (2, "STEP_STARTED"), (3, "STEP_COMPLETED"), (4, "WAITING_FOR_SLOT"),
+        (5, "STEP_STARTED"), (6, "STEP_COMPLETED"), (7, "JOB_COMPLETED"),
+    ]  # fmt: skip
+    assert _stored(job_id) == expected
+    assert published == expected[1:]  # subscribed after the job was created
+    with session_scope() as session:
+        job = repo.get_job(session, job_id)
+        steps = repo.get_steps(session, job_id)
+        events = events_for_job(session, job_id)
+    assert (job.status, job.progress, job.last_seq) == ("COMPLETED", 100, 7)
+    assert job.context == {"one": {"ok": True}, "two": {"two": 2}}
+    assert [(s.status, s.output) for s in steps] == [
+        ("COMPLETED", {"ok": True}), ("COMPLETED", {"two": 2})
+    ]  # fmt: skip
+    assert events[2].data == {"output": {"ok": True}}
+    assert events[3].data == {"limit": 1}
+    assert [e.progress for e in events] == [0, 0, 50, 50, 50, 100, 100]
+
+
+def test_racing_claims_of_one_delivery_start_the_step_once(backend):
+    """Eight copies of one delivery claim at the same moment: one STEP_STARTED."""
+    with session_scope() as session:
+        job_id = create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
+    with statement_scope() as session:
+        run = repo.load_step_run(session, job_id, 0)
+    barrier = threading.Barrier(8)
+
+    def claim(_: int) -> bool:
+        barrier.wait()
+        with statement_scope() as session:
+            return repo.start_step(session, run, 1) is not None
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(claim, range(8)))
+    assert won.count(True) == 1
+    assert [t for _, t in _stored(job_id)] == ["JOB_CREATED", "STEP_STARTED"]
 
 
 @pytest.mark.slow

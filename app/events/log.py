@@ -17,15 +17,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Required, TypedDict
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Integer,
+    Row,
+    String,
+    bindparam,
+    func,
+    insert,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.db import on_commit
 from app.events.publisher import publish_after_commit
 from app.events.types import EventOut, EventType, PublishedEvent
-from app.models import Job, JobEvent, job_event_table, job_table, utcnow
+from app.models import Job, JobEvent, UTCDateTime, job_event_table, job_table, utcnow
 
 
 def to_wire(event: JobEvent | Row[Any]) -> EventOut:
@@ -82,15 +94,25 @@ def append_event(
     )  # fmt: skip
 
 
-class NewEvent(TypedDict, total=False):
-    """One event for `record_events`: its type and reserved seq, and what it is about."""
+class EventDraft(TypedDict, total=False):
+    """An event before its seq is known: its type and what it is about."""
 
     type: Required[EventType]
-    seq: Required[int]
     step_index: int | None
     step_name: str | None
     attempt: int | None
     data: dict[str, Any]
+
+
+class NewEvent(EventDraft, total=False):
+    """One event for `record_events`: a draft with the seq reserved for it."""
+
+    seq: Required[int]
+
+
+def numbered(drafts: Sequence[EventDraft], first_seq: int) -> list[NewEvent]:
+    """The drafts with consecutive seqs from `first_seq`."""
+    return [NewEvent(**draft, seq=first_seq + offset) for offset, draft in enumerate(drafts)]
 
 
 def record_event(
@@ -126,22 +148,7 @@ def record_events(
     """Insert one job's events, in seq order (the sequencer numbers by insertion), in one
     round trip on PostgreSQL; all are published together after the transaction commits."""
     connection = session.connection()
-    now = utcnow()
-    rows = [
-        {
-            "job_id": job_id,
-            "seq": event["seq"],
-            "type": str(event["type"]),
-            "feature_name": feature_name,
-            "step_index": event.get("step_index"),
-            "step_name": event.get("step_name"),
-            "attempt": event.get("attempt"),
-            "progress": progress,
-            "ts": now,
-            "data": event.get("data") or {},
-        }
-        for event in events
-    ]
+    rows = _rows(job_id, events, feature_name, progress, utcnow())
     ids: list[int | None]
     if connection.dialect.name == "postgresql":
         # Several rows: psycopg pipelines an executemany (one round trip, rows in order),
@@ -151,11 +158,109 @@ def record_events(
     else:
         # Row by row: each insert's max(id) + 1 must see the row before it.
         ids = [connection.execute(_INSERT_NUMBERED_EVENT, row).scalar_one() for row in rows]
+    _publish_on_commit(session, job_id, rows, ids)
+
+
+def _rows(
+    job_id: uuid.UUID,
+    events: Sequence[NewEvent],
+    feature_name: str,
+    progress: int,
+    ts: datetime,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": job_id,
+            "seq": event["seq"],
+            "type": str(event["type"]),
+            "feature_name": feature_name,
+            "step_index": event.get("step_index"),
+            "step_name": event.get("step_name"),
+            "attempt": event.get("attempt"),
+            "progress": progress,
+            "ts": ts,
+            "data": event.get("data") or {},
+        }
+        for event in events
+    ]
+
+
+def _publish_on_commit(
+    session: Session, job_id: uuid.UUID, rows: list[dict[str, Any]], ids: Sequence[int | None]
+) -> None:
     published = [
         PublishedEvent(id=event_id, **{**row, "job_id": str(job_id)})
         for event_id, row in zip(ids, rows, strict=True)
     ]
     on_commit(session, lambda: publish_after_commit(published))
+
+
+# --- PostgreSQL: events inserted by the statement that reserves their seqs -----------
+
+
+def inserted_after(reserving: Any, count: int) -> Any:
+    """A CTE inserting `count` events (PostgreSQL, id NULL) whose seqs `reserving` (a
+    CTE of the job row update, returning `id`, `last_seq`, `feature_name` and
+    `progress`) reserved: the last `count` seqs up to its `last_seq`, in seq order.
+    Each event's own fields are bound as e<i>_<field>; see `inserted_params`."""
+
+    def bound(name: str, type_: Any) -> Any:
+        # Typed parameters (rendered with a cast): a NULL in a UNION is not taken as text.
+        return bindparam(name, type_=type_)
+
+    selects = [
+        select(
+            reserving.c.id,
+            reserving.c.last_seq - (count - 1 - index),
+            bound(f"e{index}_type", String()),
+            reserving.c.feature_name,
+            bound(f"e{index}_step_index", Integer()),
+            bound(f"e{index}_step_name", String()),
+            bound(f"e{index}_attempt", Integer()),
+            reserving.c.progress,
+            bound("now", UTCDateTime()),
+            bound(f"e{index}_data", JSON()),
+        )
+        for index in range(count)
+    ]
+    columns = ["job_id", "seq", "type", "feature_name", "step_index", "step_name", "attempt",
+               "progress", "ts", "data"]  # fmt: skip
+    if count == 1:
+        ordered: Any = selects[0]
+    else:
+        # Rows go in seq order: the sequencer numbers events in insertion order.
+        rows = union_all(*selects).subquery()
+        ordered = select(rows).order_by(list(rows.c)[1])
+    return insert(_EVENT).from_select(columns, ordered).cte(f"inserted_{count}_events")
+
+
+def inserted_params(drafts: Sequence[EventDraft]) -> dict[str, Any]:
+    """The bind values of `inserted_after`'s events."""
+    params: dict[str, Any] = {}
+    for index, draft in enumerate(drafts):
+        params[f"e{index}_type"] = str(draft["type"])
+        params[f"e{index}_step_index"] = draft.get("step_index")
+        params[f"e{index}_step_name"] = draft.get("step_name")
+        params[f"e{index}_attempt"] = draft.get("attempt")
+        params[f"e{index}_data"] = draft.get("data") or {}
+    return params
+
+
+def publish_inserted(
+    session: Session,
+    job_id: uuid.UUID,
+    drafts: Sequence[EventDraft],
+    *,
+    last_seq: int,
+    feature_name: str,
+    progress: int,
+    ts: datetime,
+) -> None:
+    """Publish, once the session commits, events an `inserted_after` statement wrote
+    (their seqs end at `last_seq`)."""
+    events = numbered(drafts, last_seq - len(drafts) + 1)
+    rows = _rows(job_id, events, feature_name, progress, ts)
+    _publish_on_commit(session, job_id, rows, [None] * len(rows))
 
 
 def events_for_job(

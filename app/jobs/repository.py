@@ -25,10 +25,22 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.orm import Session
 
+from app.db import single_statements
+from app.events.log import (
+    EventDraft,
+    append_event,
+    inserted_after,
+    inserted_params,
+    numbered,
+    publish_inserted,
+    record_events,
+)
+from app.events.types import EventType
 from app.jobs.states import (
     ACTIVE_JOB,
     CLAIMABLE_STEP,
@@ -248,15 +260,17 @@ _RUN_COLUMNS_CLEARED: dict[str, Any] = dict.fromkeys(
     ("error", "error_code", "retryable", "queued_at", "started_at", "heartbeat_at", "finished_at")
 )
 
+_QUEUE_STEP_VALUES: dict[str, Any] = {
+    "status": StepStatus.QUEUED,
+    "attempt": 1,
+    "fence": _STEP.c.fence + 1,
+    **_RUN_COLUMNS_CLEARED,
+    "queued_at": _NOW,
+}
 _QUEUE_STEP = (
     update(_STEP)
     .where(_THIS_STEP)
-    .values(
-        status=StepStatus.QUEUED,
-        attempt=1,
-        fence=_STEP.c.fence + 1,
-        **{**_RUN_COLUMNS_CLEARED, "queued_at": _NOW},
-    )
+    .values(_QUEUE_STEP_VALUES)
     .returning(_STEP.c.queue, _STEP.c.fence)
 )
 
@@ -305,16 +319,17 @@ _CLAIM_STEP = (
     )
     .values(status=StepStatus.RUNNING, started_at=_NOW, heartbeat_at=_NOW, finished_at=None)
 )
+_JOB_STARTED: dict[str, Any] = {
+    "status": JobStatus.RUNNING,
+    "current_step": bindparam("index"),
+    "started_at": func.coalesce(_JOB.c.started_at, _NOW),
+    "updated_at": _NOW,
+    "last_seq": _JOB.c.last_seq + 1,
+}
 _START_JOB = (
     update(_JOB)
     .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB))
-    .values(
-        status=JobStatus.RUNNING,
-        current_step=bindparam("index"),
-        started_at=func.coalesce(_JOB.c.started_at, _NOW),
-        updated_at=_NOW,
-        last_seq=_JOB.c.last_seq + 1,
-    )
+    .values(**_JOB_STARTED)
     .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
 )
 
@@ -361,21 +376,22 @@ _COMPLETE_STEP = (
         retryable=None,
     )
 )
+_JOB_ADVANCED: dict[str, Any] = {
+    "context": bindparam("p_context", type_=JSON()),
+    "progress": case(
+        (_JOB.c.progress > bindparam("p_progress"), _JOB.c.progress),
+        else_=bindparam("p_progress"),
+    ),
+    "current_step": bindparam("p_current_step"),
+    "status": bindparam("p_status"),
+    "finished_at": bindparam("p_finished_at", type_=UTCDateTime()),
+    "updated_at": _NOW,
+    "last_seq": _JOB.c.last_seq + bindparam("events"),
+}
 _ADVANCE_JOB = (
     update(_JOB)
     .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status == JobStatus.RUNNING)
-    .values(
-        context=bindparam("p_context", type_=JSON()),
-        progress=case(
-            (_JOB.c.progress > bindparam("p_progress"), _JOB.c.progress),
-            else_=bindparam("p_progress"),
-        ),
-        current_step=bindparam("p_current_step"),
-        status=bindparam("p_status"),
-        finished_at=bindparam("p_finished_at", type_=UTCDateTime()),
-        updated_at=_NOW,
-        last_seq=_JOB.c.last_seq + bindparam("events"),
-    )
+    .values(**_JOB_ADVANCED)
     .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
 )
 
@@ -472,34 +488,32 @@ def _advance(
     extra_events: int = 0,
 ) -> Advance:
     """Move the job past `run`'s step, reserving the seqs of the events that say so."""
-    now = utcnow()
-    total = len(run.recipe_steps)
-    last = run.is_last
-    events = (2 if last else 1) + extra_events  # JOB_COMPLETED follows the last step's
-    # Steps run one at a time, so the context read at load time is still the job's.
-    row = (
-        session.connection()
-        .execute(
-            _ADVANCE_JOB,
-            {
-                "p_job": run.job_id,
-                "now": now,
-                "p_context": {**run.context, run.step_name: output},
-                "p_progress": 100 if last else progress_for(run.step_index + 1, total),
-                "p_current_step": current_step,
-                "p_status": JobStatus.COMPLETED if last else JobStatus.RUNNING,
-                "p_finished_at": now if last else None,
-                "events": events,
-            },
-        )
-        .one_or_none()
-    )
+    events = (2 if run.is_last else 1) + extra_events  # JOB_COMPLETED follows the last step's
+    params = _advance_params(run, output, current_step, events, utcnow())
+    row = session.connection().execute(_ADVANCE_JOB, params).one_or_none()
     if row is None:
         # Cancel and resume change the step and the job together; this cannot happen.
         raise RuntimeError(f"job {run.job_id} is not RUNNING while its step is")
     last_seq, feature_name, progress = row
     first_seq = last_seq - events + 1
-    return Advance(job_finished=last, events=EventSlot(first_seq, feature_name, progress))
+    return Advance(job_finished=run.is_last, events=EventSlot(first_seq, feature_name, progress))
+
+
+def _advance_params(
+    run: StepRun, output: dict[str, Any], current_step: int, events: int, now: datetime
+) -> dict[str, Any]:
+    last = run.is_last
+    return {
+        "p_job": run.job_id,
+        "now": now,
+        # Steps run one at a time, so the context read at load time is still the job's.
+        "p_context": {**run.context, run.step_name: output},
+        "p_progress": 100 if last else progress_for(run.step_index + 1, len(run.recipe_steps)),
+        "p_current_step": current_step,
+        "p_status": JobStatus.COMPLETED if last else JobStatus.RUNNING,
+        "p_finished_at": now if last else None,
+        "events": events,
+    }
 
 
 def retry_step(
@@ -686,3 +700,179 @@ def find_failed_job_ids(
 def release_idempotency_key(session: Session, job_id: uuid.UUID) -> None:
     """Free an expired Idempotency-Key so that a new job can take it."""
     session.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
+
+
+# --- A step change with the job update and events that go with it --------------------
+#
+# Claiming a step, parking it until a slot frees and committing its result each change
+# the step row, the job row (which reserves the seqs of the change's events) and the
+# event log. On PostgreSQL each is one statement of data-modifying WITH clauses, every
+# clause running only on the rows the one before it returned, so a stale fence changes
+# nothing at all. In autocommit (db.statement_scope) that is one round trip, where the
+# same changes statement by statement take five or six with BEGIN and COMMIT.
+# Elsewhere (SQLite) they run statement by statement in the caller's transaction.
+
+
+def _step_and_job(step_change: Any, job_condition: Any, job_values: dict[str, Any]) -> Any:
+    """CTEs: the step change (returning the job id), then the job update it allows."""
+    changed_step = step_change.returning(_STEP.c.job_id).cte("changed_step")
+    changed_job = (
+        update(_JOB)
+        .where(_JOB.c.id == changed_step.c.job_id, job_condition)
+        .values(**job_values)
+        .returning(_JOB.c.id, _JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
+        .cte("changed_job")
+    )
+    return changed_step, changed_job
+
+
+def _with_events(changed_job: Any, events: int, *also: Any) -> Any:
+    """The statement's result: the job's new last_seq, feature and progress (plus the
+    columns `also` names), once `events` events are inserted after the job update."""
+    statement = select(
+        changed_job.c.last_seq, changed_job.c.feature_name, changed_job.c.progress, *also
+    )
+    for other in {column.table for column in also}:
+        statement = statement.join_from(changed_job, other, true())  # one row each
+    return statement.add_cte(inserted_after(changed_job, events))
+
+
+_CLAIMED_STEP, _CLAIMED_JOB = _step_and_job(
+    _CLAIM_STEP, _JOB.c.status.in_(ACTIVE_JOB), _JOB_STARTED
+)
+_START_STEP_AT_ONCE = _with_events(_CLAIMED_JOB, 1)
+
+# (onupdate defaults are not applied inside a WITH clause: updated_at is set here.)
+_PARKED_STEP, _PARKED_JOB = _step_and_job(
+    _MARK_WAITING, true(), {"last_seq": _JOB.c.last_seq + 1, "updated_at": _NOW}
+)
+_PARK_STEP_AT_ONCE = _with_events(_PARKED_JOB, 1)
+
+_DONE_STEP, _DONE_JOB = _step_and_job(
+    _COMPLETE_STEP, _JOB.c.status == JobStatus.RUNNING, _JOB_ADVANCED
+)
+_FINISH_LAST_STEP_AT_ONCE = _with_events(_DONE_JOB, 2)
+_QUEUED_NEXT = (
+    update(_STEP)
+    .where(_STEP.c.job_id == _DONE_STEP.c.job_id, _STEP.c.step_index == bindparam("p_next_index"))
+    .values(_QUEUE_STEP_VALUES)
+    .returning(_STEP.c.queue, _STEP.c.fence)
+    .cte("queued_next")
+)
+_FINISH_STEP_AT_ONCE = _with_events(_DONE_JOB, 1, _QUEUED_NEXT.c.queue, _QUEUED_NEXT.c.fence)
+
+
+def _at_once(
+    session: Session, statement: Any, params: dict[str, Any], drafts: list[EventDraft]
+) -> Any:
+    """Run a one-statement change; its events are published once the session commits."""
+    now = utcnow()
+    row = (
+        session.connection()
+        .execute(statement, {**params, "now": now, **inserted_params(drafts)})
+        .one_or_none()
+    )
+    if row is not None:
+        publish_inserted(
+            session, params["p_job"], drafts,
+            last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
+        )  # fmt: skip
+    return row
+
+
+def _record(session: Session, job_id: uuid.UUID, slot: EventSlot, drafts: list[EventDraft]) -> None:
+    record_events(
+        session, job_id, numbered(drafts, slot.first_seq),
+        feature_name=slot.feature_name, progress=slot.progress,
+    )  # fmt: skip
+
+
+def _about(run: StepRun, event_type: EventType, data: dict[str, Any] | None = None) -> EventDraft:
+    """An event about `run`'s step and attempt."""
+    return EventDraft(
+        type=event_type, step_index=run.step_index, step_name=run.step_name,
+        attempt=run.attempt, data=data or {},
+    )  # fmt: skip
+
+
+def start_step(session: Session, run: StepRun, fence: int) -> EventSlot | None:
+    """Start the step for the delivery holding `fence` and record STEP_STARTED; None
+    when the delivery is stale or a duplicate."""
+    drafts = [_about(run, EventType.STEP_STARTED)]
+    if not single_statements(session):
+        slot = claim_step(session, run.job_id, run.step_index, fence)
+        if slot is not None:
+            _record(session, run.job_id, slot, drafts)
+        return slot
+    params = {"p_job": run.job_id, "index": run.step_index, "p_fence": fence}
+    row = _at_once(session, _START_STEP_AT_ONCE, params, drafts)
+    return None if row is None else EventSlot(row.last_seq, row.feature_name, row.progress)
+
+
+def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
+    """Put a claimable step in WAITING_FOR_SLOT and record the event (with `data`);
+    False when it was not claimable under its fence (already waiting, or moved on)."""
+    draft = _about(run, EventType.WAITING_FOR_SLOT, data)
+    if not single_statements(session):
+        if not mark_waiting(session, run.job_id, run.step_index, run.fence):
+            return False
+        append_event(
+            session, run.job_id, EventType.WAITING_FOR_SLOT,
+            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt, data=data,
+        )  # fmt: skip
+        return True
+    params = {"p_job": run.job_id, "index": run.step_index, "p_fence": run.fence}
+    return _at_once(session, _PARK_STEP_AT_ONCE, params, [draft]) is not None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A committed step result: whether the job is done, else its next step's delivery."""
+
+    job_finished: bool
+    next_queue: str | None = None
+    next_fence: int | None = None
+
+
+def completed_events(
+    run: StepRun, output: dict[str, Any], next_run: StepRun | None = None
+) -> list[EventDraft]:
+    """STEP_COMPLETED, and what follows it in the same commit: JOB_COMPLETED after the
+    last step, or the next step's STEP_STARTED when it was started with this result."""
+    drafts = [_about(run, EventType.STEP_COMPLETED, {"output": output})]
+    if run.is_last:
+        drafts.append(EventDraft(type=EventType.JOB_COMPLETED))
+    elif next_run is not None:
+        drafts.append(_about(next_run, EventType.STEP_STARTED))
+    return drafts
+
+
+def finish_step(
+    session: Session, run: StepRun, fence: int, output: dict[str, Any]
+) -> Finished | None:
+    """Commit the output of the attempt holding `fence`, advance the job, queue its next
+    step (the caller enqueues it after commit) and record the events; None when this
+    result is stale."""
+    drafts = completed_events(run, output)
+    if not single_statements(session):
+        advance = complete_step(session, run, fence, output)
+        if advance is None:
+            return None
+        _record(session, run.job_id, advance.events, drafts)
+        if run.is_last:
+            return Finished(job_finished=True)
+        queue, next_fence = queue_step(session, run.job_id, run.step_index + 1)
+        return Finished(job_finished=False, next_queue=queue, next_fence=next_fence)
+    current_step = run.step_index if run.is_last else run.step_index + 1
+    params = {
+        **_advance_params(run, output, current_step, len(drafts), utcnow()),
+        "index": run.step_index, "p_fence": fence, "p_output": output,
+        "p_next_index": run.step_index + 1,
+    }  # fmt: skip
+    statement = _FINISH_LAST_STEP_AT_ONCE if run.is_last else _FINISH_STEP_AT_ONCE
+    row = _at_once(session, statement, params, drafts)
+    if row is None:
+        return None
+    if run.is_last:
+        return Finished(job_finished=True)
+    return Finished(job_finished=False, next_queue=row.queue, next_fence=row.fence)

@@ -19,8 +19,8 @@ import structlog
 from sqlalchemy.orm import Session
 
 from app.catalog import Service, current_catalog
-from app.db import on_commit, session_scope
-from app.events.log import NewEvent, append_event, record_event, record_events
+from app.db import on_commit, session_scope, statement_scope
+from app.events.log import append_event, numbered, record_events
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.backoff import retry_delay
@@ -108,11 +108,12 @@ def _run_delivery(
 
 
 def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
-    """One transaction: read the step, take its slot, claim it (or park it waiting)."""
+    """Read the step, take its slot and claim it (or park it until a slot frees). Each
+    change is one statement on PostgreSQL, so no transaction spans the lease call."""
     semaphore = get_semaphore()
     held: tuple[StepRun, LeaseId] | None = None  # a slot this call must give back
     try:
-        with session_scope() as session:
+        with statement_scope() as session:
             run = repo.load_step_run(session, job_id, step_index)
             if run is None or not run.accepts(fence):
                 return _drop_stale(semaphore, run, job_id, step_index, fence)
@@ -123,18 +124,12 @@ def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
             lease = LeaseId(str(job_id), step_index, fence, run.queue)
             limit, ttl = service.concurrency, service.lease_ttl_s
             if semaphore.acquire(service.name, lease, ttl, limit) == LeaseSemaphore.FULL:
-                _wait_for_slot(session, run, service, bound)
+                repo.park_step(session, run, {"service": service.name, "limit": limit})
+                bound.info("waiting for a slot", service=service.name, limit=limit)
                 return Outcome.WAITING
             held = (run, lease)
-            claimed = repo.claim_step(session, job_id, step_index, fence)
-            if claimed is not None:
-                record_event(
-                    session, job_id, EventType.STEP_STARTED,
-                    seq=claimed.first_seq, feature_name=claimed.feature_name,
-                    progress=claimed.progress,
-                    step_index=step_index, step_name=run.step_name, attempt=run.attempt,
-                )  # fmt: skip
-            elif repo.is_running(session, job_id, step_index, fence):
+            claimed = repo.start_step(session, run, fence)
+            if claimed is None and repo.is_running(session, job_id, step_index, fence):
                 held = None  # the delivery running this very fence holds this lease
     except BaseException:
         if held is not None:
@@ -224,9 +219,13 @@ def _continue(
         with session_scope() as session:
             continued = repo.complete_and_start_next(session, run, run.fence, output)
             if continued is not None:
-                _record_completed(
-                    session, run, continued.events, output,
-                    EventType.STEP_STARTED, continued.next_run,
+                slot, drafts = (
+                    continued.events,
+                    repo.completed_events(run, output, continued.next_run),
+                )
+                record_events(
+                    session, run.job_id, numbered(drafts, slot.first_seq),
+                    feature_name=slot.feature_name, progress=slot.progress,
                 )  # fmt: skip
     except repo.NextStepMoved:
         _release(semaphore, run.next_spec(), next_lease)
@@ -246,36 +245,6 @@ def _continue(
     next_bound.info("step started", service=next_service.name)
     chain.continue_with(Claimed(next_run, next_service, next_lease, next_bound))
     return Outcome.COMPLETED
-
-
-def _record_completed(
-    session: Session,
-    run: StepRun,
-    slot: repo.EventSlot,
-    output: dict[str, Any],
-    then: EventType | None = None,
-    next_run: StepRun | None = None,
-) -> None:
-    """STEP_COMPLETED, and what follows it in the same commit: JOB_COMPLETED, or the
-    next step's STEP_STARTED when it was started with this result."""
-    events = [
-        NewEvent(
-            type=EventType.STEP_COMPLETED, seq=slot.first_seq, step_index=run.step_index,
-            step_name=run.step_name, attempt=run.attempt, data={"output": output},
-        )
-    ]  # fmt: skip
-    if then is EventType.JOB_COMPLETED:
-        events.append(NewEvent(type=then, seq=slot.first_seq + 1))
-    elif then is EventType.STEP_STARTED and next_run is not None:
-        events.append(
-            NewEvent(
-                type=then, seq=slot.first_seq + 1, step_index=next_run.step_index,
-                step_name=next_run.step_name, attempt=next_run.attempt,
-            )
-        )  # fmt: skip
-    record_events(
-        session, run.job_id, events, feature_name=slot.feature_name, progress=slot.progress
-    )
 
 
 def _release(
@@ -308,29 +277,17 @@ def _drop_stale(
     return Outcome.STALE
 
 
-def _wait_for_slot(session: Session, run: StepRun, service: Service, bound: Any) -> None:
-    if repo.mark_waiting(session, run.job_id, run.step_index, run.fence):
-        append_event(
-            session, run.job_id, EventType.WAITING_FOR_SLOT,
-            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
-            data={"service": service.name, "limit": service.concurrency},
-        )  # fmt: skip
-    bound.info("waiting for a slot", service=service.name, limit=service.concurrency)
-
-
 def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome:
-    with session_scope() as session:
-        advance = repo.complete_step(session, run, run.fence, output)
-        if advance is None:
+    with statement_scope() as session:
+        finished = repo.finish_step(session, run, run.fence, output)
+        if finished is None:
             bound.warning("late result discarded: the step moved on without this attempt")
             return Outcome.DISCARDED
-        if not advance.job_finished:
+        queue, fence = finished.next_queue, finished.next_fence
+        if queue is not None and fence is not None:
             next_index = run.step_index + 1
-            queue, fence = repo.queue_step(session, run.job_id, next_index)
             on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
-        then = EventType.JOB_COMPLETED if advance.job_finished else None
-        _record_completed(session, run, advance.events, output, then)
-    bound.info("step completed", job_finished=advance.job_finished)
+    bound.info("step completed", job_finished=finished.job_finished)
     return Outcome.COMPLETED
 
 
