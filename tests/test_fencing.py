@@ -41,7 +41,8 @@ def _event_types(job_id: uuid.UUID) -> list[str]:
 
 
 @pytest.fixture
-def pending_job(db) -> uuid.UUID:
+def pending_job(backend) -> uuid.UUID:
+    """A job of two steps in a database of its own, on each backend."""
     with session_scope() as session:
         return create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
 

@@ -425,7 +425,7 @@ _START_NEXT_STEP = (
         fence=bindparam("p_next_fence"),
         **{**_RUN_COLUMNS_CLEARED, "queued_at": _NOW, "started_at": _NOW, "heartbeat_at": _NOW},
     )
-    .returning(_NEXT_STEP_FENCE)
+    .returning(_NEXT_STEP_FENCE.label("following_fence"))
 )
 
 
@@ -448,26 +448,31 @@ def complete_and_start_next(
     rolls back) when the next step is not where this run found it."""
     if run.is_last or run.next_step_fence is None:
         raise NextStepMoved(f"step {run.step_index} of job {run.job_id} has no next step")
+    next_fence = run.next_step_fence + 1
+    drafts = completed_events(run, output, next_started=True)
+    params = {
+        "p_job": run.job_id, "index": run.step_index, "p_fence": fence, "p_output": output,
+        "p_next_index": run.step_index + 1, "p_next_fence": next_fence,
+    }  # fmt: skip
+    if single_statements(session):
+        current_step = run.step_index + 1
+        params.update(_advance_params(run, output, current_step, len(drafts), utcnow()))
+        row = _at_once(session, _CONTINUE_AT_ONCE, params, drafts)
+        if row is None:
+            return None
+        if row.next_fence is None:
+            raise NextStepMoved(f"step {run.step_index + 1} of job {run.job_id} moved")
+        slot = EventSlot(row.last_seq - 1, row.feature_name, row.progress)
+        return Continued(slot, run.successor(output, next_fence, row.following_fence))
     if not _complete(session, run, fence, output):
         return None
-    next_fence = run.next_step_fence + 1
-    started = (
-        session.connection()
-        .execute(
-            _START_NEXT_STEP,
-            {
-                "p_job": run.job_id,
-                "p_next_index": run.step_index + 1,
-                "p_next_fence": next_fence,
-                "now": utcnow(),
-            },
-        )
-        .one_or_none()
-    )
-    if started is None:
+    started = session.connection().execute(_START_NEXT_STEP, {**params, "now": utcnow()})
+    following = started.one_or_none()
+    if following is None:
         raise NextStepMoved(f"step {run.step_index + 1} of job {run.job_id} moved")
-    events = _advance(session, run, output, current_step=run.step_index + 1, extra_events=1)
-    return Continued(events.events, run.successor(output, next_fence, started[0]))
+    advance = _advance(session, run, output, current_step=run.step_index + 1, extra_events=1)
+    _record(session, run.job_id, advance.events, drafts)
+    return Continued(advance.events, run.successor(output, next_fence, following[0]))
 
 
 def _complete(session: Session, run: StepRun, fence: int, output: dict[str, Any]) -> bool:
@@ -726,14 +731,16 @@ def _step_and_job(step_change: Any, job_condition: Any, job_values: dict[str, An
     return changed_step, changed_job
 
 
-def _with_events(changed_job: Any, events: int, *also: Any) -> Any:
+def _with_events(changed_job: Any, events: int, *also: Any, outer: bool = False) -> Any:
     """The statement's result: the job's new last_seq, feature and progress (plus the
-    columns `also` names), once `events` events are inserted after the job update."""
+    columns `also` names, NULL when `outer` and their clause changed no row), once
+    `events` events are inserted after the job update."""
     statement = select(
         changed_job.c.last_seq, changed_job.c.feature_name, changed_job.c.progress, *also
     )
     for other in {column.table for column in also}:
-        statement = statement.join_from(changed_job, other, true())  # one row each
+        # One row each, or none.
+        statement = statement.join_from(changed_job, other, true(), isouter=outer)
     return statement.add_cte(inserted_after(changed_job, events))
 
 
@@ -760,6 +767,16 @@ _QUEUED_NEXT = (
     .cte("queued_next")
 )
 _FINISH_STEP_AT_ONCE = _with_events(_DONE_JOB, 1, _QUEUED_NEXT.c.queue, _QUEUED_NEXT.c.fence)
+# The next step started with the result: run in a transaction, which the caller rolls
+# back when the next step had moved (no row from started_next: next_fence is NULL).
+_STARTED_NEXT = (
+    _START_NEXT_STEP.where(_STEP.c.job_id == _DONE_STEP.c.job_id)
+    .returning(_STEP.c.fence.label("next_fence"))
+    .cte("started_next")
+)
+_CONTINUE_AT_ONCE = _with_events(
+    _DONE_JOB, 2, _STARTED_NEXT.c.next_fence, _STARTED_NEXT.c.following_fence, outer=True
+)
 
 
 def _at_once(
@@ -835,15 +852,24 @@ class Finished:
 
 
 def completed_events(
-    run: StepRun, output: dict[str, Any], next_run: StepRun | None = None
+    run: StepRun, output: dict[str, Any], *, next_started: bool = False
 ) -> list[EventDraft]:
     """STEP_COMPLETED, and what follows it in the same commit: JOB_COMPLETED after the
     last step, or the next step's STEP_STARTED when it was started with this result."""
     drafts = [_about(run, EventType.STEP_COMPLETED, {"output": output})]
     if run.is_last:
         drafts.append(EventDraft(type=EventType.JOB_COMPLETED))
-    elif next_run is not None:
-        drafts.append(_about(next_run, EventType.STEP_STARTED))
+    elif next_started:
+        spec = run.recipe_steps[run.step_index + 1]
+        drafts.append(
+            EventDraft(
+                type=EventType.STEP_STARTED,
+                step_index=run.step_index + 1,
+                step_name=spec["name"],
+                attempt=1,
+                data={},
+            )  # fmt: skip
+        )
     return drafts
 
 

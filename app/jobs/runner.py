@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog import Service, current_catalog
 from app.db import on_commit, session_scope, statement_scope
-from app.events.log import append_event, numbered, record_events
+from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.backoff import retry_delay
@@ -218,15 +218,6 @@ def _continue(
     try:
         with session_scope() as session:
             continued = repo.complete_and_start_next(session, run, run.fence, output)
-            if continued is not None:
-                slot, drafts = (
-                    continued.events,
-                    repo.completed_events(run, output, continued.next_run),
-                )
-                record_events(
-                    session, run.job_id, numbered(drafts, slot.first_seq),
-                    feature_name=slot.feature_name, progress=slot.progress,
-                )  # fmt: skip
     except repo.NextStepMoved:
         _release(semaphore, run.next_spec(), next_lease)
         return None
