@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -23,9 +24,11 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.orm import Session
@@ -169,17 +172,57 @@ def get_step(session: Session, job_id: uuid.UUID, step_index: int) -> JobStep | 
     return session.get(JobStep, (job_id, step_index))
 
 
-def insert_job(session: Session, job: Job, steps: list[dict[str, Any]]) -> None:
-    """Insert a new job (a transient `Job`, left out of the session) and its step rows,
-    one statement each."""
+def insert_job(
+    session: Session, job: Job, steps: list[dict[str, Any]], created: EventDraft
+) -> None:
+    """Insert a new job (a transient `Job`, left out of the session), its step rows and
+    its first event (seq 1), published once the session commits. On PostgreSQL one
+    statement; elsewhere one per table."""
     values = {column.key: getattr(job, column.key) for column in job_table.columns}
     connection = session.connection()
+    if single_statements(session):
+        params = {f"j_{key}": value for key, value in values.items()}
+        for index, step in enumerate(steps):
+            params.update({f"s{index}_{key}": value for key, value in step.items()})
+        params.update(inserted_params([created]))
+        statement = _insert_job_at_once(len(steps), tuple(steps[0]))
+        connection.execute(statement, {**params, "now": job.created_at})
+        publish_inserted(
+            session, job.id, [created],
+            last_seq=1, feature_name=job.feature_name, progress=job.progress, ts=job.created_at,
+        )  # fmt: skip
+        return
     connection.execute(_INSERT_JOB, values)
-    connection.execute(_INSERT_STEP, steps)  # psycopg pipelines the executemany
+    connection.execute(_INSERT_STEP, steps)
+    slot = EventSlot(1, job.feature_name, job.progress)
+    _record(session, job.id, slot, [created])
 
 
 _INSERT_JOB = insert(job_table)
 _INSERT_STEP = insert(job_step_table)
+
+
+@lru_cache(maxsize=64)
+def _insert_job_at_once(step_count: int, step_keys: tuple[str, ...]) -> Any:
+    """WITH new_job AS (INSERT job), new_steps AS (INSERT its steps) INSERT its first
+    event: one statement (foreign keys are checked when it ends)."""
+    new_job = (
+        insert(_JOB)
+        .values({c.key: bindparam(f"j_{c.key}", type_=c.type) for c in _JOB.columns})
+        .returning(_JOB.c.id, _JOB.c.feature_name, _JOB.c.progress)
+        .cte("new_job")
+    )
+    # INSERT ... SELECT of bound rows: unlike a multi-row VALUES, SQLAlchemy caches its
+    # compiled form (built once per feature shape, not per job).
+    rows = [
+        select(*(bindparam(f"s{index}_{key}", type_=_STEP.c[key].type) for key in step_keys))
+        for index in range(step_count)
+    ]
+    source = rows[0] if step_count == 1 else union_all(*rows)
+    new_steps = insert(_STEP).from_select(list(step_keys), source).cte("new_steps")
+    first_event = select(new_job.c.id, literal(1).label("last_seq"), new_job.c.feature_name,
+                         new_job.c.progress).cte("first_event")  # fmt: skip
+    return select(first_event.c.last_seq).add_cte(new_steps, inserted_after(first_event, 1))
 
 
 def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | None:

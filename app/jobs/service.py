@@ -17,7 +17,7 @@ from app.catalog import Catalog
 from app.config import get_settings
 from app.db import on_commit
 from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
-from app.events.log import record_event
+from app.events.log import EventDraft
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.dispatch import enqueue_step
@@ -113,22 +113,19 @@ def create_job(
         }
         for index, service in enumerate(services)
     ]
+    created = EventDraft(type=EventType.JOB_CREATED, data={"steps": feature.steps})
     if idempotency_key is None:
-        repo.insert_job(session, job, steps)
+        repo.insert_job(session, job, steps, created)
     else:
         try:
             with session.begin_nested():
-                repo.insert_job(session, job, steps)
+                repo.insert_job(session, job, steps, created)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the insert.
             existing = _existing_for_key(session, tenant, idempotency_key, digest)
             if existing is None:
                 raise
             return CreateResult(existing, created=False)
-    record_event(
-        session, job.id, EventType.JOB_CREATED,
-        seq=1, feature_name=feature_name, progress=0, data={"steps": feature.steps},
-    )  # fmt: skip
     on_commit(session, lambda: enqueue_step(job.id, 0, 1, first.queue))
     return CreateResult(job, created=True)
 
