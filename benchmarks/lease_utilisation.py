@@ -28,7 +28,7 @@ from tests.harness import Proc, Simulators, free_port, port_open, wait_until
 
 SERVICE = "leased"
 PLAIN_SERVICE = "plain"
-SUBMITTERS = 4
+SUBMITTERS = 1
 CATALOG = """\
 services:
   {service}: {{kind: http, url: "${{SIM_URL}}/{service}", queue: {service},
