@@ -113,9 +113,16 @@ def statement_scope() -> Iterator[Session]:
     saves a BEGIN and a COMMIT round trip each time; elsewhere (SQLite) the block is one
     transaction, as in session_scope. on_commit callbacks run when the block ends."""
     with session_scope() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
+        if not single_statements(session):
+            yield session
+            return
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        try:
+            yield session
+        except BaseException:
+            # What was written is committed already: publish and enqueue it all the same.
+            _run_hooks(session)
+            raise
 
 
 def single_statements(session: Session) -> bool:

@@ -18,14 +18,16 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from sqlalchemy import select
 
 from app.catalog import parse_catalog
-from app.db import new_session, session_scope
+from app.db import new_session, session_scope, statement_scope
 from app.events.log import append_event, events_after_id, events_for_job, latest_event_id
 from app.events.publisher import events_channel
 from app.events.sequencer import read_job_events, sequence_events
 from app.events.types import EventOut, EventType
+from app.jobs import repository as repo
 from app.jobs.service import create_job
 from app.models import JobEvent
 from app.redis_client import get_redis
@@ -306,3 +308,35 @@ def test_retention_never_lets_global_ids_start_again(backend):
     sequence_all()
     with session_scope() as session:
         assert [e.id for e in events_for_job(session, fresh)] == [newest + 1]
+
+
+def test_a_statement_scope_publishes_what_it_committed_even_when_the_block_fails(backend):
+    """On PostgreSQL each statement of a statement_scope commits by itself: a failure
+    later in the block must not swallow the events already written. On SQLite the
+    block is one transaction: it rolls back and publishes nothing."""
+    job_id = new_job()
+
+    def park_then_fail() -> None:
+        with statement_scope() as session:
+            run = repo.load_step_run(session, job_id, 0)
+            assert run is not None
+            assert repo.park_step(session, run, {})
+            raise RuntimeError("after the change")
+
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events_channel())
+    try:
+        pubsub.get_message(timeout=1)  # the subscribe confirmation
+        with pytest.raises(RuntimeError):
+            park_then_fail()
+        message = pubsub.get_message(timeout=2)
+    finally:
+        pubsub.close()
+    stored = [event.type for event in read_job_events(job_id)]
+    if backend == "postgresql":
+        assert stored == ["JOB_CREATED", "WAITING_FOR_SLOT"]
+        assert message is not None
+        assert json.loads(message["data"])["seq"] == 2
+    else:
+        assert stored == ["JOB_CREATED"]
+        assert message is None
