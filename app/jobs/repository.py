@@ -825,8 +825,9 @@ _CONTINUE_AT_ONCE = _with_events(
 def _at_once(
     session: Session, statement: Any, params: dict[str, Any], drafts: list[EventDraft]
 ) -> Any:
-    """Run a one-statement change; its events are published once the session commits."""
-    now = utcnow()
+    """Run a one-statement change (at `params["now"]` if given); its events are
+    published once the session commits."""
+    now = params.get("now") or utcnow()
     row = (
         session.connection()
         .execute(statement, {**params, "now": now, **inserted_params(drafts)})
