@@ -108,10 +108,12 @@ def session_scope() -> Iterator[Session]:
 
 @contextmanager
 def statement_scope() -> Iterator[Session]:
-    """A session for reads and single-statement changes (the `*_in_one_statement` paths of
-    app/jobs/repository.py): on PostgreSQL each statement commits on its own, which
-    saves a BEGIN and a COMMIT round trip each time; elsewhere (SQLite) the block is one
-    transaction, as in session_scope. on_commit callbacks run when the block ends."""
+    """A session for reads and for changes that are one statement each on PostgreSQL
+    (start_step, park_step and finish_step in app/jobs/repository.py). There each
+    statement commits on its own, which saves a BEGIN and a COMMIT round trip each
+    time, so a block must not rely on two of its changes committing together; elsewhere
+    (SQLite) the block is one transaction, as in session_scope. on_commit callbacks run
+    when the block ends, on PostgreSQL even when it fails."""
     with session_scope() as session:
         if not single_statements(session):
             yield session
