@@ -46,6 +46,7 @@ class Result:
     max_in_flight: int
     calls: int
     submit_s: float
+    utilisation: float  # busy slot-seconds / (limit x wall time), as issue 4's AC1 counts
 
     @property
     def ratio(self) -> float:
@@ -127,13 +128,15 @@ def _result(
     name: str, args: argparse.Namespace, submission: tuple[float, float], stats: dict[str, Any]
 ) -> Result:
     started, submitted = submission
+    wall_s = stats["last_end_at"] - started
     return Result(
         name=name,
-        wall_s=stats["last_end_at"] - started,
+        wall_s=wall_s,
         ideal_s=args.jobs * args.latency_ms / 1000 / args.limit,
         max_in_flight=stats["max_in_flight"],
         calls=stats["calls"],
         submit_s=submitted - started,
+        utilisation=stats["busy_seconds"] / (args.limit * wall_s),
     )
 
 
@@ -176,12 +179,12 @@ def main() -> None:
     )
     print(
         f"{'run':<28}{'wall s':>9}{'ideal s':>9}{'÷ ideal':>9}{'max in flight':>15}"
-        f"{'calls':>7}{'submit s':>10}"
+        f"{'calls':>7}{'submit s':>10}{'busy':>7}"
     )
     for r in results:
         print(
             f"{r.name:<28}{r.wall_s:>9.2f}{r.ideal_s:>9.2f}{r.ratio:>9.3f}"
-            f"{r.max_in_flight:>15}{r.calls:>7}{r.submit_s:>10.2f}"
+            f"{r.max_in_flight:>15}{r.calls:>7}{r.submit_s:>10.2f}{r.utilisation:>7.2f}"
         )
     gateway = results[-1]
     verdict = "met" if gateway.ratio <= 1.10 and gateway.max_in_flight <= args.limit else "MISSED"
