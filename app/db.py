@@ -109,7 +109,7 @@ def session_scope() -> Iterator[Session]:
 @contextmanager
 def statement_scope() -> Iterator[Session]:
     """A session for reads and for changes that are one statement each on PostgreSQL
-    (start_step, park_step and finish_step in app/jobs/repository.py). There each
+    (start_step, park_step and finish_step in app/jobs/step_changes.py). There each
     statement commits on its own, which saves a BEGIN and a COMMIT round trip each
     time, so a block must not rely on two of its changes committing together; elsewhere
     (SQLite) the block is one transaction, as in session_scope. on_commit callbacks run

@@ -11,6 +11,7 @@ from app.catalog import parse_catalog
 from app.db import session_scope
 from app.jobs import operations
 from app.jobs import repository as repo
+from app.jobs import step_changes as changes
 from app.jobs.runner import Outcome, run_step
 from app.jobs.service import create_job
 from app.leases import LeaseId, LeaseSemaphore, get_semaphore
@@ -110,7 +111,7 @@ def test_cancel_takes_a_waiting_step_off_the_wait_list(db):
     try:
         assert semaphore.acquire("parked", waiter, 30, 1) == LeaseSemaphore.FULL
         with session_scope() as session:
-            assert repo.mark_waiting(session, job_id, 0, fence)
+            assert changes.mark_waiting(session, job_id, 0, fence)
         assert semaphore.usage("parked").waiting == 1
 
         _cancel(job_id)

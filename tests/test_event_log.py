@@ -28,6 +28,7 @@ from app.events.publisher import events_channel
 from app.events.sequencer import read_job_events, sequence_events
 from app.events.types import EventOut, EventType
 from app.jobs import repository as repo
+from app.jobs import step_changes as changes
 from app.jobs.service import create_job
 from app.models import JobEvent
 from app.redis_client import get_redis
@@ -320,7 +321,7 @@ def test_a_statement_scope_publishes_what_it_committed_even_when_the_block_fails
         with statement_scope() as session:
             run = repo.load_step_run(session, job_id, 0)
             assert run is not None
-            assert repo.park_step(session, run, {})
+            assert changes.park_step(session, run, {})
             raise RuntimeError("after the change")
 
     pubsub = get_redis().pubsub(ignore_subscribe_messages=True)

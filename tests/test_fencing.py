@@ -17,6 +17,7 @@ from app.db import session_scope, statement_scope
 from app.events.log import events_for_job
 from app.events.publisher import events_channel
 from app.jobs import repository as repo
+from app.jobs import step_changes as changes
 from app.jobs.dispatch import enqueue_step
 from app.jobs.service import create_job
 from app.redis_client import get_redis
@@ -50,19 +51,19 @@ def pending_job(backend) -> uuid.UUID:
 def test_stale_fence_can_neither_claim_nor_commit(pending_job):
     job_id = pending_job
     with session_scope() as session:
-        assert repo.claim_step(session, job_id, 0, fence=1) is not None
-        assert repo.claim_step(session, job_id, 0, fence=1) is None, "a duplicate claimed twice"
+        assert changes.claim_step(session, job_id, 0, fence=1) is not None
+        assert changes.claim_step(session, job_id, 0, fence=1) is None, "a duplicate claimed twice"
         next_fence = repo.retry_step(session, job_id, 0, 1, error="503", code="http_503")
     assert next_fence == 2
     with session_scope() as session:
         run = repo.load_step_run(session, job_id, 0)
         assert run is not None
         # The zombie of fence 1 returns late: nothing changes.
-        assert repo.complete_step(session, run, 1, {"late": True}) is None
+        assert changes.complete_step(session, run, 1, {"late": True}) is None
         assert repo.retry_step(session, job_id, 0, 1, error="x", code="x") is None
         assert not repo.fail_step(session, job_id, 0, 1, error="x", code="x", retryable=False)
-        assert repo.claim_step(session, job_id, 0, fence=2) is not None
-        advance = repo.complete_step(session, run, 2, {"fresh": True})
+        assert changes.claim_step(session, job_id, 0, fence=2) is not None
+        advance = changes.complete_step(session, run, 2, {"fresh": True})
         assert advance is not None
         assert not advance.job_finished
     with session_scope() as session:
@@ -72,8 +73,8 @@ def test_stale_fence_can_neither_claim_nor_commit(pending_job):
         assert job.progress == 50
         assert job.current_step == 1
         # A redelivery of the winning fence after the commit is also a no-op.
-        assert repo.complete_step(session, run, 2, {"again": True}) is None
-        assert repo.claim_step(session, job_id, 0, fence=2) is None
+        assert changes.complete_step(session, run, 2, {"again": True}) is None
+        assert changes.claim_step(session, job_id, 0, fence=2) is None
         step = repo.get_step(session, job_id, 0)
         assert step is not None
         assert step.output == {"fresh": True}
@@ -88,7 +89,7 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
     rolls the whole transaction back."""
     job_id = pending_job
     with session_scope() as session:
-        assert repo.claim_step(session, job_id, 0, fence=1) is not None
+        assert changes.claim_step(session, job_id, 0, fence=1) is not None
     with session_scope() as session:
         run = repo.load_step_run(session, job_id, 0)
     assert run is not None
@@ -97,21 +98,21 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
     # A zombie of an older fence: nothing is committed or started.
     with session_scope() as session:
         stale = dataclasses.replace(run, fence=0)
-        assert repo.complete_and_start_next(session, stale, 0, {"late": True}) is None
+        assert changes.complete_and_start_next(session, stale, 0, {"late": True}) is None
     with session_scope() as session:
         assert repo.get_step(session, job_id, 1).status == "PENDING"
 
     # The next step moved (its fence rose): the result is not half-committed.
     moved = dataclasses.replace(run, next_step_fence=7)
     # (pytest.raises outside: the exception must leave the transaction, rolling it back.)
-    with pytest.raises(repo.NextStepMoved), session_scope() as session:
-        repo.complete_and_start_next(session, moved, 1, {"ok": True})
+    with pytest.raises(changes.NextStepMoved), session_scope() as session:
+        changes.complete_and_start_next(session, moved, 1, {"ok": True})
     with session_scope() as session:
         assert repo.get_step(session, job_id, 0).status == "RUNNING"
         assert repo.get_step(session, job_id, 1).status == "PENDING"
 
     with session_scope() as session:
-        continued = repo.complete_and_start_next(session, run, 1, {"ok": True})
+        continued = changes.complete_and_start_next(session, run, 1, {"ok": True})
         assert continued is not None
         # The seqs of STEP_COMPLETED and the next STEP_STARTED (JOB_CREATED=1, STARTED=2).
         assert continued.events.first_seq == 3
@@ -126,8 +127,8 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
     assert (next_run.step_index, next_run.fence, next_run.context) == (1, 1, {"one": {"ok": True}})
     with session_scope() as session:
         # The started step is RUNNING under its fence: a queued delivery cannot claim it.
-        assert repo.claim_step(session, job_id, 1, fence=1) is None
-        assert repo.complete_step(session, next_run, 1, {"two": 2}) is not None
+        assert changes.claim_step(session, job_id, 1, fence=1) is None
+        assert changes.complete_step(session, next_run, 1, {"two": 2}) is not None
     with session_scope() as session:
         assert repo.get_job(session, job_id).status == "COMPLETED"
 
@@ -168,23 +169,27 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
 
     try:
         first = run_of(0)
-        assert change(lambda s: repo.start_step(s, first, 1)) == repo.EventSlot(2, "pair", 0)
-        assert change(lambda s: repo.start_step(s, first, 1)) is None, "claimed twice"
-        assert change(lambda s: repo.park_step(s, first, {})) is False, "parked while running"
-        assert change(lambda s: repo.finish_step(s, first, 0, {"late": True})) is None
-        finished = change(lambda s: repo.finish_step(s, first, 1, {"ok": True}))
-        assert finished == repo.Finished(job_finished=False, next_queue="unconsumed", next_fence=1)
-        assert change(lambda s: repo.finish_step(s, first, 1, {"again": True})) is None
+        assert change(lambda s: changes.start_step(s, first, 1)) == changes.EventSlot(2, "pair", 0)
+        assert change(lambda s: changes.start_step(s, first, 1)) is None, "claimed twice"
+        assert change(lambda s: changes.park_step(s, first, {})) is False, "parked while running"
+        assert change(lambda s: changes.finish_step(s, first, 0, {"late": True})) is None
+        finished = change(lambda s: changes.finish_step(s, first, 1, {"ok": True}))
+        assert finished == changes.Finished(
+            job_finished=False, next_queue="unconsumed", next_fence=1
+        )
+        assert change(lambda s: changes.finish_step(s, first, 1, {"again": True})) is None
 
         second = run_of(1)
         assert (second.status, second.fence, second.context) == ("QUEUED", 1, {"one": {"ok": True}})
-        assert change(lambda s: repo.park_step(s, second, {"limit": 1})) is True
-        assert change(lambda s: repo.park_step(s, second, {"limit": 1})) is False
-        assert change(lambda s: repo.start_step(s, second, 0)) is None, "a stale fence claimed"
-        assert change(lambda s: repo.start_step(s, second, 1)) == repo.EventSlot(5, "pair", 50)
-        assert change(lambda s: repo.finish_step(s, run_of(1), 1, {"two": 2})) == repo.Finished(
-            job_finished=True
+        assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is True
+        assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is False
+        assert change(lambda s: changes.start_step(s, second, 0)) is None, "a stale fence claimed"
+        assert change(lambda s: changes.start_step(s, second, 1)) == changes.EventSlot(
+            5, "pair", 50
         )
+        assert change(
+            lambda s: changes.finish_step(s, run_of(1), 1, {"two": 2})
+        ) == changes.Finished(job_finished=True)
         published = _published(pubsub)
     finally:
         pubsub.close()
@@ -220,7 +225,7 @@ def test_racing_claims_of_one_delivery_start_the_step_once(backend):
     def claim(_: int) -> bool:
         barrier.wait()
         with statement_scope() as session:
-            return repo.start_step(session, run, 1) is not None
+            return changes.start_step(session, run, 1) is not None
 
     with ThreadPoolExecutor(8) as pool:
         won = list(pool.map(claim, range(8)))

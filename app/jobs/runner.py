@@ -23,6 +23,7 @@ from app.db import on_commit, session_scope, statement_scope
 from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
+from app.jobs import step_changes as changes
 from app.jobs.backoff import retry_delay
 from app.jobs.dispatch import enqueue_step
 from app.jobs.handoff import HandoffChain, Recording
@@ -124,11 +125,11 @@ def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
             lease = LeaseId(str(job_id), step_index, fence, run.queue)
             limit, ttl = service.concurrency, service.lease_ttl_s
             if semaphore.acquire(service.name, lease, ttl, limit) == LeaseSemaphore.FULL:
-                repo.park_step(session, run, {"service": service.name, "limit": limit})
+                changes.park_step(session, run, {"service": service.name, "limit": limit})
                 bound.info("waiting for a slot", service=service.name, limit=limit)
                 return Outcome.WAITING
             held = (run, lease)
-            claimed = repo.start_step(session, run, fence)
+            claimed = changes.start_step(session, run, fence)
             if claimed is None and repo.is_running(session, job_id, step_index, fence):
                 held = None  # the delivery running this very fence holds this lease
     except BaseException:
@@ -217,8 +218,8 @@ def _continue(
     wake(woken)
     try:
         with session_scope() as session:
-            continued = repo.complete_and_start_next(session, run, run.fence, output)
-    except repo.NextStepMoved:
+            continued = changes.complete_and_start_next(session, run, run.fence, output)
+    except changes.NextStepMoved:
         _release(semaphore, run.next_spec(), next_lease)
         return None
     except BaseException:
@@ -270,7 +271,7 @@ def _drop_stale(
 
 def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome:
     with statement_scope() as session:
-        finished = repo.finish_step(session, run, run.fence, output)
+        finished = changes.finish_step(session, run, run.fence, output)
         if finished is None:
             bound.warning("late result discarded: the step moved on without this attempt")
             return Outcome.DISCARDED
