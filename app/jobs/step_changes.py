@@ -28,9 +28,9 @@ from sqlalchemy import (
     literal,
     select,
     true,
-    union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.db import single_statements
@@ -71,10 +71,11 @@ def insert_job(
     connection = session.connection()
     if single_statements(session):
         params = {f"j_{key}": value for key, value in values.items()}
-        for index, step in enumerate(steps):
-            params.update({f"s{index}_{key}": value for key, value in step.items()})
+        # One array per step column (the job id comes from the inserted job row).
+        keys = tuple(key for key in steps[0] if key != "job_id")
+        params.update({f"s_{key}": [step[key] for step in steps] for key in keys})
         params.update(inserted_params([created]))
-        statement = _insert_job_at_once(len(steps), tuple(steps[0]))
+        statement = _insert_job_at_once(keys)
         connection.execute(statement, {**params, "now": job.created_at})
         publish_inserted(
             session, job.id, [created],
@@ -91,24 +92,25 @@ _INSERT_JOB = insert(job_table)
 _INSERT_STEP = insert(job_step_table)
 
 
-@lru_cache(maxsize=64)
-def _insert_job_at_once(step_count: int, step_keys: tuple[str, ...]) -> Any:
+@lru_cache(maxsize=8)
+def _insert_job_at_once(step_keys: tuple[str, ...]) -> Any:
     """WITH new_job AS (INSERT job), new_steps AS (INSERT its steps) INSERT its first
-    event: one statement (foreign keys are checked when it ends)."""
+    event: one statement (foreign keys are checked when it ends). Step columns are
+    bound as arrays and unnested, so the statement is the same for any number of steps
+    and keeps under psycopg's 50 parameters, past which it parses the query anew on
+    every execution."""
     new_job = (
         insert(_JOB)
         .values({c.key: bindparam(f"j_{c.key}", type_=c.type) for c in _JOB.columns})
         .returning(_JOB.c.id, _JOB.c.feature_name, _JOB.c.progress)
         .cte("new_job")
     )
-    # INSERT ... SELECT of bound rows: unlike a multi-row VALUES, SQLAlchemy caches its
-    # compiled form (built once per feature shape, not per job).
-    rows = [
-        select(*(bindparam(f"s{index}_{key}", type_=_STEP.c[key].type) for key in step_keys))
-        for index in range(step_count)
-    ]
-    source = rows[0] if step_count == 1 else union_all(*rows)
-    new_steps = insert(_STEP).from_select(list(step_keys), source).cte("new_steps")
+    arrays = [bindparam(f"s_{key}", type_=ARRAY(_STEP.c[key].type)) for key in step_keys]
+    rows = func.unnest(*arrays).table_valued(*step_keys).render_derived("new_step_rows")
+    step_rows = select(new_job.c.id, *(rows.c[key] for key in step_keys)).join_from(
+        new_job, rows, true()
+    )
+    new_steps = insert(_STEP).from_select(["job_id", *step_keys], step_rows).cte("new_steps")
     first_event = select(new_job.c.id, literal(1).label("last_seq"), new_job.c.feature_name,
                          new_job.c.progress).cte("first_event")  # fmt: skip
     return select(first_event.c.last_seq).add_cte(new_steps, inserted_after(first_event, 1))
