@@ -133,9 +133,14 @@ def single_statements(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def on_commit(session: Session, callback: Callable[[], None]) -> None:
-    """Run `callback` after this session's transaction commits; dropped on rollback."""
-    session.info.setdefault(_HOOKS, []).append(callback)
+def on_commit(session: Session, callback: Callable[[], None], *, first: bool = False) -> None:
+    """Run `callback` after this session's transaction commits (before the callbacks
+    registered so far when `first`); dropped on rollback."""
+    hooks = session.info.setdefault(_HOOKS, [])
+    if first:
+        hooks.insert(0, callback)
+    else:
+        hooks.append(callback)
 
 
 @event.listens_for(Session, "after_commit")

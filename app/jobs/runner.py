@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import structlog
@@ -277,8 +278,9 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
             return Outcome.DISCARDED
         queue, fence = finished.next_queue, finished.next_fence
         if queue is not None and fence is not None:
-            next_index = run.step_index + 1
-            on_commit(session, lambda: enqueue_step(run.job_id, next_index, fence, queue))
+            # The next step's delivery goes out before the events are published.
+            enqueue = partial(enqueue_step, run.job_id, run.step_index + 1, fence, queue)
+            on_commit(session, enqueue, first=True)
     bound.info("step completed", job_finished=finished.job_finished)
     return Outcome.COMPLETED
 
