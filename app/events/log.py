@@ -203,23 +203,19 @@ def inserted_after(reserving: Any, count: int) -> Any:
     CTE of the job row update, returning `id`, `last_seq`, `feature_name` and
     `progress`) reserved: the last `count` seqs up to its `last_seq`, in seq order.
     Each event's own fields are bound as e<i>_<field>; see `inserted_params`."""
-
-    def bound(name: str, type_: Any) -> Any:
-        # Typed parameters (rendered with a cast): a NULL in a UNION is not taken as text.
-        return bindparam(name, type_=type_)
-
+    # Typed parameters (rendered with a cast): a NULL in a UNION is not taken as text.
     selects = [
         select(
             reserving.c.id,
             reserving.c.last_seq - (count - 1 - index),
-            bound(f"e{index}_type", String()),
+            bindparam(f"e{index}_type", type_=String()),
             reserving.c.feature_name,
-            bound(f"e{index}_step_index", Integer()),
-            bound(f"e{index}_step_name", String()),
-            bound(f"e{index}_attempt", Integer()),
+            bindparam(f"e{index}_step_index", type_=Integer()),
+            bindparam(f"e{index}_step_name", type_=String()),
+            bindparam(f"e{index}_attempt", type_=Integer()),
             reserving.c.progress,
-            bound("now", UTCDateTime()),
-            bound(f"e{index}_data", JSON()),
+            bindparam("now", type_=UTCDateTime()),
+            bindparam(f"e{index}_data", type_=JSON()),
         )
         for index in range(count)
     ]

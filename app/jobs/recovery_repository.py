@@ -16,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from app.events.types import EventType
 from app.jobs.repository import (
+    job_failure,
     job_is_active,
     rows_changed,
     step_where,
     update_fenced_step,
 )
-from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, JobStatus, StepStatus
+from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, StepStatus
 from app.models import Job, JobEvent, JobStep, utcnow
 
 # --- recovery: what Beat looks for and the conditional updates it applies -------------
@@ -171,14 +172,7 @@ def fail_stuck_job(
         session,
         update(Job)
         .where(Job.id == job_id, _no_progress_since(idle_since))
-        .values(
-            status=JobStatus.FAILED,
-            error=error,
-            error_code=code,
-            retryable=True,
-            finished_at=now,
-            updated_at=now,
-        ),
+        .values(updated_at=now, **job_failure(error, code, True, now)),
     )
     if result != 1:
         return False

@@ -95,9 +95,9 @@ class StepRun:
         )
 
 
-def rows_changed(session: Session, statement: Any) -> int:
-    """Run an UPDATE and return how many rows it changed."""
-    result = session.execute(statement)
+def rows_changed(session: Session, statement: Any, params: dict[str, Any] | None = None) -> int:
+    """Run an UPDATE (or DELETE) and return how many rows it changed."""
+    result = session.execute(statement, params)
     return cast(CursorResult[Any], result).rowcount
 
 
@@ -305,21 +305,15 @@ def fail_step(
 def fail_job(
     session: Session, job_id: uuid.UUID, *, error: str, code: str, retryable: bool
 ) -> bool:
-    now = utcnow()
-    result = rows_changed(
-        session,
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
-        .values(
-            status=JobStatus.FAILED,
-            error=error,
-            error_code=code,
-            retryable=retryable,
-            finished_at=now,
-            updated_at=now,
-        ),
-    )
-    return result == 1
+    return _move_job(session, job_id, ACTIVE_JOB, **job_failure(error, code, retryable, utcnow()))
+
+
+def job_failure(error: str, code: str, retryable: bool, now: datetime) -> dict[str, Any]:
+    """The job columns a failure sets."""
+    return {
+        "status": JobStatus.FAILED, "error": error, "error_code": code,
+        "retryable": retryable, "finished_at": now,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     JSON,
-    CursorResult,
     Integer,
     bindparam,
     case,
@@ -53,6 +52,7 @@ from app.jobs.repository import (
     THIS_STEP,
     StepRun,
     queue_step,
+    rows_changed,
 )
 from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, JobStatus, StepStatus, progress_for
 from app.models import Job, UTCDateTime, job_step_table, job_table, utcnow
@@ -130,8 +130,7 @@ _MARK_WAITING = (
 
 def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
     params = {"p_job": job_id, "index": step_index, "p_fence": fence}
-    changed = session.connection().execute(_MARK_WAITING, params)
-    return cast(CursorResult[Any], changed).rowcount == 1
+    return rows_changed(session, _MARK_WAITING, params) == 1
 
 
 @dataclass(frozen=True)
@@ -173,11 +172,10 @@ def claim_step(
 ) -> EventSlot | None:
     """Start the step for the delivery holding `fence`, reserving the seq of its
     STEP_STARTED event; None when the delivery is stale or a duplicate."""
-    connection = session.connection()
     params = {"p_job": job_id, "index": step_index, "p_fence": fence, "now": utcnow()}
-    if cast(CursorResult[Any], connection.execute(_CLAIM_STEP, params)).rowcount != 1:
+    if rows_changed(session, _CLAIM_STEP, params) != 1:
         return None
-    seq, feature_name, progress = connection.execute(_START_JOB, params).one()
+    seq, feature_name, progress = session.connection().execute(_START_JOB, params).one()
     return EventSlot(seq, feature_name, progress)
 
 
@@ -229,7 +227,8 @@ def complete_step(
     if not _complete(session, run, fence, output):
         return None
     current_step = run.step_index if run.is_last else run.step_index + 1
-    return _advance(session, run, output, current_step=current_step)
+    events = len(completed_events(run, output))
+    return _advance(session, run, output, current_step=current_step, events=events)
 
 
 class NextStepMoved(Exception):
@@ -295,7 +294,7 @@ def complete_and_start_next(
     following = started.one_or_none()
     if following is None:
         raise NextStepMoved(f"step {run.step_index + 1} of job {run.job_id} moved")
-    advance = _advance(session, run, output, current_step=run.step_index + 1, extra_events=1)
+    advance = _advance(session, run, output, current_step=run.step_index + 1, events=len(drafts))
     _record(session, run.job_id, advance.events, drafts)
     return Continued(advance.events, run.successor(output, next_fence, following[0]))
 
@@ -305,8 +304,7 @@ def _complete(session: Session, run: StepRun, fence: int, output: dict[str, Any]
         "p_job": run.job_id, "index": run.step_index, "p_fence": fence, "now": utcnow(),
         "p_output": output,
     }  # fmt: skip
-    completed = session.connection().execute(_COMPLETE_STEP, params)
-    return cast(CursorResult[Any], completed).rowcount == 1
+    return rows_changed(session, _COMPLETE_STEP, params) == 1
 
 
 def _advance(
@@ -315,10 +313,9 @@ def _advance(
     output: dict[str, Any],
     *,
     current_step: int,
-    extra_events: int = 0,
+    events: int,
 ) -> Advance:
-    """Move the job past `run`'s step, reserving the seqs of the events that say so."""
-    events = (2 if run.is_last else 1) + extra_events  # JOB_COMPLETED follows the last step's
+    """Move the job past `run`'s step, reserving the seqs of the `events` that say so."""
     params = _advance_params(run, output, current_step, events, utcnow())
     row = session.connection().execute(_ADVANCE_JOB, params).one_or_none()
     if row is None:
