@@ -95,17 +95,13 @@ def _on_process_init(**_: Any) -> None:
 
 
 def _warm_up() -> None:
-    """Open this process's database and Redis connections and prepare the first read
-    of a step, so that a first delivery does not pay for them while it holds a slot."""
-    import uuid
-
-    from app.db import session_scope
-    from app.jobs.repository import load_step_run
+    """Open this process's database and Redis connections and compile the statements
+    a step runs, so that a first delivery does not pay for them while it holds a slot."""
+    from app.jobs.step_changes import prepare_statements
     from app.redis_client import get_redis
 
     try:
-        with session_scope() as session:
-            load_step_run(session, uuid.UUID(int=0), 0)
+        prepare_statements()
         get_redis().ping()
     except Exception as exc:
         # The first delivery connects (and retries) the usual way.

@@ -1,0 +1,95 @@
+"""A worker compiles its step statements at start-up, not while a step holds a slot."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.engine.default import CACHE_MISS
+
+from app.catalog import parse_catalog
+from app.db import get_engine, session_scope, statement_scope
+from app.jobs import repository as repo
+from app.jobs import step_changes as changes
+from app.jobs.service import create_job
+from app.models import Job, JobEvent, JobStep
+
+_CATALOG = parse_catalog(
+    """
+services:
+  one: {kind: http, url: "http://127.0.0.1:9/one", queue: unconsumed}
+  two: {kind: http, url: "http://127.0.0.1:9/two", queue: unconsumed}
+features:
+  pair: {steps: [one, two]}
+""",
+    "<test>",
+)
+
+
+@pytest.fixture
+def compiled() -> Iterator[list[str]]:
+    """The SQL of every statement the engine compiles (misses its cache) from now on."""
+    misses: list[str] = []
+
+    def on_execute(_conn: Any, _cursor: Any, sql: str, _params: Any, context: Any, _many: Any):
+        if context is not None and context.cache_hit == CACHE_MISS:
+            misses.append(sql)
+
+    engine = get_engine()
+    event.listen(engine, "after_cursor_execute", on_execute)
+    try:
+        yield misses
+    finally:
+        event.remove(engine, "after_cursor_execute", on_execute)
+
+
+def _row_counts() -> list[int | None]:
+    with session_scope() as session:
+        tables = (Job, JobStep, JobEvent)
+        return [session.scalar(select(func.count()).select_from(table)) for table in tables]
+
+
+def _run(job_id: uuid.UUID, step_index: int) -> repo.StepRun:
+    with statement_scope() as session:
+        run = repo.load_step_run(session, job_id, step_index)
+    assert run is not None
+    return run
+
+
+# PostgreSQL: there each change is one statement, which the warm-up runs whole. On
+# SQLite a change stops at its first statement that matches nothing.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compiled):
+    with session_scope() as session:
+        finished_by_broker, continued, parked = (
+            create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
+            for _ in range(3)
+        )
+    before = _row_counts()
+    compiled.clear()
+
+    changes.prepare_statements()
+    assert compiled, "the warm-up compiled nothing"
+    assert _row_counts() == before, "the warm-up wrote rows"
+
+    compiled.clear()
+    # Each path a delivery takes: claim, result with the next step queued, the last
+    # step's result, a result that starts the next step here, and a park.
+    for step_index in (0, 1):
+        run = _run(finished_by_broker, step_index)
+        with statement_scope() as session:
+            assert changes.start_step(session, run, run.fence) is not None
+        with statement_scope() as session:
+            assert changes.finish_step(session, run, run.fence, {"n": step_index}) is not None
+    run = _run(continued, 0)
+    with statement_scope() as session:
+        assert changes.start_step(session, run, run.fence) is not None
+    with session_scope() as session:
+        assert changes.complete_and_start_next(session, run, run.fence, {}) is not None
+    run = _run(parked, 0)
+    with statement_scope() as session:
+        assert changes.park_step(session, run, {"service": "one", "limit": 1})
+    assert compiled == [], "compiled on a step's critical path:\n" + "\n\n".join(compiled)
