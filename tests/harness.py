@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from app.catalog import parse_catalog
 from app.embedded import free_port, port_open
 
 __all__ = ["free_port", "port_open"]
@@ -197,3 +198,17 @@ def running(proc: Proc) -> Iterator[Proc]:
         yield proc
     finally:
         proc.stop()
+
+
+# Two steps on a queue no worker consumes: for tests that drive the step state
+# machine by hand.
+UNCONSUMED_PAIR = parse_catalog(
+    """
+services:
+  one: {kind: http, url: "http://127.0.0.1:9/one", queue: unconsumed}
+  two: {kind: http, url: "http://127.0.0.1:9/two", queue: unconsumed}
+features:
+  pair: {steps: [one, two]}
+""",
+    "<test>",
+)

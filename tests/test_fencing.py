@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from app.catalog import parse_catalog
 from app.db import session_scope, statement_scope
 from app.events.log import events_for_job
 from app.events.publisher import events_channel
@@ -21,19 +20,8 @@ from app.jobs import step_changes as changes
 from app.jobs.dispatch import enqueue_step
 from app.jobs.service import create_job
 from app.redis_client import get_redis
+from tests.harness import UNCONSUMED_PAIR as _CATALOG
 from tests.harness import wait_for_job, wait_until
-
-# A queue no worker consumes: these tests drive the state machine by hand.
-_CATALOG = parse_catalog(
-    """
-services:
-  one: {kind: http, url: "http://127.0.0.1:9/one", queue: unconsumed}
-  two: {kind: http, url: "http://127.0.0.1:9/two", queue: unconsumed}
-features:
-  pair: {steps: [one, two]}
-""",
-    "<test>",
-)
 
 
 def _event_types(job_id: uuid.UUID) -> list[str]:

@@ -10,23 +10,12 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine.default import CACHE_MISS
 
-from app.catalog import parse_catalog
 from app.db import get_engine, session_scope, statement_scope
 from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.service import create_job
 from app.models import Job, JobEvent, JobStep
-
-_CATALOG = parse_catalog(
-    """
-services:
-  one: {kind: http, url: "http://127.0.0.1:9/one", queue: unconsumed}
-  two: {kind: http, url: "http://127.0.0.1:9/two", queue: unconsumed}
-features:
-  pair: {steps: [one, two]}
-""",
-    "<test>",
-)
+from tests.harness import UNCONSUMED_PAIR as _CATALOG
 
 
 @pytest.fixture
