@@ -8,12 +8,14 @@ import os
 import statistics
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+_Result = TypeVar("_Result")
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
@@ -53,6 +55,22 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def run_rounds(
+    runs: dict[str, Callable[[dict[str, str]], _Result]], rounds: int, env: dict[str, str]
+) -> list[dict[str, _Result]]:
+    """Each run once per round, starting one later in the order each round (so that no
+    run always goes first while the machine drifts); results per round, by name."""
+    names = list(runs)
+    results = []
+    for number in range(rounds):
+        shift = number % len(names)
+        order = names[shift:] + names[:shift]
+        print(f"round {number + 1}/{rounds}: {', '.join(order)}", flush=True)
+        done = {name: runs[name](env) for name in order}
+        results.append({name: done[name] for name in names})
+    return results
 
 
 def python() -> str:

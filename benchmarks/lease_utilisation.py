@@ -6,23 +6,26 @@ The gateway runs two workers (the limit holds across workers) whose pools add up
 The ideal wall time is N x latency / L. Reported per run: wall time (first submission
 to the last call's end) divided by the ideal, and the most calls the service saw in
 flight at once (counted by the simulated service itself). Target for the gateway:
-<= 1.10 x ideal with the limit never exceeded.
+<= 1.10 x ideal with the limit never exceeded. Both run in rounds, in turn, and the
+ratios reported are medians over the rounds (the machine's speed drifts).
 
     python -m benchmarks.lease_utilisation [--jobs 400] [--limit 16] [--latency-ms 100]
-                                           [--workers 2] [--worker-concurrency 8]
+                                           [--workers 2] [--worker-concurrency 8] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import python, scratch_environment
+from benchmarks.common import python, run_rounds, scratch_environment
 from benchmarks.throughput import _worker
 from tests.harness import Proc, Simulators, free_port, port_open, wait_until
 
@@ -53,6 +56,12 @@ class Result:
         return self.wall_s / self.ideal_s
 
 
+def fresh_service(sim: Simulators, service: str, latency_ms: float) -> None:
+    """The simulated service with its latency and no calls counted yet (a new round)."""
+    sim.reset()
+    sim.behave(service, latency_ms=latency_ms)
+
+
 def wait_for_calls(sim: Simulators, service: str, calls: int) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         stats = sim.stats(service)
@@ -79,22 +88,27 @@ def run_gateway(
     workers = [
         _worker(argv, f"gateway-worker-{i}", env, logs, celery_app) for i in range(args.workers)
     ]
+    fresh_service(sim, SERVICE, args.latency_ms)
     try:
 
-        def submit(n: int) -> None:
+        def submit(n: int) -> uuid.UUID:
             with session_scope() as session:
-                create_job(session, catalog, feature_name="one_call", input_data={"n": n})
+                return create_job(
+                    session, catalog, feature_name="one_call", input_data={"n": n}
+                ).job.id
 
         started = time.time()
         with ThreadPoolExecutor(SUBMITTERS) as pool:
-            list(pool.map(submit, range(args.jobs)))
+            ids = list(pool.map(submit, range(args.jobs)))
         submitted = time.time()
         stats = wait_for_calls(sim, SERVICE, args.jobs)
 
         def all_completed() -> bool:
             with session_scope() as session:
                 done = session.scalar(
-                    select(func.count()).select_from(Job).where(Job.status == "COMPLETED")
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.id.in_(ids), Job.status == "COMPLETED")
                 )
             return done == args.jobs
 
@@ -112,6 +126,7 @@ def run_plain(args: argparse.Namespace, env: dict[str, str], sim: Simulators, lo
             "-Q", "plain", "-c", str(args.limit), "--loglevel", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
     worker = _worker(argv, "plain-worker", env, logs, plain_app)
+    fresh_service(sim, PLAIN_SERVICE, args.latency_ms)
     try:
         url = f"{env['SIM_URL']}/{PLAIN_SERVICE}"
         started = time.time()
@@ -151,6 +166,7 @@ def main() -> None:
     # but its extra processes park steps that then wait for a slot (see README).
     parser.add_argument("--worker-concurrency", type=int, default=8)
     parser.add_argument("--redis-db", type=int, default=13)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running both")
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
@@ -167,9 +183,11 @@ def main() -> None:
         try:
             wait_until(lambda: port_open(port), 30, message="simulators")
             sim = Simulators(sim_url)
-            for service in (SERVICE, PLAIN_SERVICE):
-                sim.behave(service, latency_ms=args.latency_ms)
-            results = [run_plain(args, env, sim, logs), run_gateway(args, env, sim, logs)]
+            runs = {
+                "plain": lambda env: run_plain(args, env, sim, logs),
+                "gateway": lambda env: run_gateway(args, env, sim, logs),
+            }
+            rounds = run_rounds(runs, args.rounds, env)
         finally:
             simulators.stop()
 
@@ -178,17 +196,20 @@ def main() -> None:
         f"(gateway: {args.workers} workers x {args.worker_concurrency})"
     )
     print(
-        f"{'run':<28}{'wall s':>9}{'ideal s':>9}{'÷ ideal':>9}{'max in flight':>15}"
-        f"{'calls':>7}{'submit s':>10}{'busy':>7}"
+        f"{'round':<7}{'run':<28}{'wall s':>9}{'ideal s':>9}{'÷ ideal':>9}"
+        f"{'max in flight':>15}{'calls':>7}{'submit s':>10}{'busy':>7}"
     )
-    for r in results:
-        print(
-            f"{r.name:<28}{r.wall_s:>9.2f}{r.ideal_s:>9.2f}{r.ratio:>9.3f}"
-            f"{r.max_in_flight:>15}{r.calls:>7}{r.submit_s:>10.2f}{r.utilisation:>7.2f}"
-        )
-    gateway = results[-1]
-    verdict = "met" if gateway.ratio <= 1.10 and gateway.max_in_flight <= args.limit else "MISSED"
-    print(f"target <= 1.10 x ideal, in flight <= {args.limit}: {verdict}")
+    for number, results in enumerate(rounds, 1):
+        for r in results.values():
+            print(
+                f"{number:<7}{r.name:<28}{r.wall_s:>9.2f}{r.ideal_s:>9.2f}{r.ratio:>9.3f}"
+                f"{r.max_in_flight:>15}{r.calls:>7}{r.submit_s:>10.2f}{r.utilisation:>7.2f}"
+            )
+    ratios = {name: statistics.median(rs[name].ratio for rs in rounds) for name in runs}
+    most = max(rs["gateway"].max_in_flight for rs in rounds)
+    print(f"median ÷ ideal: gateway {ratios['gateway']:.3f}, plain {ratios['plain']:.3f}")
+    verdict = "met" if ratios["gateway"] <= 1.10 and most <= args.limit else "MISSED"
+    print(f"target <= 1.10 x ideal, in flight <= {args.limit} (most seen: {most}): {verdict}")
     print(f"logs: {logs}")
 
 

@@ -3,16 +3,30 @@ plain Celery chain of 4 tasks and a Celery chain that writes a row per step, on 
 Redis and PostgreSQL in the same run. Reports jobs/s, ratios and the step hand-off
 latency (one step's commit to the moment the next step's work runs).
 
-    python -m benchmarks.throughput [--jobs 1000] [--concurrency 4]
+The three run in rounds, in a different order each round, and the ratios are the
+medians over rounds: this machine's speed drifts during a run, and a ratio taken
+across minutes apart would measure the drift.
+
+    python -m benchmarks.throughput [--jobs 1000] [--concurrency 4] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
-from benchmarks.common import percentile, python, scratch_environment, wait_until_idle
+from benchmarks.common import (
+    percentile,
+    python,
+    run_rounds,
+    scratch_environment,
+    wait_until_idle,
+)
 from tests.harness import Proc, wait_until
 
 
@@ -77,7 +91,7 @@ def _handoffs_ms(ids: list[uuid.UUID]) -> list[float]:
 
 def run_gateway(
     jobs: int, concurrency: int, env: dict[str, str], log_dir, sequential: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     from app.db import init_db
 
     init_db()
@@ -105,8 +119,8 @@ def run_gateway(
     return {
         "seconds": elapsed,
         "jobs_per_s": jobs / elapsed,
-        "handoff_same_queue_ms": _p50_p99(_handoffs_ms(same_queue)),
-        "handoff_across_queues_ms": _p50_p99(_handoffs_ms(across_queues)),
+        "handoff_same_queue_ms": _handoffs_ms(same_queue),
+        "handoff_across_queues_ms": _handoffs_ms(across_queues),
     }
 
 
@@ -114,13 +128,9 @@ def _one_at_a_time(count: int, feature: str) -> list[uuid.UUID]:
     done: list[uuid.UUID] = []
     for _ in range(count):
         job = _create(1, feature)
-        wait_until(lambda job=job: _all_completed(job), 60, 0.002, "sequential job")
+        wait_until(partial(_all_completed, job), 60, 0.002, "sequential job")
         done += job
     return done
-
-
-def _p50_p99(values: list[float]) -> tuple[float, float]:
-    return percentile(values, 50), percentile(values, 99)
 
 
 def run_chain(jobs: int, concurrency: int, env: dict[str, str], log_dir, write_rows: bool) -> dict:
@@ -165,36 +175,52 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sequential", type=int, default=50, help="jobs for the hand-off")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running all three")
     args = parser.parse_args()
 
     import tempfile
     from pathlib import Path
 
     log_dir = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    runs: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+        "plain Celery chain": lambda env: run_chain(
+            args.jobs, args.concurrency, env, log_dir, write_rows=False
+        ),
+        "Celery chain + row/step": lambda env: run_chain(
+            args.jobs, args.concurrency, env, log_dir, write_rows=True
+        ),
+        "CAO gateway": lambda env: run_gateway(
+            args.jobs, args.concurrency, env, log_dir, args.sequential
+        ),
+    }
     with scratch_environment() as env:
         from app.migrate import upgrade_head
 
         upgrade_head()
-        plain = run_chain(args.jobs, args.concurrency, env, log_dir, write_rows=False)
-        with_db = run_chain(args.jobs, args.concurrency, env, log_dir, write_rows=True)
-        gateway = run_gateway(args.jobs, args.concurrency, env, log_dir, args.sequential)
+        rounds = run_rounds(runs, args.rounds, env)
 
     print(f"\n{args.jobs} jobs x 4 no-op steps, worker concurrency {args.concurrency}")
-    print(f"{'run':<28}{'seconds':>10}{'jobs/s':>10}")
-    for name, result in (("plain Celery chain", plain), ("Celery chain + row/step", with_db),
-                         ("CAO gateway", gateway)):  # fmt: skip
-        print(f"{name:<28}{result['seconds']:>10.2f}{result['jobs_per_s']:>10.1f}")
-    vs_db = gateway["jobs_per_s"] / with_db["jobs_per_s"]
-    vs_plain = gateway["jobs_per_s"] / plain["jobs_per_s"]
-    print(f"gateway / chain+DB  = {vs_db:.2f}x (target >= 1.0)")
-    print(f"gateway / plain     = {vs_plain:.2f}x (target >= 0.7)")
+    header = "".join(f"{name:>26}" for name in runs)
+    print(f"{'round':<7}{header}{'/ chain+DB':>12}{'/ plain':>9}")
+    vs_db, vs_plain = [], []
+    for number, results in enumerate(rounds, 1):
+        rates = {name: result["jobs_per_s"] for name, result in results.items()}
+        vs_db.append(rates["CAO gateway"] / rates["Celery chain + row/step"])
+        vs_plain.append(rates["CAO gateway"] / rates["plain Celery chain"])
+        print(
+            f"{number:<7}" + "".join(f"{rate:>19.1f} jobs/s" for rate in rates.values())
+            + f"{vs_db[-1]:>11.2f}x{vs_plain[-1]:>8.2f}x"
+        )  # fmt: skip
+    print(f"gateway / chain+DB  = {statistics.median(vs_db):.2f}x median (target >= 1.0)")
+    print(f"gateway / plain     = {statistics.median(vs_plain):.2f}x median (target >= 0.7)")
     print(
         f"sequential hand-off, commit -> the next step's work runs, "
-        f"{args.sequential} jobs one at a time:"
+        f"{args.sequential} jobs one at a time per round:"
     )
     for label, key in (("same queue (in the worker)", "handoff_same_queue_ms"),
                        ("across queues (via broker)", "handoff_across_queues_ms")):  # fmt: skip
-        p50, p99 = gateway[key]
+        samples = [ms for results in rounds for ms in results["CAO gateway"][key]]
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"  {label:<28} p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p50 <= 5 ms)")
     print(f"logs: {log_dir}")
 
