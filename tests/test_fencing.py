@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from app.catalog import parse_catalog
 from app.db import session_scope, statement_scope
 from app.events.log import events_for_job
 from app.events.publisher import events_channel
@@ -261,3 +262,35 @@ def test_old_attempt_delivered_after_a_newer_one_started_changes_nothing(stack, 
     types = _event_types(uuid.UUID(job_id))
     assert types.count("STEP_STARTED") == 3  # attempt 1, attempt 2, email
     assert types.count("STEP_COMPLETED") == 2
+
+
+_TRIO = parse_catalog(
+    """
+services:
+  one: {kind: http, url: "http://127.0.0.1:9/one", queue: unconsumed}
+features:
+  trio: {steps: [one, one, one]}
+""",
+    "<test>",
+)
+
+
+def test_a_continued_step_knows_the_fence_of_the_step_after_it(backend):
+    """So that it too can be continued in the worker: on SQLite as on PostgreSQL."""
+    with session_scope() as session:
+        job_id = create_job(session, _TRIO, feature_name="trio", input_data={}).job.id
+    with statement_scope() as session:
+        run = repo.load_step_run(session, job_id, 0)
+        assert run is not None
+        assert changes.start_step(session, run, run.fence) is not None
+    assert run.next_step_fence == 0
+    for step_index in (1, 2):
+        with session_scope() as session:
+            continued = changes.complete_and_start_next(session, run, run.fence, {})
+        assert continued is not None
+        run = continued.next_run
+        assert run.step_index == step_index
+        assert run.next_step_fence == (0 if step_index == 1 else None)
+        if step_index == 1:
+            with session_scope() as session:
+                assert repo.get_step(session, job_id, 2).fence == run.next_step_fence

@@ -173,7 +173,7 @@ JOB_IS_ACTIVE = (
 )
 
 _NEXT_STEP = job_step_table.alias("next_step")
-NEXT_STEP_FENCE = (
+_NEXT_STEP_FENCE = (
     select(_NEXT_STEP.c.fence)
     .where(
         _NEXT_STEP.c.job_id == _STEP.c.job_id,
@@ -195,7 +195,7 @@ _LOAD_STEP_RUN = (
         _STEP.c.attempt,
         _STEP.c.fence,
         _STEP.c.max_attempts,
-        NEXT_STEP_FENCE.label("next_step_fence"),
+        _NEXT_STEP_FENCE.label("next_step_fence"),
     )
     .join_from(_STEP, _JOB, _STEP.c.job_id == _JOB.c.id)
     .where(THIS_STEP)

@@ -45,7 +45,6 @@ from app.events.log import (
 from app.events.types import EventType
 from app.jobs.repository import (
     JOB_IS_ACTIVE,
-    NEXT_STEP_FENCE,
     NOW,
     QUEUE_STEP_VALUES,
     RUN_COLUMNS_CLEARED,
@@ -236,6 +235,18 @@ class NextStepMoved(Exception):
     """The next step is not the PENDING row this run expected (roll back, go the usual way)."""
 
 
+# The fence of the step after the one started, read by parameters: a subquery in
+# RETURNING correlated to the updated row is rendered unqualified on SQLite, where it
+# then compares the subquery's own columns and finds nothing.
+_FOLLOWING_STEP = job_step_table.alias("following_step")
+_FOLLOWING_FENCE = (
+    select(_FOLLOWING_STEP.c.fence)
+    .where(
+        _FOLLOWING_STEP.c.job_id == bindparam("p_job"),
+        _FOLLOWING_STEP.c.step_index == bindparam("p_next_index", type_=Integer()) + 1,
+    )
+    .scalar_subquery()
+)
 _START_NEXT_STEP = (
     update(_STEP)
     .where(
@@ -250,7 +261,7 @@ _START_NEXT_STEP = (
         fence=bindparam("p_next_fence"),
         **{**RUN_COLUMNS_CLEARED, "queued_at": NOW, "started_at": NOW, "heartbeat_at": NOW},
     )
-    .returning(NEXT_STEP_FENCE.label("following_fence"))
+    .returning(_FOLLOWING_FENCE.label("following_fence"))
 )
 
 
