@@ -173,9 +173,14 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
         assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is True
         assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is False
         assert change(lambda s: changes.start_step(s, second, 0)) is None, "a stale fence claimed"
-        assert change(lambda s: changes.start_step(s, second, 1)) == changes.EventSlot(
-            5, "pair", 50
-        )
+        # A delivery naming its service claims and reads the step at once (the second
+        # step's claim takes that form here): not under another service or queue.
+        job_step = (job_id, 1, 1)
+        assert change(lambda s: changes.start_named_step(s, *job_step, "one", "unconsumed")) is None
+        assert change(lambda s: changes.start_named_step(s, *job_step, "two", "elsewhere")) is None
+        claimed = change(lambda s: changes.start_named_step(s, *job_step, "two", "unconsumed"))
+        assert claimed == dataclasses.replace(second, status="RUNNING", job_status="RUNNING")
+        assert change(lambda s: changes.start_named_step(s, *job_step, "two", "unconsumed")) is None
         assert change(
             lambda s: changes.finish_step(s, run_of(1), 1, {"two": 2})
         ) == changes.Finished(job_finished=True)
@@ -200,6 +205,7 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
     ]  # fmt: skip
     assert events[2].data == {"output": {"ok": True}}
     assert events[3].data == {"limit": 1}
+    assert (events[4].step_name, events[4].attempt, events[4].data) == ("two", 1, {})
     assert [e.progress for e in events] == [0, 0, 50, 50, 50, 100, 100]
 
 

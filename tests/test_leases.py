@@ -186,3 +186,94 @@ def test_hand_on_frees_the_slot_for_waiters_before_the_next_step_takes_one(semap
     assert semaphore.state(service, lease(5)) is LeaseState.HELD
     assert semaphore.state(service, lease(2)) is LeaseState.NONE, "not queued by hand_on"
     assert semaphore.usage(service) == Usage(in_use=1, waiting=0)
+
+
+def test_a_delivery_naming_its_service_takes_the_slot_first_and_keeps_every_rule(db, semaphore):
+    """A message that names its step's service and queue (what the gateway sends) lets
+    the worker take the slot before it reads the step. A full service still parks the
+    step, a duplicate leaves the running delivery's lease alone, and a message naming
+    another service than the step's gives back the slot it took and runs as usual."""
+    from app.catalog import current_catalog
+    from app.db import session_scope, statement_scope
+    from app.jobs import repository as repo
+    from app.jobs import step_changes as changes
+    from app.jobs.runner import NamedSlot, Outcome, run_step
+    from app.jobs.service import create_job
+    from tests.lease_support import queued_deliveries
+
+    named = NamedSlot("solo", "solo")
+    with session_scope() as session:
+        first, second, third, fourth = (
+            create_job(session, current_catalog(), feature_name="solo_job", input_data={}).job.id
+            for _ in range(4)
+        )
+    queued_deliveries("solo")  # the creation messages; these steps are driven by hand
+    holder = LeaseId(str(uuid.uuid4()), 0, 1, "solo")
+    assert semaphore.acquire("solo", holder, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+    try:
+        # Full: the step is parked and queued for the slot, as an unnamed delivery is.
+        assert run_step(second, 0, 1, named=named) is Outcome.WAITING
+        assert semaphore.state("solo", LeaseId(str(second), 0, 1, "solo")) is LeaseState.WAITING
+        with session_scope() as session:
+            assert repo.get_step(session, second, 0).status == "WAITING_FOR_SLOT"
+        # The slot freed is handed to the waiter, whose delivery holds it already.
+        woken = semaphore.release("solo", holder, TTL_S, limit=1)
+        assert woken == [LeaseId(str(second), 0, 1, "solo")]
+        assert run_step(second, 0, 1, named=named) is Outcome.COMPLETED
+
+        # A duplicate of a running delivery: STALE, and the running one keeps its slot.
+        running = LeaseId(str(first), 0, 1, "solo")
+        assert semaphore.acquire("solo", running, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        with statement_scope() as session:
+            assert changes.start_named_step(session, first, 0, 1, "solo", "solo") is not None
+        assert run_step(first, 0, 1, named=named) is Outcome.STALE
+        assert semaphore.state("solo", running) is LeaseState.HELD
+        semaphore.release("solo", running, TTL_S, limit=1)
+
+        # Named with another service than the step's: its slot goes back, the step runs.
+        assert run_step(third, 0, 1, named=NamedSlot("stalled", "solo")) is Outcome.COMPLETED
+        assert semaphore.usage("stalled").in_use == 0
+        # A stale named delivery takes nothing either.
+        assert run_step(fourth, 0, 7, named=named) is Outcome.STALE
+        assert semaphore.usage("solo").in_use == 0
+        with session_scope() as session:
+            statuses = [repo.get_job(session, job).status for job in (second, third, fourth)]
+        assert statuses == ["COMPLETED", "COMPLETED", "PENDING"]
+        assert queued_deliveries("solo") == []
+    finally:
+        semaphore.release("solo", holder, TTL_S, limit=1)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
+    """On PostgreSQL the claim of a delivery that names its service also reads the
+    step: one statement before the call and one to record the result, where an
+    unnamed delivery needs a read first."""
+    from sqlalchemy import event
+
+    from app.catalog import current_catalog
+    from app.db import get_engine, session_scope
+    from app.jobs.runner import NamedSlot, Outcome, run_step
+    from app.jobs.service import create_job
+    from tests.lease_support import queued_deliveries
+
+    with session_scope() as session:
+        named_job, unnamed_job = (
+            create_job(session, current_catalog(), feature_name="solo_job", input_data={}).job.id
+            for _ in range(2)
+        )
+    queued_deliveries("solo")
+    statements: list[str] = []
+
+    def count(_conn, _cursor, sql, *_args) -> None:
+        statements.append(sql)
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    try:
+        assert run_step(named_job, 0, 1, named=NamedSlot("solo", "solo")) is Outcome.COMPLETED
+        named = len(statements)
+        assert run_step(unnamed_job, 0, 1) is Outcome.COMPLETED
+        unnamed = len(statements) - named
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", count)
+    assert (named, unnamed) == (2, 3), statements

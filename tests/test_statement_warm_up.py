@@ -53,9 +53,9 @@ def _run(job_id: uuid.UUID, step_index: int) -> repo.StepRun:
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compiled):
     with session_scope() as session:
-        finished_by_broker, continued, parked = (
+        finished_by_broker, continued, parked, named = (
             create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
-            for _ in range(3)
+            for _ in range(4)
         )
     before = _row_counts()
     compiled.clear()
@@ -66,7 +66,8 @@ def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compile
 
     compiled.clear()
     # Each path a delivery takes: claim, result with the next step queued, the last
-    # step's result, a result that starts the next step here, and a park.
+    # step's result, a result that starts the next step here, a park, and the claim of
+    # a delivery that names its service.
     for step_index in (0, 1):
         run = _run(finished_by_broker, step_index)
         with statement_scope() as session:
@@ -81,4 +82,6 @@ def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compile
     run = _run(parked, 0)
     with statement_scope() as session:
         assert changes.park_step(session, run, {"service": "one", "limit": 1})
+    with statement_scope() as session:
+        assert changes.start_named_step(session, named, 0, 1, "one", "unconsumed") is not None
     assert compiled == [], "compiled on a step's critical path:\n" + "\n\n".join(compiled)

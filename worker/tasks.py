@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import uuid
 
+from celery import Task
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
 from app.db import init_db
 from app.jobs import runner
-from app.jobs.dispatch import RUN_STEP_TASK
+from app.jobs.dispatch import QUEUE_HEADER, RUN_STEP_TASK, SERVICE_HEADER
 from worker.celery_app import celery_app
 
 
 @celery_app.task(
+    bind=True,
     name=RUN_STEP_TASK,
     # A database or Redis blip re-runs the same delivery; the step fence makes it safe.
     autoretry_for=(OperationalError, RedisConnectionError),
@@ -21,9 +23,11 @@ from worker.celery_app import celery_app
     retry_backoff_max=30,
     max_retries=20,
 )
-def run_step(job_id: str, step_index: int, fence: int) -> str:
+def run_step(self: Task, job_id: str, step_index: int, fence: int) -> str:
     init_db()
-    return str(runner.run_step(uuid.UUID(job_id), step_index, fence, consumed_queues()))
+    service, queue = self.request.get(SERVICE_HEADER), self.request.get(QUEUE_HEADER)
+    named = runner.NamedSlot(service, queue) if service and queue else None
+    return str(runner.run_step(uuid.UUID(job_id), step_index, fence, consumed_queues(), named))
 
 
 def consumed_queues() -> frozenset[str]:

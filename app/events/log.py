@@ -198,11 +198,12 @@ def _publish_on_commit(
 # --- PostgreSQL: events inserted by the statement that reserves their seqs -----------
 
 
-def inserted_after(reserving: Any, count: int) -> Any:
+def inserted_after(reserving: Any, count: int, *, attempt: Any = None) -> Any:
     """A CTE inserting `count` events (PostgreSQL, id NULL) whose seqs `reserving` (a
     CTE of the job row update, returning `id`, `last_seq`, `feature_name` and
     `progress`) reserved: the last `count` seqs up to its `last_seq`, in seq order.
-    Each event's own fields are bound as e<i>_<field>; see `inserted_params`."""
+    Each event's own fields are bound as e<i>_<field> (see `inserted_params`), but for
+    `attempt` when given: an expression the statement computes itself."""
     # Typed parameters (rendered with a cast): a NULL in a UNION is not taken as text.
     selects = [
         select(
@@ -212,7 +213,7 @@ def inserted_after(reserving: Any, count: int) -> Any:
             reserving.c.feature_name,
             bindparam(f"e{index}_step_index", type_=Integer()),
             bindparam(f"e{index}_step_name", type_=String()),
-            bindparam(f"e{index}_attempt", type_=Integer()),
+            bindparam(f"e{index}_attempt", type_=Integer()) if attempt is None else attempt,
             reserving.c.progress,
             bindparam("now", type_=UTCDateTime()),
             bindparam(f"e{index}_data", type_=JSON()),

@@ -1,6 +1,8 @@
 """The one door from app/ to the worker: put a step delivery on its Celery queue.
 
-A message carries (job_id, step_index, fence); see app/jobs/repository.py.
+A message carries (job_id, step_index, fence) as arguments (see
+app/jobs/repository.py) and, in headers, the step's service and queue when the sender
+knows them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ RUN_STEP_TASK = "cao.run_step"
 # waits behind fresh deliveries is a slot the service does not use.
 HOLDS_SLOT_PRIORITY = 0
 DEFAULT_PRIORITY = 5
+# Message headers naming the step's service and queue (optional).
+SERVICE_HEADER = "cao_service"
+QUEUE_HEADER = "cao_queue"
 
 
 def enqueue_step(
@@ -23,12 +28,17 @@ def enqueue_step(
     countdown: float | None = None,
     *,
     holds_slot: bool = False,
+    service: str | None = None,
 ) -> None:
+    """Send a step delivery to `queue`. Naming the step's `service` lets the worker take
+    its slot before it reads the step, and claim and read it in one statement."""
     from worker.celery_app import celery_app
 
     celery_app.send_task(
         RUN_STEP_TASK,
         args=[str(job_id), step_index, fence],
+        # Headers, not arguments: a worker that does not know them ignores them.
+        headers={SERVICE_HEADER: service, QUEUE_HEADER: queue} if service else None,
         queue=queue,
         countdown=countdown if countdown and countdown > 0 else None,
         priority=HOLDS_SLOT_PRIORITY if holds_slot else DEFAULT_PRIORITY,

@@ -108,7 +108,8 @@ def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None
         data={"from_step": restart, "failed_step": failed_step,
               "previous_error": error, "previous_error_code": error_code},
     )  # fmt: skip
-    on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue))
+    service = steps[restart].step_name
+    on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue, service=service))
     session.refresh(job)
     return job
 

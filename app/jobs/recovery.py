@@ -126,7 +126,10 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
                   "next_attempt": step.attempt + 1},
         )  # fmt: skip
         on_commit(
-            session, lambda: enqueue_step(step.job_id, step.step_index, new_fence, step.queue)
+            session,
+            lambda: enqueue_step(
+                step.job_id, step.step_index, new_fence, step.queue, service=step.service
+            ),
         )
         log.warning("lost attempt restarted", job_id=str(step.job_id), step=step.step_index,
                     reason=reason, next_attempt=step.attempt + 1)  # fmt: skip
@@ -152,7 +155,12 @@ def _requeue(session: Session, step: LiveStep, idle_for_s: float) -> Action:
         session, step.job_id, step.step_index, step.fence, idle_before
     ):
         return Action.NONE
-    on_commit(session, lambda: enqueue_step(step.job_id, step.step_index, step.fence, step.queue))
+    on_commit(
+        session,
+        lambda: enqueue_step(
+            step.job_id, step.step_index, step.fence, step.queue, service=step.service
+        ),
+    )
     log.info("step re-enqueued", job_id=str(step.job_id), step=step.step_index, fence=step.fence)
     return Action.REQUEUED
 
@@ -265,7 +273,7 @@ def wake_all_waiters() -> int:
     woken = 0
     for service in current_catalog().services.values():
         leases = semaphore.wake_waiters(service.name, service.lease_ttl_s, service.concurrency)
-        wake(leases)
+        wake(leases, service.name)
         woken += len(leases)
     return woken
 

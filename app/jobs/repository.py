@@ -210,17 +210,25 @@ def load_step_run(session: Session, job_id: uuid.UUID, step_index: int) -> StepR
     )
     if row is None:
         return None
+    return step_run_of(row, job_id, step_index, job_status=row.job_status, status=row.status)
+
+
+def step_run_of(
+    row: Any, job_id: uuid.UUID, step_index: int, *, job_status: str, status: str
+) -> StepRun:
+    """The run a row of the step joined with its job describes (the columns of
+    `_LOAD_STEP_RUN`; the statuses given apart: a claim returns them changed)."""
     return StepRun(
         job_id=job_id,
         feature_name=row.feature_name,
-        job_status=row.job_status,
+        job_status=job_status,
         input_data=row.input_data,
         context=row.context or {},
         recipe_steps=row.recipe["steps"],
         step_index=step_index,
         step_name=row.step_name,
         queue=row.queue,
-        status=row.status,
+        status=status,
         attempt=row.attempt,
         fence=row.fence,
         max_attempts=row.max_attempts,

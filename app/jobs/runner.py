@@ -57,10 +57,22 @@ def live_service(snapshot: dict[str, Any]) -> Service:
     )
 
 
-def wake(woken: list[LeaseId]) -> None:
-    """Send steps that were handed a slot to their queues, ahead of fresh deliveries."""
+def wake(woken: list[LeaseId], service: str) -> None:
+    """Send steps that were handed a slot of `service` to their queues, ahead of fresh
+    deliveries."""
     for lease in woken:
-        enqueue_step(lease.job_id, lease.step_index, lease.fence, lease.queue, holds_slot=True)
+        enqueue_step(
+            lease.job_id, lease.step_index, lease.fence, lease.queue,
+            holds_slot=True, service=service,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NamedSlot:
+    """The service and queue a step message names (app/jobs/dispatch.py)."""
+
+    service: str
+    queue: str
 
 
 @dataclass(frozen=True)
@@ -74,13 +86,18 @@ class Claimed:
 
 
 def run_step(
-    job_id: uuid.UUID, step_index: int, fence: int, local_queues: frozenset[str] = frozenset()
+    job_id: uuid.UUID,
+    step_index: int,
+    fence: int,
+    local_queues: frozenset[str] = frozenset(),
+    named: NamedSlot | None = None,
 ) -> Outcome:
     """Run this delivery, then what the chain took over: steps its released slots were
-    handed to, and next steps of the same job on `local_queues` (handoff.py)."""
+    handed to, and next steps of the same job on `local_queues` (handoff.py). `named`
+    is the service and queue the message names, when it does (dispatch.py)."""
     chain: HandoffChain[Claimed] = HandoffChain(local_queues)
     try:
-        outcome = _run_delivery(job_id, step_index, fence, chain)
+        outcome = _run_delivery(job_id, step_index, fence, chain, named)
         while (taken := chain.take()) is not None:
             try:
                 if isinstance(taken, Claimed):
@@ -98,15 +115,62 @@ def run_step(
 
 
 def _run_delivery(
-    job_id: uuid.UUID, step_index: int, fence: int, chain: HandoffChain[Claimed]
+    job_id: uuid.UUID,
+    step_index: int,
+    fence: int,
+    chain: HandoffChain[Claimed],
+    named: NamedSlot | None = None,
 ) -> Outcome | Recording[Outcome]:
     try:
-        claimed = _claim(job_id, step_index, fence)
+        claimed: Claimed | Outcome | None = None
+        if named is not None:
+            claimed = _claim_named(job_id, step_index, fence, named)
+        if claimed is None:
+            claimed = _claim(job_id, step_index, fence)
     finally:
         chain.step_claimed()  # however the claim ended, deferred recordings may go
     if isinstance(claimed, Outcome):
         return claimed
     return _execute(claimed, chain)
+
+
+def _claim_named(
+    job_id: uuid.UUID, step_index: int, fence: int, named: NamedSlot
+) -> Claimed | None:
+    """The claim of a delivery that names its service and queue: take the slot first,
+    then claim and read the step in one statement. None when that does not start the
+    step (the service is full or unknown here, or the delivery is stale, a duplicate
+    or names another service): `_claim` then decides, reading the step first."""
+    service = current_catalog().services.get(named.service)
+    if service is None:
+        return None
+    semaphore = get_semaphore()
+    lease = LeaseId(str(job_id), step_index, fence, named.queue)
+    # Not queued when full: `_claim` parks the step (it must read it first).
+    taken = semaphore.acquire(
+        service.name, lease, service.lease_ttl_s, service.concurrency, wait=False
+    )
+    if taken == LeaseSemaphore.FULL:
+        return None
+    try:
+        with statement_scope() as session:
+            run = changes.start_named_step(
+                session, job_id, step_index, fence, named.service, named.queue
+            )
+            if run is None and taken == LeaseSemaphore.ACQUIRED:
+                # A lease this call created, unless the delivery running this very
+                # fence holds it (its own had expired): that one keeps it.
+                if not repo.is_running(session, job_id, step_index, fence):
+                    _release(semaphore, service.model_dump(), lease)
+    except BaseException:
+        if taken == LeaseSemaphore.ACQUIRED:
+            _release(semaphore, service.model_dump(), lease)
+        raise
+    if run is None:
+        return None
+    bound = log.bind(job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue)
+    bound.info("step started", service=service.name)
+    return Claimed(run, live_service(run.service_spec), lease, bound)
 
 
 def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
@@ -214,9 +278,9 @@ def _continue(
         _release(semaphore, run.service_spec, claimed.lease, chain)
         return None
     if not acquired:
-        wake(chain.keep(run.queue, woken))
+        wake(chain.keep(run.queue, woken), service.name)
         return None
-    wake(woken)
+    wake(woken, service.name)
     try:
         with session_scope() as session:
             continued = changes.complete_and_start_next(session, run, run.fence, output)
@@ -252,7 +316,7 @@ def _release(
         woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
         if chain is not None:
             woken = chain.keep(lease.queue, woken)
-        wake(woken)
+        wake(woken, service.name)
     except Exception:
         # The result must still be recorded; Beat reaps the lease and re-enqueues waiters.
         log.exception("lease release or wake-up failed", lease=str(lease))
@@ -279,7 +343,10 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
         queue, fence = finished.next_queue, finished.next_fence
         if queue is not None and fence is not None:
             # The next step's delivery goes out before the events are published.
-            enqueue = partial(enqueue_step, run.job_id, run.step_index + 1, fence, queue)
+            enqueue = partial(
+                enqueue_step, run.job_id, run.step_index + 1, fence, queue,
+                service=run.next_spec()["name"],
+            )  # fmt: skip
             on_commit(session, enqueue, first=True)
     bound.info("step completed", job_finished=finished.job_finished)
     return Outcome.COMPLETED
@@ -320,7 +387,10 @@ def _schedule_retry(
     )  # fmt: skip
     # The retry waits in the broker (an ETA message), not in a worker slot.
     on_commit(
-        session, lambda: enqueue_step(run.job_id, run.step_index, next_fence, run.queue, delay)
+        session,
+        lambda: enqueue_step(
+            run.job_id, run.step_index, next_fence, run.queue, delay, service=service.name
+        ),
     )
     bound.info("step will retry", error=error.message, delay_s=round(delay, 3))
     return Outcome.RETRYING

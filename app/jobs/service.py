@@ -127,7 +127,7 @@ def create_job(
             if existing is None:
                 raise
             return CreateResult(existing, created=False)
-    on_commit(session, lambda: enqueue_step(job.id, 0, 1, first.queue))
+    on_commit(session, lambda: enqueue_step(job.id, 0, 1, first.queue, service=first.name))
     return CreateResult(job, created=True)
 
 

@@ -11,6 +11,7 @@ app/jobs/repository.py for the fence).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,6 +54,7 @@ from app.jobs.repository import (
     load_step_run,
     queue_step,
     rows_changed,
+    step_run_of,
 )
 from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, JobStatus, StepStatus, progress_for
 from app.models import Job, UTCDateTime, job_step_table, job_table, utcnow
@@ -235,18 +237,19 @@ class NextStepMoved(Exception):
     """The next step is not the PENDING row this run expected (roll back, go the usual way)."""
 
 
-# The fence of the step after the one started, read by parameters: a subquery in
-# RETURNING correlated to the updated row is rendered unqualified on SQLite, where it
-# then compares the subquery's own columns and finds nothing.
-_FOLLOWING_STEP = job_step_table.alias("following_step")
-_FOLLOWING_FENCE = (
-    select(_FOLLOWING_STEP.c.fence)
-    .where(
-        _FOLLOWING_STEP.c.job_id == bindparam("p_job"),
-        _FOLLOWING_STEP.c.step_index == bindparam("p_next_index", type_=Integer()) + 1,
+def _fence_after(step_index: Any) -> Any:
+    """The fence of the step after `step_index` (a bound parameter) of job `p_job`.
+    Read by parameters: a subquery in RETURNING correlated to the updated row is
+    rendered unqualified on SQLite, where it then compares the subquery's own columns
+    and finds nothing."""
+    following = job_step_table.alias("following_step")
+    return (
+        select(following.c.fence)
+        .where(following.c.job_id == bindparam("p_job"), following.c.step_index == step_index + 1)
+        .scalar_subquery()
     )
-    .scalar_subquery()
-)
+
+
 _START_NEXT_STEP = (
     update(_STEP)
     .where(
@@ -261,7 +264,7 @@ _START_NEXT_STEP = (
         fence=bindparam("p_next_fence"),
         **{**RUN_COLUMNS_CLEARED, "queued_at": NOW, "started_at": NOW, "heartbeat_at": NOW},
     )
-    .returning(_FOLLOWING_FENCE.label("following_fence"))
+    .returning(_fence_after(bindparam("p_next_index", type_=Integer())).label("following_fence"))
 )
 
 
@@ -394,6 +397,55 @@ _CLAIMED_STEP, _CLAIMED_JOB = _step_and_job(
 )
 _START_STEP_AT_ONCE = _with_events(_CLAIMED_JOB, 1)
 
+# A claim by a delivery that names its service and queue, returning what the run needs.
+_NAMED_STEP = (
+    _CLAIM_STEP.where(
+        _STEP.c.step_name == bindparam("p_service"), _STEP.c.queue == bindparam("p_queue")
+    )
+    .returning(
+        _STEP.c.job_id,
+        _STEP.c.step_name,
+        _STEP.c.queue,
+        _STEP.c.attempt,
+        _STEP.c.fence,
+        _STEP.c.max_attempts,
+    )  # fmt: skip
+    .cte("named_step")
+)
+_NAMED_JOB = (
+    update(_JOB)
+    .where(_JOB.c.id == _NAMED_STEP.c.job_id, _JOB.c.status.in_(ACTIVE_JOB))
+    .values(**_JOB_STARTED)
+    .returning(
+        _JOB.c.id,
+        _JOB.c.last_seq,
+        _JOB.c.feature_name,
+        _JOB.c.progress,
+        _JOB.c.input_data,
+        _JOB.c.context,
+        _JOB.c.recipe,
+    )  # fmt: skip
+    .cte("named_job")
+)
+_START_NAMED_STEP_AT_ONCE = (
+    select(
+        _NAMED_JOB.c.last_seq,
+        _NAMED_JOB.c.feature_name,
+        _NAMED_JOB.c.progress,
+        _NAMED_JOB.c.input_data,
+        _NAMED_JOB.c.context,
+        _NAMED_JOB.c.recipe,
+        _NAMED_STEP.c.step_name,
+        _NAMED_STEP.c.queue,
+        _NAMED_STEP.c.attempt,
+        _NAMED_STEP.c.fence,
+        _NAMED_STEP.c.max_attempts,
+        _fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
+    )  # fmt: skip
+    .join_from(_NAMED_JOB, _NAMED_STEP, true())
+    .add_cte(inserted_after(_NAMED_JOB, 1, attempt=select(_NAMED_STEP.c.attempt).scalar_subquery()))
+)
+
 # (onupdate defaults are not applied inside a WITH clause: updated_at is set here.)
 _PARKED_STEP, _PARKED_JOB = _step_and_job(
     _MARK_WAITING, true(), {"last_seq": _JOB.c.last_seq + 1, "updated_at": NOW}
@@ -470,6 +522,42 @@ def start_step(session: Session, run: StepRun, fence: int) -> EventSlot | None:
     params = {"p_job": run.job_id, "index": run.step_index, "p_fence": fence}
     row = _at_once(session, _START_STEP_AT_ONCE, params, drafts)
     return None if row is None else EventSlot(row.last_seq, row.feature_name, row.progress)
+
+
+def start_named_step(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int, service: str, queue: str
+) -> StepRun | None:
+    """Start the step for a delivery that names the step's service and queue (whose
+    lease the caller took before knowing anything else of the step) and record
+    STEP_STARTED; returns the step as claimed. None when the delivery is stale, a
+    duplicate, or names another service or queue than the step's.
+
+    On PostgreSQL the claim also reads what the run needs, in one statement: a
+    delivery makes one round trip to the database before its call, not two."""
+    if not single_statements(session):
+        run = load_step_run(session, job_id, step_index)
+        if run is None or (run.step_name, run.queue) != (service, queue):
+            return None
+        if not run.accepts(fence) or start_step(session, run, fence) is None:
+            return None
+        return dataclasses.replace(run, status=StepStatus.RUNNING, job_status=JobStatus.RUNNING)
+    now = utcnow()
+    params = {
+        "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
+        "p_queue": queue, "now": now, "e0_type": str(EventType.STEP_STARTED),
+        "e0_step_index": step_index, "e0_step_name": service, "e0_data": {},
+    }  # fmt: skip
+    row = session.connection().execute(_START_NAMED_STEP_AT_ONCE, params).one_or_none()
+    if row is None:
+        return None
+    run = step_run_of(
+        row, job_id, step_index, job_status=JobStatus.RUNNING, status=StepStatus.RUNNING
+    )
+    publish_inserted(
+        session, job_id, [_about(run, EventType.STEP_STARTED)],
+        last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
+    )  # fmt: skip
+    return run
 
 
 def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
@@ -579,6 +667,7 @@ def prepare_statements() -> None:
                 next_step_fence=None if step_index == len(recipe) - 1 else 0,
             )
             start_step(session, run, run.fence)
+            start_named_step(session, run.job_id, step_index, run.fence, "warm-up", "warm-up")
             park_step(session, run, {})
             finish_step(session, run, run.fence, {})
             if not run.is_last:
