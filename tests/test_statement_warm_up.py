@@ -14,6 +14,7 @@ from app.db import get_engine, session_scope, statement_scope
 from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.service import create_job
+from app.jobs.warm_up import prepare_statements
 from app.models import Job, JobEvent, JobStep
 from tests.harness import UNCONSUMED_PAIR as _CATALOG
 
@@ -60,7 +61,7 @@ def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compile
     before = _row_counts()
     compiled.clear()
 
-    changes.prepare_statements()
+    prepare_statements()
     assert compiled, "the warm-up compiled nothing"
     assert _row_counts() == before, "the warm-up wrote rows"
 

@@ -97,7 +97,7 @@ def _on_process_init(**_: Any) -> None:
 def _warm_up() -> None:
     """Open this process's database and Redis connections and compile the statements
     a step runs, so that a first delivery does not pay for them while it holds a slot."""
-    from app.jobs.step_changes import prepare_statements
+    from app.jobs.warm_up import prepare_statements
     from app.redis_client import get_redis
 
     try:

@@ -1,8 +1,8 @@
 """Job and step SQL: reads, the fenced updates of retries, failures and recovery,
 listing, and operator actions. What a worker writes as a step runs (claim, park,
-result, continuation) and job creation are in app/jobs/step_changes.py. State
-changes are conditional updates: a zero row count means another delivery, a cancel
-or a newer attempt won, which is a normal outcome.
+result, continuation) is in app/jobs/step_changes.py, job creation in
+app/jobs/job_insert.py. State changes are conditional updates: a zero row count means
+another delivery, a cancel or a newer attempt won, which is a normal outcome.
 
 Each step row carries a `fence`: a token that rises with every new attempt, recovery
 and resume, and that a delivery must present to act on the step. (`attempt` is what

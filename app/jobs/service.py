@@ -20,8 +20,8 @@ from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
 from app.events.log import EventDraft
 from app.events.types import EventType
 from app.jobs import repository as repo
-from app.jobs import step_changes as changes
 from app.jobs.dispatch import enqueue_step
+from app.jobs.job_insert import insert_job
 from app.jobs.states import JobStatus, StepStatus
 from app.models import Job, utcnow
 
@@ -116,11 +116,11 @@ def create_job(
     ]
     created = EventDraft(type=EventType.JOB_CREATED, data={"steps": feature.steps})
     if idempotency_key is None:
-        changes.insert_job(session, job, steps, created)
+        insert_job(session, job, steps, created)
     else:
         try:
             with session.begin_nested():
-                changes.insert_job(session, job, steps, created)
+                insert_job(session, job, steps, created)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the insert.
             existing = _existing_for_key(session, tenant, idempotency_key, digest)

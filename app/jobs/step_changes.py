@@ -1,9 +1,9 @@
-"""What a worker writes as a step runs, and how a job is created.
+"""What a worker writes as a step runs.
 
-Claiming a step, parking it until a slot frees, committing its result (queueing the
-next step, or starting it in the same commit for this worker to run) and creating a
-job each write the step row(s), the job row (whose `last_seq` reserves the seqs of
-the change's events) and the events, as one change. On PostgreSQL each is a single
+Claiming a step, parking it until a slot frees and committing its result (queueing
+the next step, or starting it in the same commit for this worker to run) each write
+the step row(s), the job row (whose `last_seq` reserves the seqs of the change's
+events) and the events, as one change. On PostgreSQL each is a single
 statement of data-modifying WITH clauses; elsewhere (SQLite) the same statements run
 one by one in the caller's transaction. Both are fenced alike (see
 app/jobs/repository.py for the fence).
@@ -15,7 +15,6 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -24,16 +23,13 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
-    literal,
     select,
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from app.db import new_session, single_statements
+from app.db import single_statements
 from app.events.log import (
     EventDraft,
     append_event,
@@ -57,65 +53,10 @@ from app.jobs.repository import (
     step_run_of,
 )
 from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, JobStatus, StepStatus, progress_for
-from app.models import Job, UTCDateTime, job_step_table, job_table, utcnow
+from app.models import UTCDateTime, job_step_table, job_table, utcnow
 
 _JOB = job_table
 _STEP = job_step_table
-
-
-def insert_job(
-    session: Session, job: Job, steps: list[dict[str, Any]], created: EventDraft
-) -> None:
-    """Insert a new job (a transient `Job`, left out of the session), its step rows and
-    its first event (seq 1), published once the session commits. On PostgreSQL one
-    statement; elsewhere one per table."""
-    values = {column.key: getattr(job, column.key) for column in job_table.columns}
-    connection = session.connection()
-    if single_statements(session):
-        params = {f"j_{key}": value for key, value in values.items()}
-        # One array per step column (the job id comes from the inserted job row).
-        keys = tuple(key for key in steps[0] if key != "job_id")
-        params.update({f"s_{key}": [step[key] for step in steps] for key in keys})
-        params.update(inserted_params([created]))
-        statement = _insert_job_at_once(keys)
-        connection.execute(statement, {**params, "now": job.created_at})
-        publish_inserted(
-            session, job.id, [created],
-            last_seq=1, feature_name=job.feature_name, progress=job.progress, ts=job.created_at,
-        )  # fmt: skip
-        return
-    connection.execute(_INSERT_JOB, values)
-    connection.execute(_INSERT_STEP, steps)
-    slot = EventSlot(1, job.feature_name, job.progress)
-    _record(session, job.id, slot, [created])
-
-
-_INSERT_JOB = insert(job_table)
-_INSERT_STEP = insert(job_step_table)
-
-
-@lru_cache(maxsize=8)
-def _insert_job_at_once(step_keys: tuple[str, ...]) -> Any:
-    """WITH new_job AS (INSERT job), new_steps AS (INSERT its steps) INSERT its first
-    event: one statement (foreign keys are checked when it ends). Step columns are
-    bound as arrays and unnested, so the statement is the same for any number of steps
-    and keeps under psycopg's 50 parameters, past which it parses the query anew on
-    every execution."""
-    new_job = (
-        insert(_JOB)
-        .values({c.key: bindparam(f"j_{c.key}", type_=c.type) for c in _JOB.columns})
-        .returning(_JOB.c.id, _JOB.c.feature_name, _JOB.c.progress)
-        .cte("new_job")
-    )
-    arrays = [bindparam(f"s_{key}", type_=ARRAY(_STEP.c[key].type)) for key in step_keys]
-    rows = func.unnest(*arrays).table_valued(*step_keys).render_derived("new_step_rows")
-    step_rows = select(new_job.c.id, *(rows.c[key] for key in step_keys)).join_from(
-        new_job, rows, true()
-    )
-    new_steps = insert(_STEP).from_select(["job_id", *step_keys], step_rows).cte("new_steps")
-    first_event = select(new_job.c.id, literal(1).label("last_seq"), new_job.c.feature_name,
-                         new_job.c.progress).cte("first_event")  # fmt: skip
-    return select(first_event.c.last_seq).add_cte(new_steps, inserted_after(first_event, 1))
 
 
 _MARK_WAITING = (
@@ -636,42 +577,3 @@ def finish_step(
     if run.is_last:
         return Finished(job_finished=True)
     return Finished(job_finished=False, next_queue=row.queue, next_fence=row.fence)
-
-
-def prepare_statements() -> None:
-    """Run every statement a worker runs per step against a job that does not exist, in
-    a transaction rolled back, so that SQLAlchemy compiles and caches each now rather
-    than on a first step's critical path (a compile costs milliseconds, several times
-    what an execution does). Nothing matches the nil job id, so nothing is written.
-    On SQLite a change stops at its first statement, which is all this warms there."""
-    service = {"name": "warm-up", "queue": "warm-up", "max_attempts": 1}
-    recipe = [{"name": "warm-up", "service": service}] * 2
-    session = new_session()
-    try:
-        load_step_run(session, uuid.UUID(int=0), 0)
-        for step_index in range(len(recipe)):
-            run = StepRun(
-                job_id=uuid.UUID(int=0),
-                feature_name="warm-up",
-                job_status=JobStatus.RUNNING,
-                input_data={},
-                context={},
-                recipe_steps=recipe,
-                step_index=step_index,
-                step_name="warm-up",
-                queue="warm-up",
-                status=StepStatus.QUEUED,
-                attempt=1,
-                fence=1,
-                max_attempts=1,
-                next_step_fence=None if step_index == len(recipe) - 1 else 0,
-            )
-            start_step(session, run, run.fence)
-            start_named_step(session, run.job_id, step_index, run.fence, "warm-up", "warm-up")
-            park_step(session, run, {})
-            finish_step(session, run, run.fence, {})
-            if not run.is_last:
-                complete_and_start_next(session, run, run.fence, {})
-    finally:
-        session.rollback()
-        session.close()
