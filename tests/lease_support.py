@@ -54,18 +54,25 @@ class RedisServer:
 
 def queued_deliveries(queue: str) -> list[tuple[str, int, int]]:
     """Drain `queue` and return the (job_id, step_index, fence) of each run_step message."""
+    deliveries = []
+    for message in queued_messages(queue):
+        args = message.payload[0]
+        deliveries.append((str(args[0]), int(args[1]), int(args[2])))
+    return deliveries
+
+
+def queued_messages(queue: str) -> list[Any]:
+    """Drain `queue` and return its messages as a worker receives them."""
     from worker.celery_app import celery_app
 
-    deliveries: list[tuple[str, int, int]] = []
+    messages: list[Any] = []
     with celery_app.connection_for_read() as connection:
         simple = connection.SimpleQueue(queue, no_ack=True)
         try:
             while True:
                 try:
-                    message: Any = simple.get(block=False)
+                    messages.append(simple.get(block=False))
                 except simple.Empty:
-                    return deliveries
-                args = message.payload[0]
-                deliveries.append((str(args[0]), int(args[1]), int(args[2])))
+                    return messages
         finally:
             simple.close()

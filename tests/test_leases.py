@@ -277,3 +277,26 @@ def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
     finally:
         event.remove(get_engine(), "before_cursor_execute", count)
     assert (named, unnamed) == (2, 3), statements
+
+
+def test_a_step_message_names_its_service_and_queue_to_the_worker(db):
+    """The headers job creation sends reach the task's request as Celery builds it from
+    the message a worker receives, and name the step's service and queue."""
+    from celery.app.task import Context
+    from celery.worker.request import Request
+
+    from app.catalog import current_catalog
+    from app.db import session_scope
+    from app.jobs.runner import NamedSlot
+    from app.jobs.service import create_job
+    from tests.lease_support import queued_deliveries, queued_messages
+    from worker.celery_app import celery_app
+    from worker.tasks import named_slot
+
+    queued_deliveries("solo")
+    with session_scope() as session:
+        create_job(session, current_catalog(), feature_name="solo_job", input_data={})
+    [message] = queued_messages("solo")
+    request = Request(message, app=celery_app)
+    assert named_slot(Context(request.request_dict)) == NamedSlot("solo", "solo")
+    assert named_slot(Context({})) is None, "a message naming nothing is claimed as before"

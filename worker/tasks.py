@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from celery import Task
+from celery.app.task import Context
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError
 
@@ -25,9 +26,15 @@ from worker.celery_app import celery_app
 )
 def run_step(self: Task, job_id: str, step_index: int, fence: int) -> str:
     init_db()
-    service, queue = self.request.get(SERVICE_HEADER), self.request.get(QUEUE_HEADER)
-    named = runner.NamedSlot(service, queue) if service and queue else None
+    named = named_slot(self.request)
     return str(runner.run_step(uuid.UUID(job_id), step_index, fence, consumed_queues(), named))
+
+
+def named_slot(request: Context) -> runner.NamedSlot | None:
+    """The service and queue the message's headers name (Celery puts a message's own
+    headers into the task's request), or None for a message that names none."""
+    service, queue = request.get(SERVICE_HEADER), request.get(QUEUE_HEADER)
+    return runner.NamedSlot(service, queue) if service and queue else None
 
 
 def consumed_queues() -> frozenset[str]:
