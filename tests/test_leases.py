@@ -248,7 +248,8 @@ def test_a_delivery_naming_its_service_takes_the_slot_first_and_keeps_every_rule
 def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
     """On PostgreSQL the claim of a delivery that names its service also reads the
     step: one statement before the call and one to record the result, where an
-    unnamed delivery needs a read first."""
+    unnamed delivery needs a read first. A step a released slot is handed to, and that
+    the releasing process runs next, is claimed the same way."""
     from sqlalchemy import event
 
     from app.catalog import current_catalog
@@ -258,11 +259,12 @@ def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
     from tests.lease_support import queued_deliveries
 
     with session_scope() as session:
-        named_job, unnamed_job = (
+        named_job, unnamed_job, holder_job, waiter_job = (
             create_job(session, current_catalog(), feature_name="solo_job", input_data={}).job.id
-            for _ in range(2)
+            for _ in range(4)
         )
     queued_deliveries("solo")
+    solo = NamedSlot("solo", "solo")
     statements: list[str] = []
 
     def count(_conn, _cursor, sql, *_args) -> None:
@@ -270,13 +272,23 @@ def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
 
     event.listen(get_engine(), "before_cursor_execute", count)
     try:
-        assert run_step(named_job, 0, 1, named=NamedSlot("solo", "solo")) is Outcome.COMPLETED
+        assert run_step(named_job, 0, 1, named=solo) is Outcome.COMPLETED
         named = len(statements)
         assert run_step(unnamed_job, 0, 1) is Outcome.COMPLETED
         unnamed = len(statements) - named
+        # The holder's slot is taken; the waiter parks, then is handed the slot when
+        # the holder's call ends, and runs in the holder's process.
+        holder = LeaseId(str(holder_job), 0, 1, "solo")
+        assert semaphore.acquire("solo", holder, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        assert run_step(waiter_job, 0, 1, named=solo) is Outcome.WAITING
+        before = len(statements)
+        assert run_step(holder_job, 0, 1, named=solo) is Outcome.COMPLETED
+        holder_and_handed_over = len(statements) - before
     finally:
         event.remove(get_engine(), "before_cursor_execute", count)
     assert (named, unnamed) == (2, 3), statements
+    assert holder_and_handed_over == 4, statements[-holder_and_handed_over:]
+    assert queued_deliveries("solo") == [], "the hand-off went through the broker"
 
 
 def test_a_step_message_names_its_service_and_queue_to_the_worker(db):

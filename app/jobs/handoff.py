@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -68,6 +69,14 @@ class Recording(Generic[_R]):
         return self._result
 
 
+@dataclass(frozen=True)
+class HandedOver:
+    """A step a released slot of `service` was handed to (its lease is held for it)."""
+
+    lease: LeaseId
+    service: str
+
+
 class HandoffChain(Generic[_Claimed]):
     """The steps one Celery task runs: its own delivery, then the slots it hands over
     and the continuations it starts (already claimed steps, as the runner holds them)."""
@@ -75,7 +84,7 @@ class HandoffChain(Generic[_Claimed]):
     def __init__(self, local_queues: frozenset[str] = frozenset(), max_s: float = CHAIN_MAX_S):
         self._deadline = time.monotonic() + max_s
         self._local_queues = local_queues
-        self._next: LeaseId | _Claimed | None = None
+        self._next: HandedOver | _Claimed | None = None
         # Deferred by the current step / by the one before it, awaiting the next claim.
         self._deferred: list[Recording[Any]] = []
         self._awaiting_claim: list[Recording[Any]] = []
@@ -92,13 +101,14 @@ class HandoffChain(Generic[_Claimed]):
         """Run this already claimed step next."""
         self._next = claimed
 
-    def keep(self, queue: str, woken: list[LeaseId]) -> list[LeaseId]:
-        """Keep one woken step of `queue` to run here next; returns the others."""
+    def keep(self, queue: str, woken: list[LeaseId], service: str) -> list[LeaseId]:
+        """Keep one step of `queue` woken with a slot of `service` to run here next;
+        returns the others."""
         if not self._has_room():
             return woken
         for index, lease in enumerate(woken):
             if lease.queue == queue:
-                self._next = lease
+                self._next = HandedOver(lease, service)
                 return woken[:index] + woken[index + 1 :]
         return woken
 
@@ -111,7 +121,7 @@ class HandoffChain(Generic[_Claimed]):
             self._deferred.append(recording)
         return recording
 
-    def take(self) -> LeaseId | _Claimed | None:
+    def take(self) -> HandedOver | _Claimed | None:
         """The step to run next; recordings deferred so far wait for its claim."""
         lease, self._next = self._next, None
         self._awaiting_claim.extend(self._deferred)
@@ -127,17 +137,19 @@ class HandoffChain(Generic[_Claimed]):
 
     def close(self) -> None:
         """Enqueue a slot still held, finish every recording."""
-        lease = self.take()
+        taken = self.take()
         self.step_claimed()
-        if lease is not None and not isinstance(lease, LeaseId):
+        if taken is not None and not isinstance(taken, HandedOver):
             # A started continuation left behind by a failure: its lease expires and
             # Beat puts the step back.
             log.warning("a started step was not run; Beat will restart it")
-        elif lease is not None:
+        elif taken is not None:
+            lease = taken.lease
             try:
                 enqueue_step(
-                    lease.job_id, lease.step_index, lease.fence, lease.queue, holds_slot=True
-                )
+                    lease.job_id, lease.step_index, lease.fence, lease.queue,
+                    holds_slot=True, service=taken.service,
+                )  # fmt: skip
             except Exception:
                 log.exception("hand-off enqueue failed; Beat reaps the lease", lease=str(lease))
         for recording in self._started:

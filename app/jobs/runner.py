@@ -104,7 +104,11 @@ def run_step(
                     chain.step_claimed()
                     _execute(taken, chain)
                 else:
-                    _run_delivery(uuid.UUID(taken.job_id), taken.step_index, taken.fence, chain)
+                    lease = taken.lease
+                    _run_delivery(
+                        uuid.UUID(lease.job_id), lease.step_index, lease.fence, chain,
+                        NamedSlot(taken.service, lease.queue),
+                    )  # fmt: skip
             except Exception:
                 # Its lease expires and Beat puts the step back; stop taking work over.
                 log.exception("step taken over in-process failed", taken=str(taken))
@@ -278,7 +282,7 @@ def _continue(
         _release(semaphore, run.service_spec, claimed.lease, chain)
         return None
     if not acquired:
-        wake(chain.keep(run.queue, woken), service.name)
+        wake(chain.keep(run.queue, woken, service.name), service.name)
         return None
     wake(woken, service.name)
     try:
@@ -315,7 +319,7 @@ def _release(
     try:
         woken = semaphore.release(service.name, lease, service.lease_ttl_s, service.concurrency)
         if chain is not None:
-            woken = chain.keep(lease.queue, woken)
+            woken = chain.keep(lease.queue, woken, service.name)
         wake(woken, service.name)
     except Exception:
         # The result must still be recorded; Beat reaps the lease and re-enqueues waiters.
