@@ -228,16 +228,23 @@ def test_racing_claims_of_one_delivery_start_the_step_once(backend):
     assert [t for _, t in _stored(job_id)] == ["JOB_CREATED", "STEP_STARTED"]
 
 
+def _redeliver(job_id: str, step_index: int, fence: int, service: str) -> None:
+    """The step's message again: as the gateway sends it (naming its service, so the
+    worker takes the slot first) and as a message naming none (claimed read-first)."""
+    enqueue_step(job_id, step_index, fence, "default", service=service)
+    enqueue_step(job_id, step_index, fence, "default")
+
+
 @pytest.mark.slow
 def test_duplicate_message_runs_the_step_once(stack, db):
     api, sim = stack["api"], stack["sim"]
     sim.behave("flaky", latency_ms=800)
     job_id = api.post("/api/v1/jobs", json={"feature_name": "flaky_then_mail"}).json()["job_id"]
-    enqueue_step(job_id, 0, 1, "default")  # the same delivery, twice
+    _redeliver(job_id, 0, 1, "flaky")  # the same delivery, again
     job = wait_for_job(api, job_id)
     assert job["status"] == "COMPLETED"
-    enqueue_step(job_id, 0, 1, "default")  # and a late redelivery after the commit
-    enqueue_step(job_id, 1, 1, "default")
+    _redeliver(job_id, 0, 1, "flaky")  # and late redeliveries after the commit
+    _redeliver(job_id, 1, 1, "email_notifier")
     time.sleep(1.5)
     assert len(sim.requests("flaky", job_id)) == 1
     assert len(sim.requests("email_notifier", job_id)) == 1
@@ -258,8 +265,8 @@ def test_old_attempt_delivered_after_a_newer_one_started_changes_nothing(stack, 
         return step["attempt"] == 2 and step["status"] == "RUNNING"
 
     wait_until(second_attempt_running, 20, message="attempt 2 to run")
-    enqueue_step(job_id, 0, 1, "default")  # the old attempt's message, redelivered
-    enqueue_step(job_id, 0, 2, "default")  # and a duplicate of the running one
+    _redeliver(job_id, 0, 1, "flaky")  # the old attempt's message, redelivered
+    _redeliver(job_id, 0, 2, "flaky")  # and a duplicate of the running one
     job = wait_for_job(api, job_id)
     assert job["status"] == "COMPLETED"
     time.sleep(1.0)

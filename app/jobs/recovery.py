@@ -101,6 +101,11 @@ def _each(
 # --- per-step and per-job actions (idempotent) ------------------------------------------
 
 
+def _send(step: LiveStep, fence: int) -> None:
+    """Put the step back on its queue under `fence`, naming its service."""
+    enqueue_step(step.job_id, step.step_index, fence, step.queue, service=step.service)
+
+
 def recover_step(job_id: uuid.UUID, step_index: int, fence: int, reason: str) -> Action:
     """The holder of this step's lease under `fence` is gone; put the step back."""
     with session_scope() as session:
@@ -125,12 +130,7 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
             data={"error": error, "code": WORKER_LOST, "delay_s": 0,
                   "next_attempt": step.attempt + 1},
         )  # fmt: skip
-        on_commit(
-            session,
-            lambda: enqueue_step(
-                step.job_id, step.step_index, new_fence, step.queue, service=step.service
-            ),
-        )
+        on_commit(session, lambda: _send(step, new_fence))
         log.warning("lost attempt restarted", job_id=str(step.job_id), step=step.step_index,
                     reason=reason, next_attempt=step.attempt + 1)  # fmt: skip
         return Action.RESTARTED
@@ -155,12 +155,7 @@ def _requeue(session: Session, step: LiveStep, idle_for_s: float) -> Action:
         session, step.job_id, step.step_index, step.fence, idle_before
     ):
         return Action.NONE
-    on_commit(
-        session,
-        lambda: enqueue_step(
-            step.job_id, step.step_index, step.fence, step.queue, service=step.service
-        ),
-    )
+    on_commit(session, lambda: _send(step, step.fence))
     log.info("step re-enqueued", job_id=str(step.job_id), step=step.step_index, fence=step.fence)
     return Action.REQUEUED
 

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     CursorResult,
+    Integer,
     and_,
     bindparam,
     exists,
@@ -172,15 +173,19 @@ JOB_IS_ACTIVE = (
     exists().where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB)).correlate(None)
 )
 
-_NEXT_STEP = job_step_table.alias("next_step")
-_NEXT_STEP_FENCE = (
-    select(_NEXT_STEP.c.fence)
-    .where(
-        _NEXT_STEP.c.job_id == _STEP.c.job_id,
-        _NEXT_STEP.c.step_index == _STEP.c.step_index + 1,
+
+def fence_after(step_index: Any) -> Any:
+    """The fence of the step after `step_index` (a bound parameter) of job `p_job`.
+    Read by parameters, not correlated to an outer step row: in an UPDATE's RETURNING
+    such a correlation is rendered unqualified on SQLite, where it then compares the
+    subquery's own columns and finds nothing."""
+    following = job_step_table.alias("following_step")
+    return (
+        select(following.c.fence)
+        .where(following.c.job_id == bindparam("p_job"), following.c.step_index == step_index + 1)
+        .scalar_subquery()
     )
-    .scalar_subquery()
-)
+
 
 _LOAD_STEP_RUN = (
     select(
@@ -195,7 +200,7 @@ _LOAD_STEP_RUN = (
         _STEP.c.attempt,
         _STEP.c.fence,
         _STEP.c.max_attempts,
-        _NEXT_STEP_FENCE.label("next_step_fence"),
+        fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
     )
     .join_from(_STEP, _JOB, _STEP.c.job_id == _JOB.c.id)
     .where(THIS_STEP)

@@ -156,18 +156,19 @@ def _claim_named(
     )
     if taken == LeaseSemaphore.FULL:
         return None
+    created = taken == LeaseSemaphore.ACQUIRED
     try:
         with statement_scope() as session:
             run = changes.start_named_step(
                 session, job_id, step_index, fence, named.service, named.queue
             )
-            if run is None and taken == LeaseSemaphore.ACQUIRED:
-                # A lease this call created, unless the delivery running this very
-                # fence holds it (its own had expired): that one keeps it.
+            # Give back a lease this call created, unless the delivery running this
+            # very fence holds it (its own had expired): that one keeps it.
+            if run is None and created:
                 if not repo.is_running(session, job_id, step_index, fence):
                     _release(semaphore, service.model_dump(), lease)
     except BaseException:
-        if taken == LeaseSemaphore.ACQUIRED:
+        if created:
             _release(semaphore, service.model_dump(), lease)
         raise
     if run is None:

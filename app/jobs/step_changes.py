@@ -47,6 +47,7 @@ from app.jobs.repository import (
     RUN_COLUMNS_CLEARED,
     THIS_STEP,
     StepRun,
+    fence_after,
     load_step_run,
     queue_step,
     rows_changed,
@@ -178,19 +179,6 @@ class NextStepMoved(Exception):
     """The next step is not the PENDING row this run expected (roll back, go the usual way)."""
 
 
-def _fence_after(step_index: Any) -> Any:
-    """The fence of the step after `step_index` (a bound parameter) of job `p_job`.
-    Read by parameters: a subquery in RETURNING correlated to the updated row is
-    rendered unqualified on SQLite, where it then compares the subquery's own columns
-    and finds nothing."""
-    following = job_step_table.alias("following_step")
-    return (
-        select(following.c.fence)
-        .where(following.c.job_id == bindparam("p_job"), following.c.step_index == step_index + 1)
-        .scalar_subquery()
-    )
-
-
 _START_NEXT_STEP = (
     update(_STEP)
     .where(
@@ -205,7 +193,7 @@ _START_NEXT_STEP = (
         fence=bindparam("p_next_fence"),
         **{**RUN_COLUMNS_CLEARED, "queued_at": NOW, "started_at": NOW, "heartbeat_at": NOW},
     )
-    .returning(_fence_after(bindparam("p_next_index", type_=Integer())).label("following_fence"))
+    .returning(fence_after(bindparam("p_next_index", type_=Integer())).label("following_fence"))
 )
 
 
@@ -381,7 +369,7 @@ _START_NAMED_STEP_AT_ONCE = (
         _NAMED_STEP.c.attempt,
         _NAMED_STEP.c.fence,
         _NAMED_STEP.c.max_attempts,
-        _fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
+        fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
     )  # fmt: skip
     .join_from(_NAMED_JOB, _NAMED_STEP, true())
     .add_cte(inserted_after(_NAMED_JOB, 1, attempt=select(_NAMED_STEP.c.attempt).scalar_subquery()))
@@ -483,10 +471,11 @@ def start_named_step(
             return None
         return dataclasses.replace(run, status=StepStatus.RUNNING, job_status=JobStatus.RUNNING)
     now = utcnow()
+    # The attempt is the row's, read by the statement itself (e0_attempt goes unused).
+    started = EventDraft(type=EventType.STEP_STARTED, step_index=step_index, step_name=service)
     params = {
         "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
-        "p_queue": queue, "now": now, "e0_type": str(EventType.STEP_STARTED),
-        "e0_step_index": step_index, "e0_step_name": service, "e0_data": {},
+        "p_queue": queue, "now": now, **inserted_params([started]),
     }  # fmt: skip
     row = session.connection().execute(_START_NAMED_STEP_AT_ONCE, params).one_or_none()
     if row is None:
