@@ -3,7 +3,9 @@
 Intervals and thresholds come from the settings of the process that runs Beat (the
 thresholds travel as task arguments, so whichever worker runs a sweep applies them).
 A maintenance message expires once a newer one is due (never within 5 s), so a
-backlog on the default queue does not pile sweeps up.
+backlog on the default queue does not pile sweeps up, and it is served ahead of the
+step deliveries waiting there: the sweeps that put stuck steps back must not queue
+behind the very backlog they may be needed for.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Settings
+from app.jobs.dispatch import HOLDS_SLOT_PRIORITY
 
 MAINTENANCE_QUEUE = "default"
 SANITY_CHECK_TASK = "cao.maintenance.sanity_check_stuck_jobs"
@@ -19,6 +22,8 @@ WAKE_WAITERS_TASK = "cao.maintenance.wake_waiters"
 CLEANUP_TASK = "cao.maintenance.cleanup_old_jobs"
 # Never expire a message sooner than this, or a busy queue could starve a sweep.
 MIN_EXPIRY_S = 5.0
+# Ahead of fresh step deliveries, level with steps already handed a slot.
+SWEEP_PRIORITY = HOLDS_SLOT_PRIORITY
 
 
 def _every(seconds: float, task: str, **kwargs: Any) -> dict[str, Any]:
@@ -26,7 +31,11 @@ def _every(seconds: float, task: str, **kwargs: Any) -> dict[str, Any]:
         "task": task,
         "schedule": seconds,
         "kwargs": kwargs,
-        "options": {"queue": MAINTENANCE_QUEUE, "expires": max(seconds, MIN_EXPIRY_S)},
+        "options": {
+            "queue": MAINTENANCE_QUEUE,
+            "expires": max(seconds, MIN_EXPIRY_S),
+            "priority": SWEEP_PRIORITY,
+        },
     }
 
 
