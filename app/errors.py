@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class GatewayError(Exception):
     status_code = 400
     code = "bad_request"
+    # Response headers the status calls for (RFC 9110: a 401 names its challenge).
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, message: str, *, details: Any = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -49,6 +51,8 @@ class Conflict(GatewayError):
 class Unauthorized(GatewayError):
     status_code = 401
     code = "unauthorized"
+    # The key goes as a bearer token (or in X-API-Key, which has no challenge scheme).
+    headers = {"WWW-Authenticate": 'Bearer realm="cao"'}
 
 
 class Forbidden(GatewayError):

@@ -183,6 +183,9 @@ def _call(world: dict[str, Any], endpoint: str, who: str) -> int | str:
     if response.status_code >= 400:
         error = response.json()["error"]  # always the envelope
         assert error["code"] in ERROR_CODES.get(response.status_code, (error["code"],)), error
+    if response.status_code == 401:
+        # RFC 9110: a 401 says how to authenticate.
+        assert response.headers["WWW-Authenticate"].startswith("Bearer "), response.headers
     return response.status_code
 
 
