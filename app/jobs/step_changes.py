@@ -6,7 +6,8 @@ the step row(s), the job row (whose `last_seq` reserves the seqs of the change's
 events) and the events, as one change. On PostgreSQL each is a single
 statement of data-modifying WITH clauses; elsewhere (SQLite) the same statements run
 one by one in the caller's transaction. Both are fenced alike (see
-app/jobs/repository.py for the fence).
+app/jobs/repository.py for the fence). The statements themselves are in
+app/jobs/step_statements.py; this module runs them and records their events.
 """
 
 from __future__ import annotations
@@ -17,64 +18,33 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Integer,
-    bindparam,
-    case,
-    func,
-    select,
-    true,
-    update,
-)
 from sqlalchemy.orm import Session
 
 from app.db import single_statements
 from app.events.log import (
     EventDraft,
     append_event,
-    inserted_after,
     inserted_params,
     numbered,
     publish_inserted,
     record_events,
 )
 from app.events.types import EventType
+from app.jobs import step_statements as sql
 from app.jobs.repository import (
-    JOB_IS_ACTIVE,
-    NOW,
-    QUEUE_STEP_VALUES,
-    RUN_COLUMNS_CLEARED,
-    THIS_STEP,
     StepRun,
-    fence_after,
     load_step_run,
     queue_step,
     rows_changed,
     step_run_of,
 )
-from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, JobStatus, StepStatus, progress_for
-from app.models import UTCDateTime, job_step_table, job_table, utcnow
-
-_JOB = job_table
-_STEP = job_step_table
-
-
-_MARK_WAITING = (
-    update(_STEP)
-    .where(
-        THIS_STEP,
-        _STEP.c.fence == bindparam("p_fence"),
-        _STEP.c.status.in_((StepStatus.QUEUED, StepStatus.RETRYING)),
-        JOB_IS_ACTIVE,
-    )
-    .values(status=StepStatus.WAITING_FOR_SLOT)
-)
+from app.jobs.states import JobStatus, StepStatus, progress_for
+from app.models import utcnow
 
 
 def mark_waiting(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
     params = {"p_job": job_id, "index": step_index, "p_fence": fence}
-    return rows_changed(session, _MARK_WAITING, params) == 1
+    return rows_changed(session, sql.MARK_WAITING, params) == 1
 
 
 @dataclass(frozen=True)
@@ -86,40 +56,15 @@ class EventSlot:
     progress: int
 
 
-_CLAIM_STEP = (
-    update(_STEP)
-    .where(
-        THIS_STEP,
-        _STEP.c.fence == bindparam("p_fence"),
-        _STEP.c.status.in_(CLAIMABLE_STEP),
-        JOB_IS_ACTIVE,
-    )
-    .values(status=StepStatus.RUNNING, started_at=NOW, heartbeat_at=NOW, finished_at=None)
-)
-_JOB_STARTED: dict[str, Any] = {
-    "status": JobStatus.RUNNING,
-    "current_step": bindparam("index"),
-    "started_at": func.coalesce(_JOB.c.started_at, NOW),
-    "updated_at": NOW,
-    "last_seq": _JOB.c.last_seq + 1,
-}
-_START_JOB = (
-    update(_JOB)
-    .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB))
-    .values(**_JOB_STARTED)
-    .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
-)
-
-
 def claim_step(
     session: Session, job_id: uuid.UUID, step_index: int, fence: int
 ) -> EventSlot | None:
     """Start the step for the delivery holding `fence`, reserving the seq of its
     STEP_STARTED event; None when the delivery is stale or a duplicate."""
     params = {"p_job": job_id, "index": step_index, "p_fence": fence, "now": utcnow()}
-    if rows_changed(session, _CLAIM_STEP, params) != 1:
+    if rows_changed(session, sql.CLAIM_STEP, params) != 1:
         return None
-    seq, feature_name, progress = session.connection().execute(_START_JOB, params).one()
+    seq, feature_name, progress = session.connection().execute(sql.START_JOB, params).one()
     return EventSlot(seq, feature_name, progress)
 
 
@@ -129,38 +74,6 @@ class Advance:
 
     job_finished: bool
     events: EventSlot
-
-
-_COMPLETE_STEP = (
-    update(_STEP)
-    .where(THIS_STEP, _STEP.c.fence == bindparam("p_fence"), _STEP.c.status == StepStatus.RUNNING)
-    .values(
-        status=StepStatus.COMPLETED,
-        output=bindparam("p_output", type_=JSON()),
-        finished_at=NOW,
-        error=None,
-        error_code=None,
-        retryable=None,
-    )
-)
-_JOB_ADVANCED: dict[str, Any] = {
-    "context": bindparam("p_context", type_=JSON()),
-    "progress": case(
-        (_JOB.c.progress > bindparam("p_progress"), _JOB.c.progress),
-        else_=bindparam("p_progress"),
-    ),
-    "current_step": bindparam("p_current_step"),
-    "status": bindparam("p_status"),
-    "finished_at": bindparam("p_finished_at", type_=UTCDateTime()),
-    "updated_at": NOW,
-    "last_seq": _JOB.c.last_seq + bindparam("events"),
-}
-_ADVANCE_JOB = (
-    update(_JOB)
-    .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status == JobStatus.RUNNING)
-    .values(**_JOB_ADVANCED)
-    .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
-)
 
 
 def complete_step(
@@ -177,24 +90,6 @@ def complete_step(
 
 class NextStepMoved(Exception):
     """The next step is not the PENDING row this run expected (roll back, go the usual way)."""
-
-
-_START_NEXT_STEP = (
-    update(_STEP)
-    .where(
-        _STEP.c.job_id == bindparam("p_job"),
-        _STEP.c.step_index == bindparam("p_next_index"),
-        _STEP.c.fence == bindparam("p_next_fence", type_=Integer()) - 1,
-        _STEP.c.status == StepStatus.PENDING,
-    )
-    .values(
-        status=StepStatus.RUNNING,
-        attempt=1,
-        fence=bindparam("p_next_fence"),
-        **{**RUN_COLUMNS_CLEARED, "queued_at": NOW, "started_at": NOW, "heartbeat_at": NOW},
-    )
-    .returning(fence_after(bindparam("p_next_index", type_=Integer())).label("following_fence"))
-)
 
 
 @dataclass(frozen=True)
@@ -225,7 +120,7 @@ def complete_and_start_next(
     if single_statements(session):
         current_step = run.step_index + 1
         params.update(_advance_params(run, output, current_step, len(drafts), utcnow()))
-        row = _at_once(session, _CONTINUE_AT_ONCE, params, drafts)
+        row = _at_once(session, sql.CONTINUE_AT_ONCE, params, drafts)
         if row is None:
             return None
         if row.next_fence is None:
@@ -234,7 +129,7 @@ def complete_and_start_next(
         return Continued(slot, run.successor(output, next_fence, row.following_fence))
     if not _complete(session, run, fence, output):
         return None
-    started = session.connection().execute(_START_NEXT_STEP, {**params, "now": utcnow()})
+    started = session.connection().execute(sql.START_NEXT_STEP, {**params, "now": utcnow()})
     following = started.one_or_none()
     if following is None:
         raise NextStepMoved(f"step {run.step_index + 1} of job {run.job_id} moved")
@@ -248,7 +143,7 @@ def _complete(session: Session, run: StepRun, fence: int, output: dict[str, Any]
         "p_job": run.job_id, "index": run.step_index, "p_fence": fence, "now": utcnow(),
         "p_output": output,
     }  # fmt: skip
-    return rows_changed(session, _COMPLETE_STEP, params) == 1
+    return rows_changed(session, sql.COMPLETE_STEP, params) == 1
 
 
 def _advance(
@@ -261,7 +156,7 @@ def _advance(
 ) -> Advance:
     """Move the job past `run`'s step, reserving the seqs of the `events` that say so."""
     params = _advance_params(run, output, current_step, events, utcnow())
-    row = session.connection().execute(_ADVANCE_JOB, params).one_or_none()
+    row = session.connection().execute(sql.ADVANCE_JOB, params).one_or_none()
     if row is None:
         # Cancel and resume change the step and the job together; this cannot happen.
         raise RuntimeError(f"job {run.job_id} is not RUNNING while its step is")
@@ -285,124 +180,6 @@ def _advance_params(
         "p_finished_at": now if last else None,
         "events": events,
     }
-
-
-# --- PostgreSQL: each change as one statement ----------------------------------------
-#
-# The statements above become clauses of one data-modifying WITH, every clause acting
-# only on the rows the one before it returned, so a stale fence changes nothing at
-# all. In autocommit (db.statement_scope) that is one round trip, where the same
-# changes statement by statement take five or six with BEGIN and COMMIT.
-
-
-def _step_and_job(step_change: Any, job_condition: Any, job_values: dict[str, Any]) -> Any:
-    """CTEs: the step change (returning the job id), then the job update it allows."""
-    changed_step = step_change.returning(_STEP.c.job_id).cte("changed_step")
-    changed_job = (
-        update(_JOB)
-        .where(_JOB.c.id == changed_step.c.job_id, job_condition)
-        .values(**job_values)
-        .returning(_JOB.c.id, _JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
-        .cte("changed_job")
-    )
-    return changed_step, changed_job
-
-
-def _with_events(changed_job: Any, events: int, *also: Any, outer: bool = False) -> Any:
-    """The statement's result: the job's new last_seq, feature and progress (plus the
-    columns `also` names, NULL when `outer` and their clause changed no row), once
-    `events` events are inserted after the job update."""
-    statement = select(
-        changed_job.c.last_seq, changed_job.c.feature_name, changed_job.c.progress, *also
-    )
-    for other in {column.table for column in also}:
-        # One row each, or none.
-        statement = statement.join_from(changed_job, other, true(), isouter=outer)
-    return statement.add_cte(inserted_after(changed_job, events))
-
-
-_CLAIMED_STEP, _CLAIMED_JOB = _step_and_job(
-    _CLAIM_STEP, _JOB.c.status.in_(ACTIVE_JOB), _JOB_STARTED
-)
-_START_STEP_AT_ONCE = _with_events(_CLAIMED_JOB, 1)
-
-# A claim by a delivery that names its service and queue, returning what the run needs.
-_NAMED_STEP = (
-    _CLAIM_STEP.where(
-        _STEP.c.step_name == bindparam("p_service"), _STEP.c.queue == bindparam("p_queue")
-    )
-    .returning(
-        _STEP.c.job_id,
-        _STEP.c.step_name,
-        _STEP.c.queue,
-        _STEP.c.attempt,
-        _STEP.c.fence,
-        _STEP.c.max_attempts,
-    )  # fmt: skip
-    .cte("named_step")
-)
-_NAMED_JOB = (
-    update(_JOB)
-    .where(_JOB.c.id == _NAMED_STEP.c.job_id, _JOB.c.status.in_(ACTIVE_JOB))
-    .values(**_JOB_STARTED)
-    .returning(
-        _JOB.c.id,
-        _JOB.c.last_seq,
-        _JOB.c.feature_name,
-        _JOB.c.progress,
-        _JOB.c.input_data,
-        _JOB.c.context,
-        _JOB.c.recipe,
-    )  # fmt: skip
-    .cte("named_job")
-)
-_START_NAMED_STEP_AT_ONCE = (
-    select(
-        _NAMED_JOB.c.last_seq,
-        _NAMED_JOB.c.feature_name,
-        _NAMED_JOB.c.progress,
-        _NAMED_JOB.c.input_data,
-        _NAMED_JOB.c.context,
-        _NAMED_JOB.c.recipe,
-        _NAMED_STEP.c.step_name,
-        _NAMED_STEP.c.queue,
-        _NAMED_STEP.c.attempt,
-        _NAMED_STEP.c.fence,
-        _NAMED_STEP.c.max_attempts,
-        fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
-    )  # fmt: skip
-    .join_from(_NAMED_JOB, _NAMED_STEP, true())
-    .add_cte(inserted_after(_NAMED_JOB, 1, attempt=select(_NAMED_STEP.c.attempt).scalar_subquery()))
-)
-
-# (onupdate defaults are not applied inside a WITH clause: updated_at is set here.)
-_PARKED_STEP, _PARKED_JOB = _step_and_job(
-    _MARK_WAITING, true(), {"last_seq": _JOB.c.last_seq + 1, "updated_at": NOW}
-)
-_PARK_STEP_AT_ONCE = _with_events(_PARKED_JOB, 1)
-
-_DONE_STEP, _DONE_JOB = _step_and_job(
-    _COMPLETE_STEP, _JOB.c.status == JobStatus.RUNNING, _JOB_ADVANCED
-)
-_FINISH_LAST_STEP_AT_ONCE = _with_events(_DONE_JOB, 2)
-_QUEUED_NEXT = (
-    update(_STEP)
-    .where(_STEP.c.job_id == _DONE_STEP.c.job_id, _STEP.c.step_index == bindparam("p_next_index"))
-    .values(QUEUE_STEP_VALUES)
-    .returning(_STEP.c.queue, _STEP.c.fence)
-    .cte("queued_next")
-)
-_FINISH_STEP_AT_ONCE = _with_events(_DONE_JOB, 1, _QUEUED_NEXT.c.queue, _QUEUED_NEXT.c.fence)
-# The next step started with the result: run in a transaction, which the caller rolls
-# back when the next step had moved (no row from started_next: next_fence is NULL).
-_STARTED_NEXT = (
-    _START_NEXT_STEP.where(_STEP.c.job_id == _DONE_STEP.c.job_id)
-    .returning(_STEP.c.fence.label("next_fence"))
-    .cte("started_next")
-)
-_CONTINUE_AT_ONCE = _with_events(
-    _DONE_JOB, 2, _STARTED_NEXT.c.next_fence, _STARTED_NEXT.c.following_fence, outer=True
-)
 
 
 def _at_once(
@@ -449,7 +226,7 @@ def start_step(session: Session, run: StepRun, fence: int) -> EventSlot | None:
             _record(session, run.job_id, slot, drafts)
         return slot
     params = {"p_job": run.job_id, "index": run.step_index, "p_fence": fence}
-    row = _at_once(session, _START_STEP_AT_ONCE, params, drafts)
+    row = _at_once(session, sql.START_STEP_AT_ONCE, params, drafts)
     return None if row is None else EventSlot(row.last_seq, row.feature_name, row.progress)
 
 
@@ -477,7 +254,7 @@ def start_named_step(
         "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
         "p_queue": queue, "now": now, **inserted_params([started]),
     }  # fmt: skip
-    row = session.connection().execute(_START_NAMED_STEP_AT_ONCE, params).one_or_none()
+    row = session.connection().execute(sql.START_NAMED_STEP_AT_ONCE, params).one_or_none()
     if row is None:
         return None
     run = step_run_of(
@@ -503,7 +280,7 @@ def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
         )  # fmt: skip
         return True
     params = {"p_job": run.job_id, "index": run.step_index, "p_fence": run.fence}
-    return _at_once(session, _PARK_STEP_AT_ONCE, params, [draft]) is not None
+    return _at_once(session, sql.PARK_STEP_AT_ONCE, params, [draft]) is not None
 
 
 @dataclass(frozen=True)
@@ -559,7 +336,7 @@ def finish_step(
         "index": run.step_index, "p_fence": fence, "p_output": output,
         "p_next_index": run.step_index + 1,
     }  # fmt: skip
-    statement = _FINISH_LAST_STEP_AT_ONCE if run.is_last else _FINISH_STEP_AT_ONCE
+    statement = sql.FINISH_LAST_STEP_AT_ONCE if run.is_last else sql.FINISH_STEP_AT_ONCE
     row = _at_once(session, statement, params, drafts)
     if row is None:
         return None
