@@ -33,7 +33,12 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-def get_principal(
+# The dependencies below that neither block nor wait are `async def`: FastAPI runs a
+# plain `def` dependency in its thread pool, and each such hop costs a request more
+# CPU than the work itself (a key lookup, a cached catalog).
+
+
+async def get_principal(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> Principal:
@@ -41,7 +46,12 @@ def get_principal(
     return authenticate(bearer.credentials if bearer else api_key)
 
 
-def require_operator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def get_catalog() -> Catalog:
+    """The live catalog (a file check at most once a second; a reload when it changed)."""
+    return current_catalog()
+
+
+async def require_operator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not principal.is_operator:
         raise Forbidden("this action needs an operator API key", code="operator_required")
     return principal
@@ -84,7 +94,7 @@ def get_ws_principal(websocket: WebSocket) -> Principal:
 # for a transaction that then fails to commit.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-CatalogDep = Annotated[Catalog, Depends(current_catalog)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 OperatorDep = Annotated[Principal, Depends(require_operator)]
 WsPrincipalDep = Annotated[Principal, Depends(get_ws_principal)]
