@@ -122,12 +122,11 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
         assert repo.get_job(session, job_id).status == "COMPLETED"
 
 
-def _published(pubsub: Any) -> list[tuple[int, str]]:
-    """(seq, type) of every event published on the channel so far."""
+def _published(pubsub: Any) -> list[dict[str, Any]]:
+    """Every event published on the channel so far."""
     seen = []
     while (message := pubsub.get_message(timeout=0.5)) is not None:
-        event = json.loads(message["data"])
-        seen.append((event["seq"], event["type"]))
+        seen.append(json.loads(message["data"]))
     return seen
 
 
@@ -170,12 +169,23 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
 
         second = run_of(1)
         assert (second.status, second.fence, second.context) == ("QUEUED", 1, {"one": {"ok": True}})
-        assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is True
+        # A delivery naming its service parks and claims the step without reading it
+        # first (the second step's park and claim take that form here): not under
+        # another service, queue or fence, and not twice.
+        job_step = (job_id, 1, 1)
+
+        def park_named(*named: Any, fence: int = 1) -> int | None:
+            return change(
+                lambda s: changes.park_named_step(s, job_id, 1, fence, *named, {"limit": 1})
+            )
+
+        assert park_named("one", "unconsumed") is None
+        assert park_named("two", "elsewhere") is None
+        assert park_named("two", "unconsumed", fence=0) is None, "a stale fence parked"
+        assert park_named("two", "unconsumed") == 1
+        assert park_named("two", "unconsumed") is None, "parked twice"
         assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is False
         assert change(lambda s: changes.start_step(s, second, 0)) is None, "a stale fence claimed"
-        # A delivery naming its service claims and reads the step at once (the second
-        # step's claim takes that form here): not under another service or queue.
-        job_step = (job_id, 1, 1)
         assert change(lambda s: changes.start_named_step(s, *job_step, "one", "unconsumed")) is None
         assert change(lambda s: changes.start_named_step(s, *job_step, "two", "elsewhere")) is None
         claimed = change(lambda s: changes.start_named_step(s, *job_step, "two", "unconsumed"))
@@ -193,7 +203,10 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
         (5, "STEP_STARTED"), (6, "STEP_COMPLETED"), (7, "JOB_COMPLETED"),
     ]  # fmt: skip
     assert _stored(job_id) == expected
-    assert published == expected[1:]  # subscribed after the job was created
+    # Subscribed after the job was created.
+    assert [(event["seq"], event["type"]) for event in published] == expected[1:]
+    # The events whose attempt the statement read from the step row publish that too.
+    assert [(e["step_name"], e["attempt"]) for e in published[2:4]] == [("two", 1)] * 2
     with session_scope() as session:
         job = repo.get_job(session, job_id)
         steps = repo.get_steps(session, job_id)
@@ -204,7 +217,7 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
         ("COMPLETED", {"ok": True}), ("COMPLETED", {"two": 2})
     ]  # fmt: skip
     assert events[2].data == {"output": {"ok": True}}
-    assert events[3].data == {"limit": 1}
+    assert (events[3].step_name, events[3].attempt, events[3].data) == ("two", 1, {"limit": 1})
     assert (events[4].step_name, events[4].attempt, events[4].data) == ("two", 1, {})
     assert [e.progress for e in events] == [0, 0, 50, 50, 50, 100, 100]
 

@@ -211,6 +211,9 @@ def test_a_delivery_naming_its_service_takes_the_slot_first_and_keeps_every_rule
     holder = LeaseId(str(uuid.uuid4()), 0, 1, "solo")
     assert semaphore.acquire("solo", holder, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
     try:
+        # Full: a stale delivery neither parks its step nor waits in line for a slot.
+        assert run_step(fourth, 0, 7, named=named) is Outcome.STALE
+        assert semaphore.state("solo", LeaseId(str(fourth), 0, 7, "solo")) is LeaseState.NONE
         # Full: the step is parked and queued for the slot, as an unnamed delivery is.
         assert run_step(second, 0, 1, named=named) is Outcome.WAITING
         assert semaphore.state("solo", LeaseId(str(second), 0, 1, "solo")) is LeaseState.WAITING
@@ -248,8 +251,9 @@ def test_a_delivery_naming_its_service_takes_the_slot_first_and_keeps_every_rule
 def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
     """On PostgreSQL the claim of a delivery that names its service also reads the
     step: one statement before the call and one to record the result, where an
-    unnamed delivery needs a read first. A step a released slot is handed to, and that
-    the releasing process runs next, is claimed the same way."""
+    unnamed delivery needs a read first; so does its park when the service is full. A
+    step a released slot is handed to, and that the releasing process runs next, is
+    claimed the same way."""
     from sqlalchemy import event
 
     from app.catalog import current_catalog
@@ -259,9 +263,9 @@ def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
     from tests.lease_support import queued_deliveries
 
     with session_scope() as session:
-        named_job, unnamed_job, holder_job, waiter_job = (
+        named_job, unnamed_job, holder_job, waiter_job, unnamed_waiter_job = (
             create_job(session, current_catalog(), feature_name="solo_job", input_data={}).job.id
-            for _ in range(4)
+            for _ in range(5)
         )
     queued_deliveries("solo")
     solo = NamedSlot("solo", "solo")
@@ -280,13 +284,26 @@ def test_a_named_delivery_reaches_its_call_in_one_statement(backend, semaphore):
         # the holder's call ends, and runs in the holder's process.
         holder = LeaseId(str(holder_job), 0, 1, "solo")
         assert semaphore.acquire("solo", holder, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        before = len(statements)
         assert run_step(waiter_job, 0, 1, named=solo) is Outcome.WAITING
+        named_park = len(statements) - before
         before = len(statements)
         assert run_step(holder_job, 0, 1, named=solo) is Outcome.COMPLETED
         holder_and_handed_over = len(statements) - before
+        # An unnamed delivery reads the step before it parks it.
+        other = LeaseId(str(uuid.uuid4()), 0, 1, "solo")
+        assert semaphore.acquire("solo", other, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        before = len(statements)
+        assert run_step(unnamed_waiter_job, 0, 1) is Outcome.WAITING
+        unnamed_park = len(statements) - before
+        assert semaphore.release("solo", other, TTL_S, limit=1) == [
+            LeaseId(str(unnamed_waiter_job), 0, 1, "solo")
+        ]
+        assert run_step(unnamed_waiter_job, 0, 1, named=solo) is Outcome.COMPLETED
     finally:
         event.remove(get_engine(), "before_cursor_execute", count)
     assert (named, unnamed) == (2, 3), statements
+    assert (named_park, unnamed_park) == (1, 2), statements
     assert holder_and_handed_over == 4, statements[-holder_and_handed_over:]
     assert queued_deliveries("solo") == [], "the hand-off went through the broker"
 

@@ -140,22 +140,27 @@ def _run_delivery(
 
 def _claim_named(
     job_id: uuid.UUID, step_index: int, fence: int, named: NamedSlot
-) -> Claimed | None:
+) -> Claimed | Outcome | None:
     """The claim of a delivery that names its service and queue: take the slot first,
-    then claim and read the step in one statement. None when that does not start the
-    step (the service is full or unknown here, or the delivery is stale, a duplicate
+    then claim and read the step in one statement; or, when the service is full, park
+    the step in one statement and wait in line. None when that neither starts nor
+    parks the step (the service is unknown here, or the delivery is stale, a duplicate
     or names another service): `_claim` then decides, reading the step first."""
     service = current_catalog().services.get(named.service)
     if service is None:
         return None
     semaphore = get_semaphore()
     lease = LeaseId(str(job_id), step_index, fence, named.queue)
-    # Not queued when full: `_claim` parks the step (it must read it first).
-    taken = semaphore.acquire(
-        service.name, lease, service.lease_ttl_s, service.concurrency, wait=False
-    )
+    ttl, limit = service.lease_ttl_s, service.concurrency
+    taken = semaphore.acquire(service.name, lease, ttl, limit, wait=False)
     if taken == LeaseSemaphore.FULL:
-        return None
+        if not _park_named(job_id, step_index, fence, named, limit):
+            return None
+        # In line only once parked, so a stale delivery never waits; and a slot freed
+        # since is taken here rather than left to a release that found no one waiting.
+        taken = semaphore.acquire(service.name, lease, ttl, limit, wait=True)
+        if taken == LeaseSemaphore.FULL:
+            return Outcome.WAITING
     created = taken == LeaseSemaphore.ACQUIRED
     try:
         with statement_scope() as session:
@@ -176,6 +181,25 @@ def _claim_named(
     bound = log.bind(job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue)
     bound.info("step started", service=service.name)
     return Claimed(run, live_service(run.service_spec), lease, bound)
+
+
+def _park_named(
+    job_id: uuid.UUID, step_index: int, fence: int, named: NamedSlot, limit: int
+) -> bool:
+    """Park the step of a named delivery whose service is full; False when the
+    delivery does not match the step (stale, a duplicate, another service)."""
+    data = {"service": named.service, "limit": limit}
+    with statement_scope() as session:
+        attempt = changes.park_named_step(
+            session, job_id, step_index, fence, named.service, named.queue, data
+        )
+    if attempt is None:
+        return False
+    log.info(
+        "waiting for a slot", job_id=str(job_id), step=step_index, attempt=attempt,
+        queue=named.queue, service=named.service, limit=limit,
+    )  # fmt: skip
+    return True
 
 
 def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:

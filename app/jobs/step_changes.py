@@ -241,10 +241,8 @@ def start_named_step(
     On PostgreSQL the claim also reads what the run needs, in one statement: a
     delivery makes one round trip to the database before its call, not two."""
     if not single_statements(session):
-        run = load_step_run(session, job_id, step_index)
-        if run is None or (run.step_name, run.queue) != (service, queue):
-            return None
-        if not run.accepts(fence) or start_step(session, run, fence) is None:
+        run = _named_run(session, job_id, step_index, fence, service, queue)
+        if run is None or start_step(session, run, fence) is None:
             return None
         return dataclasses.replace(run, status=StepStatus.RUNNING, job_status=JobStatus.RUNNING)
     now = utcnow()
@@ -281,6 +279,53 @@ def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
         return True
     params = {"p_job": run.job_id, "index": run.step_index, "p_fence": run.fence}
     return _at_once(session, sql.PARK_STEP_AT_ONCE, params, [draft]) is not None
+
+
+def _named_run(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int, service: str, queue: str
+) -> StepRun | None:
+    """The step a named delivery may act on (read first, as SQLite does), or None."""
+    run = load_step_run(session, job_id, step_index)
+    if run is None or (run.step_name, run.queue) != (service, queue) or not run.accepts(fence):
+        return None
+    return run
+
+
+def park_named_step(
+    session: Session,
+    job_id: uuid.UUID,
+    step_index: int,
+    fence: int,
+    service: str,
+    queue: str,
+    data: dict[str, Any],
+) -> int | None:
+    """Put the step in WAITING_FOR_SLOT for a delivery that names its service and queue
+    and found that service full, and record the event (with `data`); returns the
+    step's attempt. None when the delivery is stale, a duplicate (the step waits
+    already, or moved on) or names another service or queue than the step's.
+
+    On PostgreSQL one statement, which does not read the step first."""
+    if not single_statements(session):
+        run = _named_run(session, job_id, step_index, fence, service, queue)
+        return run.attempt if run is not None and park_step(session, run, data) else None
+    now = utcnow()
+    # The attempt is the row's, read by the statement itself (e0_attempt goes unused).
+    draft = EventDraft(
+        type=EventType.WAITING_FOR_SLOT, step_index=step_index, step_name=service, data=data
+    )
+    params = {
+        "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
+        "p_queue": queue, "now": now, **inserted_params([draft]),
+    }  # fmt: skip
+    row = session.connection().execute(sql.PARK_NAMED_STEP_AT_ONCE, params).one_or_none()
+    if row is None:
+        return None
+    publish_inserted(
+        session, job_id, [EventDraft(**draft, attempt=row.attempt)],
+        last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
+    )  # fmt: skip
+    return int(row.attempt)
 
 
 @dataclass(frozen=True)

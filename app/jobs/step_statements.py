@@ -134,17 +134,20 @@ def _step_and_job(step_change: Any, job_condition: Any, job_values: dict[str, An
     return changed_step, changed_job
 
 
-def _with_events(changed_job: Any, events: int, *also: Any, outer: bool = False) -> Any:
+def _with_events(
+    changed_job: Any, events: int, *also: Any, outer: bool = False, attempt: Any = None
+) -> Any:
     """The statement's result: the job's new last_seq, feature and progress (plus the
     columns `also` names, NULL when `outer` and their clause changed no row), once
-    `events` events are inserted after the job update."""
+    `events` events are inserted after the job update (with `attempt`, when given, as
+    their attempt: see events.log.inserted_after)."""
     statement = select(
         changed_job.c.last_seq, changed_job.c.feature_name, changed_job.c.progress, *also
     )
     for other in {column.table for column in also}:
         # One row each, or none.
         statement = statement.join_from(changed_job, other, true(), isouter=outer)
-    return statement.add_cte(inserted_after(changed_job, events))
+    return statement.add_cte(inserted_after(changed_job, events, attempt=attempt))
 
 
 _CLAIMED_STEP, _CLAIMED_JOB = _step_and_job(CLAIM_STEP, _JOB.c.status.in_(ACTIVE_JOB), _JOB_STARTED)
@@ -204,6 +207,22 @@ _PARKED_STEP, _PARKED_JOB = _step_and_job(
     MARK_WAITING, true(), {"last_seq": _JOB.c.last_seq + 1, "updated_at": NOW}
 )
 PARK_STEP_AT_ONCE = _with_events(_PARKED_JOB, 1)
+
+# A park by a delivery that names its service and queue (the service was full): the
+# step is not read first, and its event takes the attempt from the row.
+_NAMED_PARKED_STEP, _NAMED_PARKED_JOB = _step_and_job(
+    MARK_WAITING.where(
+        _STEP.c.step_name == bindparam("p_service"), _STEP.c.queue == bindparam("p_queue")
+    ).returning(_STEP.c.attempt),
+    true(),
+    {"last_seq": _JOB.c.last_seq + 1, "updated_at": NOW},
+)
+PARK_NAMED_STEP_AT_ONCE = _with_events(
+    _NAMED_PARKED_JOB,
+    1,
+    _NAMED_PARKED_STEP.c.attempt,
+    attempt=select(_NAMED_PARKED_STEP.c.attempt).scalar_subquery(),
+)
 
 _DONE_STEP, _DONE_JOB = _step_and_job(
     COMPLETE_STEP, _JOB.c.status == JobStatus.RUNNING, _JOB_ADVANCED

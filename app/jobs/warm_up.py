@@ -10,6 +10,7 @@ from app.jobs.states import JobStatus, StepStatus
 from app.jobs.step_changes import (
     complete_and_start_next,
     finish_step,
+    park_named_step,
     park_step,
     start_named_step,
     start_step,
@@ -47,6 +48,7 @@ def prepare_statements() -> None:
             start_step(session, run, run.fence)
             start_named_step(session, run.job_id, step_index, run.fence, "warm-up", "warm-up")
             park_step(session, run, {})
+            park_named_step(session, run.job_id, step_index, run.fence, "warm-up", "warm-up", {})
             finish_step(session, run, run.fence, {})
             if not run.is_last:
                 complete_and_start_next(session, run, run.fence, {})
