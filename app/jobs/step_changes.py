@@ -245,24 +245,39 @@ def start_named_step(
         if run is None or start_step(session, run, fence) is None:
             return None
         return dataclasses.replace(run, status=StepStatus.RUNNING, job_status=JobStatus.RUNNING)
-    now = utcnow()
-    # The attempt is the row's, read by the statement itself (e0_attempt goes unused).
     started = EventDraft(type=EventType.STEP_STARTED, step_index=step_index, step_name=service)
-    params = {
-        "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
-        "p_queue": queue, "now": now, **inserted_params([started]),
-    }  # fmt: skip
-    row = session.connection().execute(sql.START_NAMED_STEP_AT_ONCE, params).one_or_none()
+    named = (job_id, step_index, fence, service, queue)
+    row = _named_change(session, sql.START_NAMED_STEP_AT_ONCE, named, started)
     if row is None:
         return None
-    run = step_run_of(
+    return step_run_of(
         row, job_id, step_index, job_status=JobStatus.RUNNING, status=StepStatus.RUNNING
     )
-    publish_inserted(
-        session, job_id, [_about(run, EventType.STEP_STARTED)],
-        last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
-    )  # fmt: skip
-    return run
+
+
+def _named_change(
+    session: Session,
+    statement: Any,
+    named: tuple[uuid.UUID, int, int, str, str],
+    draft: EventDraft,
+) -> Any:
+    """Run the one-statement change of a delivery naming its step's service and queue,
+    `named` = (job_id, step_index, fence, service, queue): its row, or None when the
+    step did not match. The change's one event is `draft`, with the attempt the
+    statement read from the step row; it is published once the session commits."""
+    job_id, step_index, fence, service, queue = named
+    now = utcnow()
+    params = {
+        "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
+        "p_queue": queue, "now": now, **inserted_params([draft]),
+    }  # fmt: skip
+    row = session.connection().execute(statement, params).one_or_none()
+    if row is not None:
+        publish_inserted(
+            session, job_id, [EventDraft(**draft, attempt=row.attempt)],
+            last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
+        )  # fmt: skip
+    return row
 
 
 def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
@@ -309,23 +324,12 @@ def park_named_step(
     if not single_statements(session):
         run = _named_run(session, job_id, step_index, fence, service, queue)
         return run.attempt if run is not None and park_step(session, run, data) else None
-    now = utcnow()
-    # The attempt is the row's, read by the statement itself (e0_attempt goes unused).
-    draft = EventDraft(
+    parked = EventDraft(
         type=EventType.WAITING_FOR_SLOT, step_index=step_index, step_name=service, data=data
     )
-    params = {
-        "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
-        "p_queue": queue, "now": now, **inserted_params([draft]),
-    }  # fmt: skip
-    row = session.connection().execute(sql.PARK_NAMED_STEP_AT_ONCE, params).one_or_none()
-    if row is None:
-        return None
-    publish_inserted(
-        session, job_id, [EventDraft(**draft, attempt=row.attempt)],
-        last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
-    )  # fmt: skip
-    return int(row.attempt)
+    named = (job_id, step_index, fence, service, queue)
+    row = _named_change(session, sql.PARK_NAMED_STEP_AT_ONCE, named, parked)
+    return None if row is None else int(row.attempt)
 
 
 @dataclass(frozen=True)
