@@ -1,0 +1,131 @@
+"""Job creation through the API: N `POST /api/v1/jobs` from C concurrent clients
+against the gateway's API, side by side with a FastAPI endpoint that only sends one
+Celery message (benchmarks/plain_enqueue_app.py), on the same machine and Redis in the
+same run. No worker consumes the queue: this measures what taking a job costs.
+
+Reported per run: requests per second and the server process's CPU per request, and
+the gateway's ratios to the baseline (medians over rounds, each round in another
+order: the machine's speed drifts).
+
+    python -m benchmarks.job_creation [--jobs 1000] [--clients 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from benchmarks.common import python, run_rounds, scratch_environment, wait_until_idle
+from tests.harness import Proc, free_port, port_open, wait_until
+
+CATALOG = """\
+services:
+  idle: {kind: http, url: "http://127.0.0.1:9/idle", queue: nobody, concurrency: 3}
+features:
+  one_call: {steps: [idle]}
+"""
+BODY = {"feature_name": "one_call", "input_data": {"prompt": "a short text"}}
+
+
+@dataclass(frozen=True)
+class Result:
+    per_s: float
+    cpu_ms: float  # the server process's CPU per request
+
+
+def _serve(name: str, argv: list[str], env: dict[str, str], logs: Path, port: int) -> Proc:
+    proc = Proc(name, argv, env, logs)
+    wait_until(lambda: port_open(port), 60, 0.1, name)
+    wait_until_idle(proc.pid)
+    return proc
+
+
+def _post_all(url: str, jobs: int, clients: int) -> None:
+    def one_client(count: int) -> None:
+        with httpx.Client(timeout=30) as client:
+            for _ in range(count):
+                client.post(url, json=BODY).raise_for_status()
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one_client, [jobs // clients] * clients))
+
+
+def _measure(proc: Proc, url: str, args: argparse.Namespace) -> Result:
+    _post_all(url, 20, 1)  # connections, caches and compiled statements warm
+    server = psutil.Process(proc.pid)
+
+    def cpu() -> float:
+        return sum(p.cpu_times().user + p.cpu_times().system
+                   for p in [server, *server.children(recursive=True)])  # fmt: skip
+
+    cpu_before, started = cpu(), time.perf_counter()
+    _post_all(url, args.jobs, args.clients)
+    elapsed, used = time.perf_counter() - started, cpu() - cpu_before
+    requests = args.jobs // args.clients * args.clients
+    return Result(per_s=requests / elapsed, cpu_ms=used / requests * 1000)
+
+
+def run_gateway(args: argparse.Namespace, env: dict[str, str], logs: Path) -> Result:
+    port = free_port()
+    argv = [python(), "-m", "app.cli", "api", "--port", str(port)]
+    proc = _serve("gateway-api", argv, env, logs, port)
+    try:
+        return _measure(proc, f"http://127.0.0.1:{port}/api/v1/jobs", args)
+    finally:
+        proc.stop()
+
+
+def run_plain(args: argparse.Namespace, env: dict[str, str], logs: Path) -> Result:
+    port = free_port()
+    argv = [python(), "-m", "uvicorn", "benchmarks.plain_enqueue_app:app", "--port", str(port),
+            "--log-level", "warning"]  # fmt: skip
+    proc = _serve("plain-api", argv, env, logs, port)
+    try:
+        return _measure(proc, f"http://127.0.0.1:{port}/jobs", args)
+    finally:
+        proc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--redis-db", type=int, default=14)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running both")
+    args = parser.parse_args()
+
+    logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    catalog = logs / "catalog.yaml"
+    catalog.write_text(CATALOG)
+    with scratch_environment(args.redis_db, CAO_CATALOG=str(catalog)) as env:
+        from app.migrate import upgrade_head
+
+        upgrade_head()
+        runs = {
+            "plain": lambda env: run_plain(args, env, logs),
+            "gateway": lambda env: run_gateway(args, env, logs),
+        }
+        rounds = run_rounds(runs, args.rounds, env)
+
+    print(f"\n{args.jobs} POSTs from {args.clients} clients (nothing consumes the queue)")
+    print(f"{'round':<7}{'run':<34}{'requests/s':>12}{'server CPU ms/request':>24}")
+    names = {"plain": "FastAPI endpoint + send_task", "gateway": "CAO gateway POST /api/v1/jobs"}
+    for number, results in enumerate(rounds, 1):
+        for key, r in results.items():
+            print(f"{number:<7}{names[key]:<34}{r.per_s:>12.0f}{r.cpu_ms:>24.2f}")
+    rate = statistics.median(rs["gateway"].per_s / rs["plain"].per_s for rs in rounds)
+    cost = statistics.median(rs["gateway"].cpu_ms / rs["plain"].cpu_ms for rs in rounds)
+    print(f"gateway / plain: {rate:.2f}x the requests per second, {cost:.2f}x the CPU per request")
+    print(f"logs: {logs}")
+
+
+if __name__ == "__main__":
+    main()
