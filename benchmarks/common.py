@@ -3,6 +3,7 @@ the environment every process of the run gets (set before app modules are import
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import statistics
@@ -47,6 +48,22 @@ def scratch_environment(redis_db: int = 12, **extra: str) -> Iterator[dict[str, 
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_folder(catalog: str) -> tuple[Path, Path]:
+    """A fresh folder for a run's logs, holding the run's catalog: (folder, catalog)."""
+    import tempfile
+
+    logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    path = logs / "catalog.yaml"
+    path.write_text(catalog)
+    return logs, path
+
+
+def add_run_options(parser: argparse.ArgumentParser, redis_db: int) -> None:
+    """The options every comparison benchmark takes: its Redis database and rounds."""
+    parser.add_argument("--redis-db", type=int, default=redis_db)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running all")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import python, run_rounds, scratch_environment, wait_until_idle
+from benchmarks.common import (
+    add_run_options,
+    python,
+    run_folder,
+    run_rounds,
+    scratch_environment,
+    wait_until_idle,
+)
 from tests.harness import Proc, free_port, port_open, wait_until
 
 CATALOG = """\
@@ -98,13 +104,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--redis-db", type=int, default=14)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running both")
+    add_run_options(parser, redis_db=14)
     args = parser.parse_args()
 
-    logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
-    catalog = logs / "catalog.yaml"
-    catalog.write_text(CATALOG)
+    logs, catalog = run_folder(CATALOG)
     with scratch_environment(args.redis_db, CAO_CATALOG=str(catalog)) as env:
         from app.migrate import upgrade_head
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import python, run_rounds, scratch_environment
+from benchmarks.common import (
+    add_run_options,
+    python,
+    run_folder,
+    run_rounds,
+    scratch_environment,
+)
 from benchmarks.throughput import _worker
 from tests.harness import Proc, Simulators, free_port, port_open, wait_until
 
@@ -165,13 +170,10 @@ def main() -> None:
     # whose one service allows 16 calls. A larger pool still never exceeds the limit,
     # but its extra processes park steps that then wait for a slot (see README).
     parser.add_argument("--worker-concurrency", type=int, default=8)
-    parser.add_argument("--redis-db", type=int, default=13)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running both")
+    add_run_options(parser, redis_db=13)
     args = parser.parse_args()
 
-    logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
-    catalog = logs / "catalog.yaml"
-    catalog.write_text(CATALOG.format(service=SERVICE, limit=args.limit))
+    logs, catalog = run_folder(CATALOG.format(service=SERVICE, limit=args.limit))
     port = free_port()
     sim_url = f"http://127.0.0.1:{port}"
     with scratch_environment(args.redis_db, CAO_CATALOG=str(catalog), SIM_URL=sim_url) as env:
