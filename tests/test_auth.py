@@ -123,6 +123,9 @@ MATRIX: dict[str, tuple[int | str, ...]] = {
     "resume": (401, 401, 403, 403, 409),  # the job is COMPLETED: past auth, not resumable
     "cancel": (401, 401, 403, 403, 409),
     "bulk": (401, 401, 403, 403, 200),
+    "features": (401, 401, 200, 200, 200),
+    "services": (401, 401, 403, 403, 200),
+    "health_services": (401, 401, 403, 403, 200),
 }
 ERROR_CODES = {401: ("missing_api_key", "invalid_api_key"), 403: ("operator_required",)}
 
@@ -177,6 +180,9 @@ def _call(world: dict[str, Any], endpoint: str, who: str) -> int | str:
         "resume": ("POST", f"/api/v1/jobs/{job}/resume", None),
         "cancel": ("POST", f"/api/v1/jobs/{job}/cancel", None),
         "bulk": ("POST", "/api/v1/jobs/resume", {"dry_run": True, "feature_name": "none"}),
+        "features": ("GET", "/api/v1/features", None),
+        "services": ("GET", "/api/v1/services", None),
+        "health_services": ("GET", "/api/v1/health/services", None),
     }
     method, path, body = requests[endpoint]
     response = httpx.request(method, world["url"] + path, json=body, headers=headers, timeout=15)

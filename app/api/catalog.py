@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from redis.exceptions import RedisError
 
-from app.api.deps import CatalogDep
+from app.api.deps import CatalogDep, get_principal, require_operator
 from app.leases import get_semaphore
 from app.queues import queue_depths
 
@@ -16,7 +16,9 @@ router = APIRouter(tags=["catalog"])
 log = structlog.get_logger(__name__)
 
 
-@router.get("/features")
+# With keys configured: any key lists the features (what a client may submit); only an
+# operator sees the services' limits, load and queues.
+@router.get("/features", dependencies=[Depends(get_principal)])
 def list_features(catalog: CatalogDep) -> dict[str, Any]:
     return {
         "success": True,
@@ -34,7 +36,7 @@ def list_features(catalog: CatalogDep) -> dict[str, Any]:
     }
 
 
-@router.get("/services")
+@router.get("/services", dependencies=[Depends(require_operator)])
 def list_services(catalog: CatalogDep) -> dict[str, Any]:
     semaphore = get_semaphore()
     try:

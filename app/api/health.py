@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from app.api.deps import CatalogDep, SettingsDep
+from app.api.deps import CatalogDep, SettingsDep, require_operator
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +17,9 @@ def health() -> dict[str, bool]:
     return {"ok": True}
 
 
-@router.get("/health/services")
+# Operators only when keys are configured: it names the services' addresses and errors,
+# and each call makes a request to every service.
+@router.get("/health/services", dependencies=[Depends(require_operator)])
 async def health_services(catalog: CatalogDep, settings: SettingsDep) -> dict[str, Any]:
     """Reachability per service: any HTTP answer counts as reachable."""
     results: dict[str, Any] = {}
