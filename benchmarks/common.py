@@ -8,6 +8,7 @@ import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,8 +53,6 @@ def scratch_environment(redis_db: int = 12, **extra: str) -> Iterator[dict[str, 
 
 def run_folder(catalog: str) -> tuple[Path, Path]:
     """A fresh folder for a run's logs, holding the run's catalog: (folder, catalog)."""
-    import tempfile
-
     logs = Path(tempfile.mkdtemp(prefix="cao-bench-"))
     path = logs / "catalog.yaml"
     path.write_text(catalog)

@@ -79,25 +79,27 @@ def _measure(proc: Proc, url: str, args: argparse.Namespace) -> Result:
     return Result(per_s=requests / elapsed, cpu_ms=used / requests * 1000)
 
 
+def _run(name: str, argv: list[str], path: str, args: argparse.Namespace,
+         env: dict[str, str], logs: Path, port: int) -> Result:  # fmt: skip
+    """Serve `argv` on `port`, time the POSTs to `path`, stop it."""
+    proc = _serve(name, argv, env, logs, port)
+    try:
+        return _measure(proc, f"http://127.0.0.1:{port}{path}", args)
+    finally:
+        proc.stop()
+
+
 def run_gateway(args: argparse.Namespace, env: dict[str, str], logs: Path) -> Result:
     port = free_port()
     argv = [python(), "-m", "app.cli", "api", "--port", str(port)]
-    proc = _serve("gateway-api", argv, env, logs, port)
-    try:
-        return _measure(proc, f"http://127.0.0.1:{port}/api/v1/jobs", args)
-    finally:
-        proc.stop()
+    return _run("gateway-api", argv, "/api/v1/jobs", args, env, logs, port)
 
 
 def run_plain(args: argparse.Namespace, env: dict[str, str], logs: Path) -> Result:
     port = free_port()
     argv = [python(), "-m", "uvicorn", "benchmarks.plain_enqueue_app:app", "--port", str(port),
             "--log-level", "warning"]  # fmt: skip
-    proc = _serve("plain-api", argv, env, logs, port)
-    try:
-        return _measure(proc, f"http://127.0.0.1:{port}/jobs", args)
-    finally:
-        proc.stop()
+    return _run("plain-api", argv, "/jobs", args, env, logs, port)
 
 
 def main() -> None:
