@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from app.catalog import current_catalog
 from app.config import get_settings
 from app.db import dispose_db, init_db
 from app.events.hub import start_hub, stop_hub
+from app.events.publisher import drain_publishes
 from app.logs import configure_logging
 from app.redis_client import close_redis
 
@@ -38,6 +40,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     log.info("api ready", features=sorted(catalog.features), catalog=catalog.source)
     yield
     await stop_hub()
+    await asyncio.to_thread(drain_publishes)
     close_redis()
     dispose_db()
 

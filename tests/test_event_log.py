@@ -5,26 +5,31 @@ gap or repeat, and global ids are handed out in commit order, contiguously, so a
 reader that resumes after the last id it saw never skips an event committed later.
 On PostgreSQL writers insert without an id and the sequencer numbers committed
 events; on SQLite the insert numbers them. Each property runs on both where it
-applies. Events are published only once their transaction has committed.
+applies. Events are published only once their transaction has committed, by a
+per-process thread that the commit does not wait on.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
+import redis
 from sqlalchemy import select
 
 from app.catalog import parse_catalog
 from app.db import new_session, session_scope, statement_scope
+from app.events import publisher
 from app.events.log import append_event, events_after_id, events_for_job, latest_event_id
-from app.events.publisher import events_channel
+from app.events.publisher import drain_publishes, events_channel
 from app.events.sequencer import read_job_events, sequence_events
 from app.events.types import EventOut, EventType
 from app.jobs import repository as repo
@@ -46,9 +51,26 @@ features:
 )
 
 
-def new_job() -> uuid.UUID:
+@contextmanager
+def subscribed() -> Iterator[redis.client.PubSub]:
+    """A subscription to the events channel, confirmed before the block runs."""
+    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events_channel())
+    try:
+        pubsub.get_message(timeout=1)  # the subscribe confirmation
+        yield pubsub
+    finally:
+        pubsub.close()
+
+
+def new_job(*, published: bool = True) -> uuid.UUID:
+    """A job, by default with its JOB_CREATED already published (before a test
+    subscribes)."""
     with session_scope() as session:
-        return create_job(session, _CATALOG, feature_name="idle_job", input_data={}).job.id
+        job_id = create_job(session, _CATALOG, feature_name="idle_job", input_data={}).job.id
+    if published:
+        drain_publishes()
+    return job_id
 
 
 def write_while_running(
@@ -246,11 +268,7 @@ def test_reads_never_show_an_event_without_its_id(backend, monkeypatch):
 
 def test_an_event_is_published_only_after_its_transaction_commits(backend):
     job_id = new_job()
-    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events_channel())
-    try:
-        pubsub.get_message(timeout=1)  # the subscribe confirmation
-
+    with subscribed() as pubsub:
         doomed = new_session()
         append_event(doomed, job_id, EventType.JOB_RESUMED)
         doomed.rollback()
@@ -260,8 +278,6 @@ def test_an_event_is_published_only_after_its_transaction_commits(backend):
             assert pubsub.get_message(timeout=0.3) is None, "published before the commit"
         message = pubsub.get_message(timeout=5)
         assert pubsub.get_message(timeout=0.3) is None, "the rolled-back event was published"
-    finally:
-        pubsub.close()
 
     assert message is not None
     published = json.loads(message["data"])
@@ -324,15 +340,10 @@ def test_a_statement_scope_publishes_what_it_committed_even_when_the_block_fails
             assert changes.park_step(session, run, {})
             raise RuntimeError("after the change")
 
-    pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(events_channel())
-    try:
-        pubsub.get_message(timeout=1)  # the subscribe confirmation
+    with subscribed() as pubsub:
         with pytest.raises(RuntimeError):
             park_then_fail()
         message = pubsub.get_message(timeout=2)
-    finally:
-        pubsub.close()
     stored = [event.type for event in read_job_events(job_id)]
     if backend == "postgresql":
         assert stored == ["JOB_CREATED", "WAITING_FOR_SLOT"]
@@ -341,3 +352,49 @@ def test_a_statement_scope_publishes_what_it_committed_even_when_the_block_fails
     else:
         assert stored == ["JOB_CREATED"]
         assert message is None
+
+
+# --- publishing: a wake-up sent by a per-process thread; a commit never waits on it ---
+
+
+@pytest.fixture
+def silent_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """Publishes go to a Redis that takes the connection and never replies (a partition,
+    a stalled server): a bare listening socket plays that server."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30, retry=None)
+    monkeypatch.setattr(publisher, "get_redis", lambda: client)
+    try:
+        yield listener
+    finally:
+        listener.close()
+        client.close()  # the publisher thread's pending call fails and it moves on
+
+
+def test_a_commit_does_not_wait_on_a_redis_that_never_answers(backend, silent_redis):
+    job_id = new_job(published=False)
+    started = time.monotonic()
+    for n in range(5):
+        with session_scope() as session:
+            append_event(session, job_id, EventType.JOB_RESUMED, data={"n": n})
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0, f"5 commits took {elapsed:.2f}s behind a silent Redis"
+    assert [e.seq for e in read_job_events(job_id)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_events_committed_one_after_another_are_published_in_order(backend):
+    job_id = new_job()
+    with subscribed() as pubsub:
+        for n in range(3):
+            with session_scope() as session:
+                append_event(session, job_id, EventType.JOB_RESUMED, data={"n": n})
+        drain_publishes()
+        received = []
+        while (message := pubsub.get_message(timeout=1)) is not None:
+            received.append(json.loads(message["data"]))
+
+    mine = [event for event in received if event["job_id"] == str(job_id)]
+    assert [event["data"] for event in mine] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [event["seq"] for event in mine] == [2, 3, 4]

@@ -111,9 +111,11 @@ def _warm_up() -> None:
 @signals.worker_process_shutdown.connect
 def _on_process_shutdown(**_: Any) -> None:
     from app.db import dispose_db
+    from app.events.publisher import drain_publishes
     from app.redis_client import close_redis
     from app.services.http import close_client
 
     close_client()
+    drain_publishes()
     close_redis()
     dispose_db()

@@ -3,6 +3,11 @@ recovered by subscribers reading the log, so failures here are only logged."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import threading
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -31,7 +36,66 @@ def _channel_for(redis_url: str) -> str:
 
 
 def publish_after_commit(events: Sequence[PublishedEvent]) -> None:
-    """Publish one transaction's events, in one round trip."""
+    """Queue one transaction's events for this process's publisher thread: a step's
+    commit never waits on the wake-up's round trip (nor on Redis being down)."""
+    _publisher.submit(events)
+
+
+def drain_publishes(timeout_s: float = 2.0) -> None:
+    """Wait (bounded) until every queued event has been sent: call before closing the
+    Redis client at shutdown. What is still queued after that is read from the log."""
+    _publisher.drain(timeout_s)
+
+
+class _Publisher:
+    """One daemon thread per process sends the queued events, everything queued
+    since its last send in one pipeline. Order across processes was never promised:
+    subscribers number and order events from the log (app/events/hub.py)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Sequence[PublishedEvent]] | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, events: Sequence[PublishedEvent]) -> None:
+        self._started().put(events)
+
+    def drain(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._queue is not None and self._queue.unfinished_tasks:
+            if time.monotonic() >= deadline:
+                log.warning("events left unpublished at shutdown", batches=self._queue.qsize())
+                return
+            time.sleep(0.005)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's thread did not come along."""
+        self._queue, self._lock = None, threading.Lock()
+
+    def _started(self) -> queue.Queue[Sequence[PublishedEvent]]:
+        with self._lock:
+            if self._queue is None:
+                self._queue = queue.Queue()
+                threading.Thread(
+                    target=self._run, args=(self._queue,), name="cao-publisher", daemon=True
+                ).start()
+            return self._queue
+
+    @staticmethod
+    def _run(pending: queue.Queue[Sequence[PublishedEvent]]) -> None:
+        while True:
+            batches = [pending.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batches.append(pending.get_nowait())
+            try:
+                _send([event for batch in batches for event in batch])
+            finally:
+                for _ in batches:
+                    pending.task_done()
+
+
+def _send(events: Sequence[PublishedEvent]) -> None:
+    """Publish events in one round trip; a failure is only logged."""
     channel = events_channel()
     try:
         if len(events) == 1:
@@ -45,3 +109,7 @@ def publish_after_commit(events: Sequence[PublishedEvent]) -> None:
         log.warning(
             "event publish failed", events=[f"{e.job_id}/{e.seq}" for e in events], error=str(exc)
         )
+
+
+_publisher = _Publisher()
+os.register_at_fork(after_in_child=_publisher.forget)
