@@ -15,7 +15,7 @@ import pytest
 from app.catalog import parse_catalog
 from app.db import session_scope, statement_scope
 from app.events.log import events_for_job
-from app.events.publisher import events_channel
+from app.events.publisher import drain_publishes, events_channel
 from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.dispatch import enqueue_step
@@ -124,6 +124,7 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
 
 def _published(pubsub: Any) -> list[dict[str, Any]]:
     """Every event published on the channel so far."""
+    drain_publishes()
     seen = []
     while (message := pubsub.get_message(timeout=0.5)) is not None:
         seen.append(json.loads(message["data"]))
@@ -141,6 +142,7 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
     duplicate change writes nothing, and the events stored are the events published."""
     with session_scope() as session:
         job_id = create_job(session, _CATALOG, feature_name="pair", input_data={}).job.id
+    drain_publishes()  # its JOB_CREATED goes out before the subscription
     pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(events_channel())
     pubsub.get_message(timeout=1)  # the subscribe confirmation
