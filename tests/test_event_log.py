@@ -38,6 +38,7 @@ from app.jobs.service import create_job
 from app.models import JobEvent
 from app.redis_client import get_redis
 from tests.event_clients import EVENT_FIELDS
+from tests.harness import wait_until
 
 # A queue no worker consumes: nothing but these tests writes to the jobs.
 _CATALOG = parse_catalog(
@@ -398,3 +399,23 @@ def test_events_committed_one_after_another_are_published_in_order(backend):
     mine = [event for event in received if event["job_id"] == str(job_id)]
     assert [event["data"] for event in mine] == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert [event["seq"] for event in mine] == [2, 3, 4]
+
+
+def test_wake_ups_beyond_the_queue_limit_are_dropped_not_waited_for(silent_redis):
+    """While Redis does not answer, a process queues a bounded number of wake-ups and
+    drops the rest at once (the log still has every event)."""
+    from app.events.types import PublishedEvent
+
+    bounded = publisher.Publisher(max_queued=3)
+    event = PublishedEvent(
+        id=None, job_id=str(uuid.uuid4()), seq=1, type="JOB_CREATED", feature_name="f",
+        step_index=None, step_name=None, attempt=None, progress=0, ts="2026-01-01T00:00:00Z",
+        data={},
+    )  # fmt: skip
+    bounded.submit([event])  # taken by the thread, which then waits on the silent server
+    wait_until(lambda: bounded.queued == 0, 5, 0.01, "the thread to take the first")
+    started = time.monotonic()
+    for _ in range(10):
+        bounded.submit([event])
+    assert time.monotonic() - started < 0.5
+    assert bounded.dropped == 7

@@ -3,6 +3,7 @@ recovered by subscribers reading the log, so failures here are only logged."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import queue
@@ -47,17 +48,34 @@ def drain_publishes(timeout_s: float = 2.0) -> None:
     _publisher.drain(timeout_s)
 
 
-class _Publisher:
+# Transactions whose wake-ups may wait for a Redis that does not answer; beyond
+# that they are dropped (subscribers still read them from the log within a second).
+MAX_QUEUED_TRANSACTIONS = 10_000
+
+
+class Publisher:
     """One daemon thread per process sends the queued events, everything queued
     since its last send in one pipeline. Order across processes was never promised:
     subscribers number and order events from the log (app/events/hub.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queued: int = MAX_QUEUED_TRANSACTIONS) -> None:
+        self._max_queued = max_queued
         self._queue: queue.Queue[Sequence[PublishedEvent]] | None = None
         self._lock = threading.Lock()
+        self.dropped = 0
 
     def submit(self, events: Sequence[PublishedEvent]) -> None:
-        self._started().put(events)
+        try:
+            self._started().put_nowait(events)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("event wake-ups dropped: Redis is not answering", dropped=self.dropped)
+
+    @property
+    def queued(self) -> int:
+        """Transactions waiting for the thread (not those it is sending)."""
+        return 0 if self._queue is None else self._queue.qsize()
 
     def drain(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -74,7 +92,7 @@ class _Publisher:
     def _started(self) -> queue.Queue[Sequence[PublishedEvent]]:
         with self._lock:
             if self._queue is None:
-                self._queue = queue.Queue()
+                self._queue = queue.Queue(self._max_queued)
                 threading.Thread(
                     target=self._run, args=(self._queue,), name="cao-publisher", daemon=True
                 ).start()
@@ -111,5 +129,8 @@ def _send(events: Sequence[PublishedEvent]) -> None:
         )
 
 
-_publisher = _Publisher()
+_publisher = Publisher()
 os.register_at_fork(after_in_child=_publisher.forget)
+# A short-lived process (a script, a CLI command) sends what it committed before it
+# exits; pool processes drain at their own shutdown (worker/celery_app.py).
+atexit.register(_publisher.drain, 1.0)
