@@ -68,9 +68,11 @@ class Publisher:
         try:
             self._started().put_nowait(events)
         except queue.Full:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("event wake-ups dropped: Redis is not answering", dropped=self.dropped)
+            with self._lock:  # submitters are many threads (the API's pool)
+                self.dropped += 1
+                dropped = self.dropped
+            if dropped % 1000 == 1:
+                log.warning("event wake-ups dropped: Redis is not answering", dropped=dropped)
 
     @property
     def queued(self) -> int:
@@ -81,7 +83,7 @@ class Publisher:
         deadline = time.monotonic() + timeout_s
         while self._queue is not None and self._queue.unfinished_tasks:
             if time.monotonic() >= deadline:
-                log.warning("events left unpublished at shutdown", batches=self._queue.qsize())
+                log.warning("events left unpublished at shutdown", batches=self.queued)
                 return
             time.sleep(0.005)
 
