@@ -5,7 +5,8 @@ latency (one step's commit to the moment the next step's work runs).
 
 The three run in rounds, in a different order each round, and the ratios are the
 medians over rounds: this machine's speed drifts during a run, and a ratio taken
-across minutes apart would measure the drift.
+across minutes apart would measure the drift. Before the rounds, 200 gateway jobs and
+an ANALYZE give the scratch database planner statistics (`_settle_database`).
 
     python -m benchmarks.throughput [--jobs 1000] [--concurrency 4] [--rounds 3]
 """
