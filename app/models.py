@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.jobs.states import LIVE_STEP
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -93,6 +95,9 @@ class Job(Base):
     )
 
 
+_LIVE_STEP_PREDICATE = text("status IN (" + ", ".join(f"'{status}'" for status in LIVE_STEP) + ")")
+
+
 class JobStep(Base):
     __tablename__ = "job_step"
 
@@ -118,7 +123,20 @@ class JobStep(Base):
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_job_step_status_queued_at", "status", "queued_at"),)
+    __table_args__ = (
+        # Beat's index: only steps waiting to start or running. Partial, so that a
+        # statement that names its step by primary key and checks the status with a
+        # bound value cannot be planned through it: PostgreSQL's generic plans (kept
+        # for statements psycopg prepares) cannot prove the predicate, and on tables
+        # without statistics they would otherwise scan every step in that status.
+        Index(
+            "ix_job_step_live_status_queued_at",
+            "status",
+            "queued_at",
+            postgresql_where=_LIVE_STEP_PREDICATE,
+            sqlite_where=_LIVE_STEP_PREDICATE,
+        ),
+    )
 
 
 class JobEvent(Base):

@@ -148,9 +148,9 @@ def _settle_database(concurrency: int, env: dict[str, str], log_dir) -> None:
     minutes: some jobs, and planner statistics (autovacuum's first ANALYZE comes a
     minute or more after the tables fill; every run here is over in seconds). With no
     statistics, a statement a worker prepares early keeps a plan made for near-empty
-    tables: the step and job updates then find their row through the status index,
-    reading every step in that status, rather than by primary key (about twice the
-    database time per hand-off at a 1000-job backlog)."""
+    tables: a job update may then find its row through the job status index, reading
+    every RUNNING job, rather than by primary key. (Step updates cannot since the step
+    status index is partial: alembic revision 0003.)"""
     import psycopg
 
     run_gateway(200, concurrency, env, log_dir, sequential=0)

@@ -143,3 +143,22 @@ def test_postgresql_up_down_up(scratch_postgres):
 
 def test_postgresql_event_ids_survive_the_sequencer_migration(scratch_postgres):
     _event_ids_survive_0002(scratch_postgres)
+
+
+def test_postgresql_plans_a_step_change_by_primary_key_without_statistics(scratch_postgres):
+    """Workers change a step named by its primary key, checking its status with a bound
+    value, and PostgreSQL keeps a generic plan for such a statement once psycopg has
+    prepared it. On a new database (no statistics yet) that plan must still find the
+    step by primary key: through an index on status it would read every step in that
+    status (a whole backlog of PENDING steps) for each change."""
+    upgrade_head(scratch_postgres)
+    with psycopg.connect(scratch_postgres.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(
+            "PREPARE change_step(uuid, int, int, text, text) AS UPDATE job_step SET status = $5"
+            " WHERE job_id = $1 AND step_index = $2 AND fence = $3 AND status = $4"
+        )
+        explain = "EXPLAIN EXECUTE change_step(gen_random_uuid(), 1, 0, 'PENDING', 'RUNNING')"
+        plan = "\n".join(row[0] for row in conn.execute(explain))
+    assert "using pk_job_step" in plan, plan
+    assert "status_queued_at" not in plan, plan

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.events.types import EventType
@@ -79,13 +79,21 @@ def find_live_step(session: Session, job_id: uuid.UUID, step_index: int) -> Live
     return steps[0] if steps else None
 
 
+def _status_in(statuses: Sequence[StepStatus]) -> ColumnElement[bool]:
+    """`status IN (...)` with the values written into the SQL, for Beat's finders: the
+    index they need is partial (app/models.py), and PostgreSQL matches its predicate
+    only against values it sees, which a generic plan of bound values hides."""
+    values = [str(status) for status in statuses]
+    return JobStep.status.in_(bindparam("p_statuses", values, expanding=True, literal_execute=True))
+
+
 def find_silent_running_steps(
     session: Session, heartbeat_before: datetime, limit: int
 ) -> list[LiveStep]:
     """RUNNING steps whose last heartbeat is older than `heartbeat_before`."""
     return _live_steps(
         session,
-        JobStep.status == StepStatus.RUNNING,
+        _status_in([StepStatus.RUNNING]),
         or_(JobStep.heartbeat_at < heartbeat_before, JobStep.heartbeat_at.is_(None)),
         limit=limit,
     )
@@ -95,7 +103,7 @@ def find_idle_queued_steps(session: Session, queued_before: datetime, limit: int
     """Steps queued, waiting for a slot or between retries since before `queued_before`."""
     return _live_steps(
         session,
-        JobStep.status.in_(CLAIMABLE_STEP),
+        _status_in(CLAIMABLE_STEP),
         or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
         limit=limit,
     )

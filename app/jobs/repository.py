@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from app.jobs.states import (
     ACTIVE_JOB,
     CLAIMABLE_STEP,
+    LIVE_STEP,
     JobStatus,
     StepStatus,
 )
@@ -364,7 +365,6 @@ def list_jobs(
 # taking them in the same order cannot deadlock each other.
 
 # Steps that a cancel stops: queued, waiting for a slot, running or between retries.
-LIVE_STEP = (*CLAIMABLE_STEP, StepStatus.RUNNING)
 
 
 def lock_steps(session: Session, job_id: uuid.UUID) -> Sequence[JobStep]:
