@@ -59,10 +59,16 @@ class BulkResumeResponse(BaseModel):
     job_ids: list[uuid.UUID]
 
 
-def _detail(session: Session, job: Job) -> JobDetail:
-    # The action changed rows with bulk UPDATEs; read them back as they now are.
+def _commit(session: Session, job: Job) -> JobDetail:
+    """Commit an action on `job` (in this thread: see app/api/jobs.py create_job) and
+    answer with the job as the action left it. It is read before the commit: a step the
+    commit enqueues may be claimed by a worker at once, and the answer must not show
+    that instead of what this action did."""
+    # The action changed rows with bulk UPDATEs; read them back from the transaction.
     session.expire_all()
-    return JobDetail.of(job, list(repo.get_steps(session, job.id)))
+    detail = JobDetail.of(job, list(repo.get_steps(session, job.id)))
+    session.commit()
+    return detail
 
 
 @router.post("/resume", response_model=BulkResumeResponse)
@@ -87,13 +93,11 @@ def resume_job(
 ) -> JobDetail:
     """Resume a FAILED job from its failed step, or from an earlier `from_step`."""
     job = operations.resume_job(session, job_id, body.from_step if body else None)
-    session.commit()  # in this thread: see app/api/jobs.py create_job
-    return _detail(session, job)
+    return _commit(session, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail)
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
     """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
     job = operations.cancel_job(session, job_id)
-    session.commit()  # in this thread: see app/api/jobs.py create_job
-    return _detail(session, job)
+    return _commit(session, job)
