@@ -364,8 +364,6 @@ def list_jobs(
 # runner takes a step row before its job row, so a worker and an operator action
 # taking them in the same order cannot deadlock each other.
 
-# Steps that a cancel stops: queued, waiting for a slot, running or between retries.
-
 
 def lock_steps(session: Session, job_id: uuid.UUID) -> Sequence[JobStep]:
     return session.scalars(

@@ -30,7 +30,7 @@ FINISHED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 CLAIMABLE_STEP = (StepStatus.QUEUED, StepStatus.WAITING_FOR_SLOT, StepStatus.RETRYING)
 # Steps that sit in a queue or wait list and belong to a live job.
 WAITING_STEP = CLAIMABLE_STEP
-# Steps Beat looks after: waiting to start, or running.
+# Steps Beat looks after and a cancel stops: waiting to start, or running.
 LIVE_STEP = (*CLAIMABLE_STEP, StepStatus.RUNNING)
 
 
