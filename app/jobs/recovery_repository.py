@@ -22,7 +22,7 @@ from app.jobs.repository import (
     step_where,
     update_fenced_step,
 )
-from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, StepStatus
+from app.jobs.states import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, LIVE_STEP, StepStatus
 from app.models import Job, JobEvent, JobStep, utcnow
 
 # --- recovery: what Beat looks for and the conditional updates it applies -------------
@@ -188,7 +188,7 @@ def fail_stuck_job(
         update(JobStep)
         .where(
             JobStep.job_id == job_id,
-            JobStep.status.in_((*CLAIMABLE_STEP, StepStatus.RUNNING)),
+            JobStep.status.in_(LIVE_STEP),
         )
         .values(
             status=StepStatus.FAILED,
