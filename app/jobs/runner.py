@@ -389,7 +389,7 @@ def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any
             session, run.job_id, run.step_index, run.fence,
             error=error.message, code=error.code, retryable=error.retryable,
         ):  # fmt: skip
-            return Outcome.DISCARDED
+            return _late_failure(bound, error)
         append_event(
             session, run.job_id, EventType.JOB_ERROR,
             step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
@@ -397,6 +397,12 @@ def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any
         )  # fmt: skip
     bound.warning("step failed; job failed", error=error.message, retryable=error.retryable)
     return Outcome.FAILED
+
+
+def _late_failure(bound: Any, error: StepError) -> Outcome:
+    bound.warning("late failure discarded: the step moved on without this attempt",
+                  error=error.message)  # fmt: skip
+    return Outcome.DISCARDED
 
 
 def _schedule_retry(
@@ -407,7 +413,7 @@ def _schedule_retry(
         session, run.job_id, run.step_index, run.fence, error=error.message, code=error.code
     )
     if next_fence is None:
-        return Outcome.DISCARDED
+        return _late_failure(bound, error)
     append_event(
         session, run.job_id, EventType.STEP_RETRYING,
         step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
