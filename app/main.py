@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import structlog
 from fastapi import FastAPI
@@ -18,6 +19,7 @@ from app.config import get_settings
 from app.db import dispose_db, init_db
 from app.events.hub import start_hub, stop_hub
 from app.events.publisher import drain_publishes
+from app.jobs.warm_up import prepare_job_creation, warm_up_in_background
 from app.logs import configure_logging
 from app.redis_client import close_redis
 
@@ -36,6 +38,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
         upgrade_with_retries()
     init_db()
+    warm_up_in_background(partial(prepare_job_creation, catalog))
     start_hub(settings.redis_url)  # the one event subscription of this process
     log.info("api ready", features=sorted(catalog.features), catalog=catalog.source)
     yield

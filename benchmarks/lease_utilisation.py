@@ -83,11 +83,13 @@ def run_gateway(
     from app.catalog import current_catalog
     from app.db import init_db, session_scope
     from app.jobs.service import create_job
+    from app.jobs.warm_up import prepare_job_creation
     from app.models import Job
     from worker.celery_app import celery_app
 
     init_db()
     catalog = current_catalog()
+    prepare_job_creation(catalog)  # the submitter stands in for a running API (app/main.py)
     argv = [python(), "-m", "app.cli", "worker", "-Q", SERVICE,
             "-c", str(args.worker_concurrency), "--loglevel", "WARNING"]  # fmt: skip
     workers = [

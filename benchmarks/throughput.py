@@ -99,9 +99,12 @@ def _handoffs_ms(ids: list[uuid.UUID]) -> list[float]:
 def run_gateway(
     jobs: int, concurrency: int, env: dict[str, str], log_dir, sequential: int
 ) -> dict[str, Any]:
+    from app.catalog import current_catalog
     from app.db import init_db
+    from app.jobs.warm_up import prepare_job_creation
 
     init_db()
+    prepare_job_creation(current_catalog())  # the submitter stands in for a running API
     argv = [python(), "-m", "app.cli", "worker", "-Q", "bench", "-c", str(concurrency),
             "--loglevel", "WARNING"]  # fmt: skip
     from worker.celery_app import celery_app

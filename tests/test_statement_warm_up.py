@@ -1,4 +1,5 @@
-"""A worker compiles its step statements at start-up, not while a step holds a slot."""
+"""A worker compiles its step statements at start-up, not while a step holds a slot; an
+API its job insert, not while its first client waits."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from app.db import get_engine, session_scope, statement_scope
 from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.service import create_job
-from app.jobs.warm_up import prepare_statements
+from app.jobs.warm_up import prepare_job_creation, prepare_statements
 from app.models import Job, JobEvent, JobStep
+from app.queues import queue_depths
 from tests.harness import UNCONSUMED_PAIR as _CATALOG
 
 
@@ -86,3 +88,18 @@ def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compile
     with statement_scope() as session:
         assert changes.start_named_step(session, named, 0, 1, "one", "unconsumed") is not None
     assert compiled == [], "compiled on a step's critical path:\n" + "\n\n".join(compiled)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"], indirect=True)
+def test_the_api_warm_up_compiles_the_job_insert_and_creates_no_job(backend, compiled):
+    rows, messages = _row_counts(), queue_depths(["unconsumed"])
+
+    prepare_job_creation(_CATALOG)
+    assert compiled, "the warm-up compiled nothing"
+    assert _row_counts() == rows, "the warm-up wrote rows"
+    assert queue_depths(["unconsumed"]) == messages, "the warm-up sent a step message"
+
+    compiled.clear()
+    with session_scope() as session:
+        create_job(session, _CATALOG, feature_name="pair", input_data={"n": 1})
+    assert compiled == [], "compiled while creating a job:\n" + "\n\n".join(compiled)

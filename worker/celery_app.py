@@ -8,7 +8,6 @@ Routing is per message: each step is sent to its service's queue.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import structlog
@@ -82,30 +81,18 @@ def _on_worker_init(**_: Any) -> None:
 def _on_process_init(**_: Any) -> None:
     # Engine, Redis and httpx clients are per process: build them after fork.
     from app.db import init_db
+    from app.jobs.warm_up import prepare_statements, warm_up_in_background
     from app.logs import configure_logging
+    from app.redis_client import get_redis
     from app.services.http import get_client
 
     configure_logging("worker")
     # No pre-ping: run_step retries on OperationalError, and the fence makes that safe.
     init_db(pre_ping=False)
-    # Now rather than on a first step's critical path, where a slot is already held.
+    # Now rather than on a first step's critical path, where a slot is already held:
+    # the HTTP client, then (in the background) connections and compiled statements.
     get_client()
-    # In the background: process start-up must not wait on a slow database.
-    threading.Thread(target=_warm_up, name="cao-warm-up", daemon=True).start()
-
-
-def _warm_up() -> None:
-    """Open this process's database and Redis connections and compile the statements
-    a step runs, so that a first delivery does not pay for them while it holds a slot."""
-    from app.jobs.warm_up import prepare_statements
-    from app.redis_client import get_redis
-
-    try:
-        prepare_statements()
-        get_redis().ping()
-    except Exception as exc:
-        # The first delivery connects (and retries) the usual way.
-        log.warning("worker warm-up failed", error=str(exc))
+    warm_up_in_background(prepare_statements, lambda: get_redis().ping())
 
 
 @signals.worker_process_shutdown.connect
