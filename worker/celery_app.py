@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from celery import Celery, signals
 
 from app.catalog import current_catalog
 from app.config import get_settings
 from worker.schedule import beat_schedule
 
-log = structlog.get_logger(__name__)
 settings = get_settings()
 
 celery_app = Celery(

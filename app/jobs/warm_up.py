@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import structlog
+from sqlalchemy.orm import Session
 
 from app.catalog import Catalog
 from app.db import new_session
@@ -42,17 +44,24 @@ def warm_up_in_background(*steps: Callable[[], object]) -> None:
     threading.Thread(target=run, name="cao-warm-up", daemon=True).start()
 
 
+@contextmanager
+def _rolled_back() -> Iterator[Session]:
+    """A session whose every change is rolled back (with its after-commit hooks)."""
+    session = new_session()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
 def prepare_job_creation(catalog: Catalog) -> None:
     """Create a job of the first feature in a transaction rolled back (opening a
     database connection and compiling its insert), and connect to the broker. The first
     job a fresh API process creates then takes milliseconds, not a tenth of a second."""
     if catalog.features:
-        session = new_session()
-        try:
+        with _rolled_back() as session:  # the job goes, and so does its enqueue
             create_job(session, catalog, feature_name=next(iter(catalog.features)), input_data={})
-        finally:
-            session.rollback()  # drops the job and its after-commit enqueue
-            session.close()
     connect_broker()
 
 
@@ -64,8 +73,7 @@ def prepare_statements() -> None:
     On SQLite a change stops at its first statement, which is all this warms there."""
     service = {"name": "warm-up", "queue": "warm-up", "max_attempts": 1}
     recipe = [{"name": "warm-up", "service": service}] * 2
-    session = new_session()
-    try:
+    with _rolled_back() as session:
         load_step_run(session, uuid.UUID(int=0), 0)
         for step_index in range(len(recipe)):
             run = StepRun(
@@ -91,6 +99,3 @@ def prepare_statements() -> None:
             finish_step(session, run, run.fence, {})
             if not run.is_last:
                 complete_and_start_next(session, run, run.fence, {})
-    finally:
-        session.rollback()
-        session.close()
