@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     cao_catalog: Path | None = None
     max_body_bytes: int = Field(1024 * 1024, gt=0)
+    # The largest step output (a service's answer body, a python step's JSON): a step's
+    # output is stored, sent to every later step in `context` and put in an event.
+    max_step_output_bytes: int = Field(1024 * 1024, gt=0)
 
     api_keys: str = ""
     api_keys_file: Path | None = None

@@ -14,9 +14,12 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app.config import get_settings
+from app.json_values import dumps
 
 log = structlog.get_logger(__name__)
 
@@ -48,13 +51,15 @@ def build_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
     transaction, worth it for the API; workers retry a task on a dead connection."""
     url = url or get_settings().database_url
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=dumps
+        )
         _configure_sqlite(engine)
         return engine
     # The API's thread pool runs up to 40 requests at once; leave them headroom.
     return create_engine(
         url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=30, pool_timeout=10,
-        pool_recycle=1800,
+        pool_recycle=1800, json_serializer=dumps,
     )  # fmt: skip
 
 
@@ -90,6 +95,28 @@ def new_session() -> Session:
     if _sessionmaker is None:
         raise RuntimeError("database not initialised: call init_db() in this process first")
     return _sessionmaker()
+
+
+# How long a write that must not be lost (a step result in hand) is retried while the
+# database cannot be reached: a restart, a failover, a dropped connection.
+UNREACHABLE_RETRY_S = 30.0
+
+
+def while_database_unreachable(on_retry: Callable[[BaseException, float], None]) -> Retrying:
+    """A tenacity policy: call again on OperationalError, waiting 0.1 s doubling to 2 s,
+    for up to UNREACHABLE_RETRY_S, then raise the last error. `on_retry(error, wait_s)`
+    is told before each wait. Only for writes that are safe to repeat (fenced)."""
+
+    def before_sleep(state: Any) -> None:
+        on_retry(state.outcome.exception(), state.upcoming_sleep)
+
+    return Retrying(
+        retry=retry_if_exception_type(OperationalError),
+        stop=stop_after_delay(UNREACHABLE_RETRY_S),
+        wait=wait_exponential(multiplier=0.1, max=2.0),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 @contextmanager

@@ -32,3 +32,8 @@ def configure_logging(process: str = "cao") -> None:
     )
     structlog.contextvars.bind_contextvars(process=process)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, force=False)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, for a one-line log entry (drivers add hints and links)."""
+    return str(error).split("\n", 1)[0]

@@ -35,6 +35,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# What the columns can hold, for inputs that reach a query (API parameters, bodies):
+# larger numbers cannot even be bound, and PostgreSQL text has no NUL character.
+INTEGER_MAX = 2**31 - 1
+BIGINT_MAX = 2**63 - 1
+TEXT_WITHOUT_NUL = r"^[^\x00]*$"
+
 # SQLite only auto-increments a plain INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 

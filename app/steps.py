@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -12,3 +13,10 @@ def noop(input_data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 def word_count(input_data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     text = " ".join(str(v) for v in input_data.values() if isinstance(v, str))
     return {"words": len(text.split())}
+
+
+def pause(input_data: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """Wait `input_data["seconds"]` (a stand-in for slow work; see timeout_s)."""
+    seconds = float(input_data.get("seconds", 0))
+    time.sleep(seconds)
+    return {"paused_s": seconds}

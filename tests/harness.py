@@ -179,6 +179,17 @@ class Workers:
             self.stop(key)
 
 
+def step_call(**input_data: Any) -> Any:
+    """A StepCall for attempt 1 of step 0 of some job, with `input_data`: for calling a
+    service in-process (app.services.call_service)."""
+    from app.services import StepCall
+
+    return StepCall(
+        job_id="job", feature_name="f", step_index=0, step_name="s", attempt=1,
+        input_data=input_data, context={},
+    )  # fmt: skip
+
+
 def wait_for_job(
     api: httpx.Client,
     job_id: str,
@@ -190,6 +201,31 @@ def wait_for_job(
         return body if body.get("status") in statuses else None
 
     return wait_until(done, timeout, 0.05, f"job {job_id} to reach {statuses}")
+
+
+def assert_failed(
+    job: dict[str, Any], *, retryable: bool, code: str, says: tuple[str, ...] = ()
+) -> None:
+    """The job FAILED with this `retryable`, `error_code`, and an error naming `says`."""
+    assert job["status"] == "FAILED", job
+    assert job["retryable"] is retryable, job
+    assert job["error_code"] == code, job
+    for phrase in says:
+        assert phrase in job["error"], job["error"]
+
+
+@contextlib.contextmanager
+def serving_api(name: str, env: dict[str, str], log_dir: Path) -> Iterator[httpx.Client]:
+    """A `cao api` process with an environment of its own, and a client for it."""
+    port = free_port()
+    proc = Proc(name, [*CAO, "api", "--port", str(port)], env, log_dir)
+    try:
+        wait_until(lambda: port_open(port) or not proc.alive(), 30, message=f"{name} to listen")
+        assert proc.alive(), proc.log_text()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        proc.stop()
 
 
 @contextlib.contextmanager

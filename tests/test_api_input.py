@@ -47,6 +47,16 @@ BAD_CREATES = [
         "validation_error",
     ),
     ("unknown field", b'{"feature_name": "business_plan", "priority": 1}', 422, "validation_error"),
+    # Python's JSON reader takes these; the job's JSON columns cannot hold them.
+    *(
+        (
+            f"{number.decode()} in input_data",
+            b'{"feature_name": "business_plan", "input_data": {"a": [1, {"b": ' + number + b"}]}}",
+            422,
+            "validation_error",
+        )
+        for number in (b"NaN", b"Infinity", b"-Infinity", b"1e999")
+    ),  # fmt: skip
     (
         "oversized body",
         json.dumps(
@@ -95,6 +105,8 @@ def test_oversized_body_streamed_without_length_is_rejected(client):
         ("/api/v1/jobs?status=DONE", 422, "validation_error"),
         ("/api/v1/jobs?limit=0", 422, "validation_error"),
         ("/api/v1/jobs?cursor=%%%", 400, "invalid_cursor"),
+        # PostgreSQL text cannot hold NUL: refused as input, not failed in the query.
+        ("/api/v1/jobs?feature_name=a%00b", 422, "validation_error"),
     ],
 )
 def test_bad_reads_use_the_envelope(client, path, status, code):
@@ -102,6 +114,21 @@ def test_bad_reads_use_the_envelope(client, path, status, code):
     assert response.status_code == status, response.text
     assert response.json()["success"] is False
     assert response.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/jobs/resume", {"failed_step": 2**31}),  # past an Integer column
+        ("/api/v1/jobs/resume", {"feature_name": "a\x00b"}),
+        ("/api/v1/jobs/resume", {"error": "\x00"}),
+        (f"/api/v1/jobs/{uuid.uuid4()}/resume", {"from_step": 2**31}),
+    ],
+)
+def test_bad_operator_bodies_are_refused_as_input(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
 
 
 def test_wrong_method_uses_the_envelope(client):

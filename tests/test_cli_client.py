@@ -95,3 +95,20 @@ def test_api_key_comes_from_the_option_or_the_environment(env, log_dir, migrated
     unreachable = cao("jobs", "--url", url)
     assert unreachable.returncode == 2
     assert "cannot reach the gateway" in unreachable.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ('{"prompt": ', "not valid JSON"),
+        ('{"score": NaN}', "NaN is not a JSON number"),
+        ('["a list"]', "must be a JSON object"),
+        ("@/no/such/input.json", "cannot read /no/such/input.json"),
+    ],
+)
+def test_submit_refuses_bad_input_before_sending_anything(given, says):
+    # Port 9 (discard): were anything sent, the error would be a connection failure.
+    refused = cao("submit", "business_plan", "--input", given, "--url", "http://127.0.0.1:9")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert says in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr

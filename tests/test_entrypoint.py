@@ -7,11 +7,8 @@ API serving after its start-up migration, a worker consuming the queues it was g
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,56 +25,11 @@ from app.db import build_engine
 from app.migrate import alembic_config
 from app.models import Base
 from tests.harness import Proc, free_port, port_open, wait_until
+from tests.tcp_proxy import TcpProxy
 
 ENTRYPOINT = Path(__file__).resolve().parent.parent / "docker-entrypoint.sh"
 CAO_BIN = Path(sys.executable).with_name("cao")
 RETRY_WARNING = "database not reachable yet"
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
-    with contextlib.suppress(OSError):
-        sink.shutdown(socket.SHUT_WR)
-
-
-class LateProxy:
-    """A TCP forwarder that only starts listening after `delay_s`: a database
-    server that is still booting when the container starts."""
-
-    def __init__(self, upstream: tuple[str, int], delay_s: float) -> None:
-        self.port = free_port()
-        self._upstream = upstream
-        self._delay_s = delay_s
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        if self._stop.wait(self._delay_s):
-            return
-        listener = socket.create_server(("127.0.0.1", self.port))
-        listener.settimeout(0.1)  # so that close() is noticed without a wake-up trick
-        self._sockets.append(listener)
-        while not self._stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            upstream = socket.create_connection(self._upstream)
-            self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
-
-    def close(self) -> None:
-        self._stop.set()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 class FreshDatabase:
@@ -139,7 +91,9 @@ def run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProce
 @pytest.mark.timeout(40)
 def test_migrate_waits_for_a_database_that_comes_up_late(fresh_database, entrypoint_env):
     pg = fresh_database.url
-    proxy = LateProxy(upstream=(pg.host or "127.0.0.1", pg.port or 5432), delay_s=3)
+    # A database server still booting when the container starts.
+    proxy = TcpProxy((pg.host or "127.0.0.1", pg.port or 5432), listening=False)
+    proxy.restore_after(3)
     try:
         result = run_entrypoint(
             {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -117,6 +118,28 @@ def test_unknown_job_closes_with_4004(api_server):
         recorder = run(SocketRecorder(ws_url(api_server, f"/ws/{job_id}")).run())
         assert recorder.messages == []
         assert recorder.close_code == 4004, recorder.close_code
+
+
+def test_positions_outside_the_logs_range_are_refused_at_the_handshake(stack, api_server):
+    """`after` is a seq (32 bits) on a job's socket and an id (64 bits) on `/ws`: a
+    position past that, or negative, is refused like any other bad parameter, before
+    the socket opens; the largest one is served."""
+    import websockets
+
+    job_id = submit(stack["api"], "python_job")
+
+    async def handshake(path: str) -> int | str:
+        try:
+            async with websockets.connect(ws_url(api_server, path), open_timeout=10) as socket:
+                return json.loads(await asyncio.wait_for(socket.recv(), 10))["type"]
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+
+    for path in (f"/ws/{job_id}?after=2147483648", f"/ws/{job_id}?after=-1",
+                 "/ws?after=9223372036854775808"):  # fmt: skip
+        assert run(handshake(path)) == 403, path
+    for path in (f"/ws/{job_id}?after=2147483647", "/ws?after=9223372036854775807"):
+        assert run(handshake(path)) == "WS_CONNECTED", path
 
 
 def test_700_sockets_each_get_every_event_in_order_while_50_jobs_run(stack, api_server, db):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import CAO, Proc, Simulators, free_port, port_open, wait_for_job, wait_until
+from tests.harness import CAO, Proc, Simulators, serving_api, wait_for_job
 from tests.lease_support import RedisServer, beat_running
 
 pytestmark = pytest.mark.slow
@@ -36,15 +36,8 @@ def outage_env(env: dict[str, str], redis_server: RedisServer) -> dict[str, str]
 
 @pytest.fixture
 def outage_api(outage_env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[httpx.Client]:
-    port = free_port()
-    proc = Proc("api-outage", [*CAO, "api", "--port", str(port)], outage_env, log_dir)
-    try:
-        wait_until(lambda: port_open(port) or not proc.alive(), 30, message="api to listen")
-        assert proc.alive(), proc.log_text()
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        proc.stop()
+    with serving_api("api-outage", outage_env, log_dir) as client:
+        yield client
 
 
 def create(api: httpx.Client) -> tuple[str, float]:

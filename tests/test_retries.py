@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import wait_for_job
+from tests.harness import assert_failed, wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,7 @@ def test_400_fails_at_once_and_is_not_retryable(stack):
     sim.behave("flaky", script=[{"status": 400, "body": {"error": "prompt too short"}}])
     job_id = _create(api, "flaky_then_mail")
     job = wait_for_job(api, job_id)
-    assert job["status"] == "FAILED"
-    assert job["retryable"] is False
-    assert "prompt too short" in job["error"]
-    assert job["error_code"] == "http_400"
+    assert_failed(job, retryable=False, code="http_400", says=("prompt too short",))
     assert len(sim.requests("flaky", job_id)) == 1
     assert sim.requests("email_notifier", job_id) == []
 
@@ -56,9 +53,21 @@ def test_non_json_body_is_permanent(stack):
     api, sim = stack["api"], stack["sim"]
     sim.behave("flaky", script=[{"status": 200, "body": "<html>oops</html>"}])
     job = wait_for_job(api, _create(api, "flaky_then_mail"))
-    assert job["status"] == "FAILED"
-    assert job["retryable"] is False
-    assert job["error_code"] == "invalid_response"
+    assert_failed(job, retryable=False, code="invalid_response", says=("not valid JSON",))
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "1e999"])
+def test_an_answer_json_cannot_store_is_permanent(stack, number):
+    """Python's JSON reader accepts NaN and infinities; the job's JSON columns do not.
+    Such an answer fails the step at once, with the reason, rather than failing the
+    commit of its result and leaving the step to the stuck-job sweep."""
+    api, sim = stack["api"], stack["sim"]
+    sim.behave("flaky", script=[{"status": 200, "body": f'{{"score": {number}}}'}])
+    job_id = _create(api, "flaky_then_mail")
+    job = wait_for_job(api, job_id, timeout=15)
+    assert_failed(job, retryable=False, code="invalid_response", says=("not valid JSON", number))
+    assert len(sim.requests("flaky", job_id)) == 1
+    assert sim.requests("email_notifier", job_id) == []
 
 
 def test_hanging_service_times_out_every_attempt_and_fails_retryable(stack):
@@ -66,10 +75,7 @@ def test_hanging_service_times_out_every_attempt_and_fails_retryable(stack):
     sim.behave("sleepy", hang=True)
     job_id = _create(api, "sleepy_job")
     job = wait_for_job(api, job_id, timeout=30)
-    assert job["status"] == "FAILED"
-    assert job["retryable"] is True
-    assert job["error_code"] == "timeout"
-    assert "timed out" in job["error"]
+    assert_failed(job, retryable=True, code="timeout", says=("timed out",))
     assert job["steps"][0]["attempt"] == 2  # max_attempts of `sleepy`
     assert len(sim.requests("sleepy", job_id)) == 2
 

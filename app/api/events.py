@@ -23,7 +23,7 @@ from app.errors import GatewayError
 from app.events.hub import HubUnavailable, SubscriptionStopped, get_hub
 from app.events.sequencer import read_job_events
 from app.events.stream import JobEvents, OrderedStream
-from app.events.types import EventOut
+from app.events.types import MAX_SEQ, EventOut
 from app.events.wire import JobHead, read_job_head
 
 router = APIRouter(prefix="/jobs", tags=["events"])
@@ -50,7 +50,9 @@ async def job_events(
     job_id: uuid.UUID,
     request: Request,
     principal: PrincipalDep,
-    after: Annotated[int, Query(ge=0, description="Events with seq greater than this.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Events with seq greater than this.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size (JSON only).")] = 100,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> EventPage | StreamingResponse:
@@ -72,14 +74,16 @@ def _page(job_id: uuid.UUID, after: int, limit: int) -> EventPage:
 
 def _resume_position(after: int, last_event_id: str | None) -> int:
     """A reconnecting EventSource sends back the last `id:` it saw; it wins over `after`."""
-    if last_event_id is None or not last_event_id.strip():
+    text = (last_event_id or "").strip()
+    if not text:
         return after
-    if not last_event_id.strip().isdigit():
+    # ASCII digits only: str.isdigit also accepts the likes of "²", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
         raise GatewayError(
-            "Last-Event-ID must be an event seq (a non-negative integer)",
+            f"Last-Event-ID must be an event seq (an integer from 0 to {MAX_SEQ})",
             code="invalid_last_event_id",
         )
-    return int(last_event_id)
+    return int(text)
 
 
 async def _event_stream(job: JobHead, after: int) -> AsyncIterator[str]:

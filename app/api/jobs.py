@@ -13,6 +13,7 @@ from app.jobs import repository as repo
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage, JobSummary
 from app.jobs.states import JobStatus
+from app.models import TEXT_WITHOUT_NUL
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -64,7 +65,7 @@ def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
-    feature_name: Annotated[str | None, Query(max_length=100)] = None,
+    feature_name: Annotated[str | None, Query(max_length=100, pattern=TEXT_WITHOUT_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JobPage:

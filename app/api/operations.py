@@ -17,7 +17,7 @@ from app.jobs import operations
 from app.jobs import repository as repo
 from app.jobs.repository import FailedJobFilter
 from app.jobs.schemas import JobDetail
-from app.models import Job
+from app.models import INTEGER_MAX, TEXT_WITHOUT_NUL, Job
 
 # Every action here is an operator's: a client key gets 403, no key 401.
 router = APIRouter(prefix="/jobs", tags=["operations"], dependencies=[Depends(require_operator)])
@@ -29,16 +29,21 @@ class ResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     from_step: int | None = Field(
-        None, ge=0, description="Restart here (≤ the failed step); steps before it are kept."
-    )
+        None, ge=0, le=INTEGER_MAX,
+        description="Restart here (≤ the failed step); steps before it are kept.",
+    )  # fmt: skip
 
 
 class BulkResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    feature_name: str | None = Field(None, max_length=100)
-    failed_step: int | None = Field(None, ge=0, description="The step index the job failed at.")
-    error: str | None = Field(None, max_length=64, description="The job's error code.")
+    feature_name: str | None = Field(None, max_length=100, pattern=TEXT_WITHOUT_NUL)
+    failed_step: int | None = Field(
+        None, ge=0, le=INTEGER_MAX, description="The step index the job failed at."
+    )
+    error: str | None = Field(
+        None, max_length=64, pattern=TEXT_WITHOUT_NUL, description="The job's error code."
+    )
     created_after: datetime | None = None
     dry_run: bool = False
     limit: int = Field(1000, ge=1, le=MAX_BULK_RESUME)

@@ -22,6 +22,7 @@ from app.api.deps import WsPrincipalDep
 from app.errors import JobNotFound
 from app.events.hub import HubUnavailable, StopReason, Subscription, get_hub
 from app.events.stream import AllEvents, EventSource, JobEvents, OrderedStream
+from app.events.types import MAX_EVENT_ID, MAX_SEQ
 from app.events.wire import read_job_head
 from app.models import utcnow
 
@@ -38,12 +39,13 @@ WS_TOO_SLOW = 4008
 # it once it reads again); give up after this.
 CLOSE_TIMEOUT_S = 30.0
 
-AfterQuery = Annotated[int, Query(ge=0, description="Resume after this position.")]
+SeqAfter = Annotated[int, Query(ge=0, le=MAX_SEQ, description="Resume after this seq.")]
+IdAfter = Annotated[int, Query(ge=0, le=MAX_EVENT_ID, description="Resume after this id.")]
 
 
 @router.websocket("/ws/{job_id}")
 async def job_socket(
-    websocket: WebSocket, job_id: str, principal: WsPrincipalDep, after: AfterQuery = 0
+    websocket: WebSocket, job_id: str, principal: WsPrincipalDep, after: SeqAfter = 0
 ) -> None:
     await websocket.accept()
     try:
@@ -58,7 +60,7 @@ async def job_socket(
 
 @router.websocket("/ws")
 async def all_jobs_socket(
-    websocket: WebSocket, principal: WsPrincipalDep, after: AfterQuery = 0
+    websocket: WebSocket, principal: WsPrincipalDep, after: IdAfter = 0
 ) -> None:
     await websocket.accept()
     await _connected(websocket, after, job_id=None, status=None)

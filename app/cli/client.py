@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from app.json_values import STRICT_LOADS
+
 if TYPE_CHECKING:
     import httpx
     from rich.console import Console
@@ -86,10 +88,13 @@ def _console() -> Console:
 
 def _parse_input(raw: str) -> dict[str, Any]:
     """JSON text, or @path to a file holding it."""
-    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {raw[1:]}: {exc}", param_hint="--input") from exc
+    try:
+        value = json.loads(text, **STRICT_LOADS)  # NaN would fail later, in the request
+    except ValueError as exc:
         raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from exc
     if not isinstance(value, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--input")

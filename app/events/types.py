@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.models import BIGINT_MAX, INTEGER_MAX
+
 
 class EventType(StrEnum):
     JOB_CREATED = "JOB_CREATED"
@@ -20,6 +22,11 @@ class EventType(StrEnum):
     JOB_CANCELLED = "JOB_CANCELLED"
     JOB_RESUMED = "JOB_RESUMED"
 
+
+# The largest positions a client can resume after: a job's `seq` is an Integer column,
+# the global `id` a BigInteger one. Larger ones are refused as input.
+MAX_SEQ = INTEGER_MAX
+MAX_EVENT_ID = BIGINT_MAX
 
 TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_ERROR, EventType.JOB_CANCELLED})
 

@@ -16,15 +16,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-import structlog
+from sqlalchemy.exc import OperationalError
 
 from app.catalog import Service
 from app.db import session_scope
 from app.jobs import repository as repo
 from app.leases import LeaseId, LeaseSemaphore
-
-log = structlog.get_logger(__name__)
+from app.logs import first_line
 
 MIN_INTERVAL_S = 0.2
 IDLE_WAKE_S = 5.0
@@ -36,6 +36,7 @@ class _Beat:
     service: Service
     lease: LeaseId
     interval: float
+    log: Any  # the step's logger: its lines carry job_id, step, attempt and queue
     due: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,10 +55,11 @@ class Heartbeats:
 
     @contextmanager
     def beating(
-        self, semaphore: LeaseSemaphore, service: Service, lease: LeaseId
+        self, semaphore: LeaseSemaphore, service: Service, lease: LeaseId, step_log: Any
     ) -> Iterator[None]:
         """Keep `lease` and its step's heartbeat alive for the duration of the block."""
-        beat = _Beat(semaphore, service, lease, max(MIN_INTERVAL_S, service.lease_ttl_s / 3))
+        interval = max(MIN_INTERVAL_S, service.lease_ttl_s / 3)
+        beat = _Beat(semaphore, service, lease, interval, step_log)
         with self._lock:
             self._ensure_thread()
             self._beats.add(beat)
@@ -97,19 +99,24 @@ class Heartbeats:
             if finished:
                 return  # the step ended meanwhile and released its lease itself
             if not renewed:
-                log.warning("lease lost while the step runs; its result will be fenced",
-                            lease=str(lease))  # fmt: skip
+                beat.log.warning("lease lost while the step runs; its result will be fenced",
+                                 lease=str(lease))  # fmt: skip
             with session_scope() as session:
                 repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
+        except OperationalError as exc:
+            # Expected while the database is away; the next beat tries again.
+            beat.log.warning("heartbeat not recorded: database unreachable",
+                             error=first_line(exc))  # fmt: skip
         except Exception:
-            log.exception("heartbeat failed", lease=str(lease))
+            beat.log.exception("heartbeat failed", lease=str(lease))
 
 
 _heartbeats = Heartbeats()
 
 
 def beating(
-    semaphore: LeaseSemaphore, service: Service, lease: LeaseId
+    semaphore: LeaseSemaphore, service: Service, lease: LeaseId, step_log: Any
 ) -> AbstractContextManager[None]:
-    """Keep `lease` and its step's heartbeat alive while the block runs."""
-    return _heartbeats.beating(semaphore, service, lease)
+    """Keep `lease` and its step's heartbeat alive while the block runs; `step_log` is
+    the step's bound logger."""
+    return _heartbeats.beating(semaphore, service, lease, step_log)

@@ -11,16 +11,18 @@ call frees is handed to the oldest waiting step, which this same process then ru
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import partial
+from functools import partial, wraps
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.catalog import Service, current_catalog
-from app.db import on_commit, session_scope, statement_scope
+from app.db import on_commit, session_scope, statement_scope, while_database_unreachable
 from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
@@ -32,6 +34,7 @@ from app.jobs.heartbeat import beating
 from app.jobs.repository import StepRun
 from app.jobs.states import StepStatus
 from app.leases import LeaseId, LeaseSemaphore, Slot, get_semaphore
+from app.logs import first_line
 from app.services import StepCall, StepError, call_service
 
 log = structlog.get_logger(__name__)
@@ -255,7 +258,7 @@ def _execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Record
     released = False
     try:
         result: dict[str, Any] | StepError
-        with beating(semaphore, service, lease):
+        with beating(semaphore, service, lease, bound):
             try:
                 result = call_service(service, call)
             except StepError as error:
@@ -313,8 +316,12 @@ def _continue(
     try:
         with session_scope() as session:
             continued = changes.complete_and_start_next(session, run, run.fence, output)
-    except changes.NextStepMoved:
+    except (changes.NextStepMoved, OperationalError) as moved:
+        # The database gone: record the usual way, which waits for it without holding
+        # the next step's slot.
         _release(semaphore, run.next_spec(), next_lease)
+        if isinstance(moved, OperationalError):
+            bound.warning("database unreachable; recording the result without the next step")
         return None
     except BaseException:
         _release(semaphore, run.next_spec(), next_lease)
@@ -363,6 +370,30 @@ def _drop_stale(
     return Outcome.STALE
 
 
+def _kept_until_recorded(record: Callable[..., Outcome]) -> Callable[..., Outcome]:
+    """`record(run, ..., bound)`, retried while the database cannot be reached: the
+    result is in hand, and giving up leaves the step to Beat, which calls the service
+    again. The writes are fenced, so a retry after a commit that landed changes
+    nothing."""
+
+    @wraps(record)
+    def recording(*args: Any) -> Outcome:
+        bound = args[-1]
+
+        def retrying(error: BaseException, wait_s: float) -> None:
+            bound.warning("database unreachable; recording the result again",
+                          in_s=round(wait_s, 2), error=first_line(error))  # fmt: skip
+
+        try:
+            return record(*args)  # as a rule: without the retry machinery's 30-40 µs
+        except OperationalError as error:
+            retrying(error, 0.0)  # at once: a dropped pooled connection reconnects
+        return while_database_unreachable(retrying)(record, *args)
+
+    return recording
+
+
+@_kept_until_recorded
 def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome:
     with statement_scope() as session:
         finished = changes.finish_step(session, run, run.fence, output)
@@ -381,6 +412,7 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
     return Outcome.COMPLETED
 
 
+@_kept_until_recorded
 def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any) -> Outcome:
     with session_scope() as session:
         if error.retryable and run.attempt < run.max_attempts:

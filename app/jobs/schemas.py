@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
+from app.json_values import check_storable
 from app.models import Job, JobStep
 
 
@@ -16,6 +17,12 @@ class JobCreate(BaseModel):
 
     feature_name: StrictStr = Field(min_length=1, max_length=100)
     input_data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input_data")
+    @classmethod
+    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_storable(value)  # NaN or an infinity: a 422 now, not a failed insert
+        return value
 
 
 class JobCreated(BaseModel):

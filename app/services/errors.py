@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.catalog import Service
+
 
 class StepError(Exception):
     def __init__(
@@ -33,3 +38,13 @@ class RetryableStepError(StepError):
         super().__init__(
             message, code="step_retryable", retryable=True, retry_after_s=retry_after_s
         )
+
+
+def output_too_large(service: Service, what: str, limit: int) -> StepError:
+    """A step output over MAX_STEP_OUTPUT_BYTES: permanent, since the same call gives the
+    same output (raise the limit, then resume the job)."""
+    return StepError(
+        f"{service.name} returned {what}, over MAX_STEP_OUTPUT_BYTES={limit}",
+        code="output_too_large",
+        retryable=False,
+    )

@@ -12,7 +12,8 @@ import httpx
 
 from app.catalog import Service
 from app.config import get_settings
-from app.services.errors import StepError
+from app.json_values import STRICT_LOADS
+from app.services.errors import StepError, output_too_large
 
 if TYPE_CHECKING:
     from app.services import StepCall
@@ -93,14 +94,41 @@ def classify_response(response: httpx.Response) -> dict[str, Any]:
             f"HTTP {status}: {_snippet(response)}", code=f"http_{status}", retryable=False
         )
     try:
-        body = response.json()
+        body = response.json(**STRICT_LOADS)
     except ValueError as exc:
         raise StepError(
-            f"service answered {status} with a non-JSON body: {_snippet(response)[:200]}",
+            f"service answered {status} with a body that is not valid JSON ({exc}): "
+            f"{_snippet(response)[:200]}",
             code="invalid_response",
             retryable=False,
         ) from exc
     return body if isinstance(body, dict) else {"result": body}
+
+
+def _read_within(streamed: httpx.Response, service: Service, limit: int) -> httpx.Response:
+    """The answer, its body read up to `limit` bytes: a runaway answer never fills the
+    worker's memory. A 2xx body past the limit is a StepError (it would be the step's
+    output); any other is cut there, as only its status and a snippet are used."""
+    success = 200 <= streamed.status_code < 300
+    declared = streamed.headers.get("Content-Length", "")
+    if success and declared.isdigit() and int(declared) > limit:
+        raise output_too_large(service, f"a {declared}-byte answer", limit)
+    body = bytearray()
+    for chunk in streamed.iter_bytes():  # decoded: the limit is on what would be stored
+        body += chunk
+        if len(body) > limit:
+            if success:
+                raise output_too_large(service, f"an answer of more than {limit} bytes", limit)
+            del body[limit:]
+            break
+    # The body as read (decoded), without the headers that described its transfer.
+    headers = [
+        (name, value) for name, value in streamed.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]  # fmt: skip
+    return httpx.Response(
+        streamed.status_code, headers=headers, content=bytes(body), request=streamed.request
+    )
 
 
 def call_http(service: Service, call: StepCall) -> dict[str, Any]:
@@ -113,9 +141,10 @@ def call_http(service: Service, call: StepCall) -> dict[str, Any]:
     )
     assert service.url is not None
     try:
-        response = get_client().post(
-            service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
-        )
+        with get_client().stream(
+            "POST", service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
+        ) as streamed:
+            response = _read_within(streamed, service, settings.max_step_output_bytes)
     except httpx.TimeoutException as exc:
         raise StepError(
             f"{service.name} timed out ({type(exc).__name__}) after {service.timeout_s:g}s",

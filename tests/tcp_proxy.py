@@ -1,0 +1,82 @@
+"""A TCP forwarder that a test can cut and restore: a server that is gone (nothing
+listens, every connection through it is dropped) and then back on the same port.
+The server behind it is real; only its reachability is the test's to decide."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from app.embedded import free_port
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+class TcpProxy:
+    def __init__(self, upstream: tuple[str, int], *, listening: bool = True) -> None:
+        self.port = free_port()
+        self._upstream = upstream
+        self._lock = threading.Lock()
+        self._stop: threading.Event | None = None
+        self._sockets: list[socket.socket] = []
+        if listening:
+            self.restore()
+
+    def restore(self) -> None:
+        """Listen again (or for the first time) and forward new connections."""
+        with self._lock:
+            if self._stop is not None:
+                return
+            listener = socket.create_server(("127.0.0.1", self.port))
+            listener.settimeout(0.1)  # so that a cut is noticed without a wake-up trick
+            self._stop = threading.Event()
+            self._sockets.append(listener)
+        threading.Thread(target=self._serve, args=(listener, self._stop), daemon=True).start()
+
+    def restore_after(self, delay_s: float) -> None:
+        threading.Timer(delay_s, self.restore).start()
+
+    def cut(self) -> None:
+        """Stop listening and drop every connection made through the proxy."""
+        with self._lock:
+            if self._stop is not None:
+                self._stop.set()
+            self._stop = None
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    close = cut
+
+    def _serve(self, listener: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self._upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if stop.is_set():  # cut while this connection was being made
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()

@@ -1,0 +1,154 @@
+"""The database gone and back. While PostgreSQL cannot be reached the API answers 503
+`database_unavailable` with `Retry-After` (a client may retry; nothing was written),
+not a 500, and once it is back the same API process serves again. A worker whose
+service call ends meanwhile keeps its result and records it when the database
+returns: the service is not called again.
+
+PostgreSQL is real; it is reached through a TCP proxy that the test cuts (nothing
+listens, every connection drops) and restores."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from websockets.sync.client import connect
+
+from tests.harness import CAO, Proc, Simulators, serving_api, wait_for_job, wait_until
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+# Its queue has no worker of the session's: the jobs stay PENDING/QUEUED unless a test
+# starts one, and touch nothing else.
+FEATURE = "stalled_job"
+# How long the worker is without its database once the call has ended.
+OUTAGE_AFTER_THE_CALL_S = 3.0
+
+
+@pytest.fixture
+def proxied_database(private_postgres: str) -> Iterator[tuple[str, TcpProxy]]:
+    url = make_url(private_postgres)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        yield url.set(host="127.0.0.1", port=proxy.port).render_as_string(False), proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def api_via_proxy(
+    env: dict[str, str], log_dir: Path, proxied_database: tuple[str, TcpProxy]
+) -> Iterator[httpx.Client]:
+    url, _ = proxied_database
+    with serving_api("api-db-outage", {**env, "DATABASE_URL": url}, log_dir) as client:
+        yield client
+
+
+def _create(api: httpx.Client) -> httpx.Response:
+    return api.post("/api/v1/jobs", json={"feature_name": FEATURE, "input_data": {}})
+
+
+def _jobs_in(database_url: str) -> int:
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM job").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_api_answers_503_while_the_database_is_gone_then_serves_again(
+    api_via_proxy: httpx.Client, proxied_database: tuple[str, TcpProxy], private_postgres: str
+):
+    api, (_, proxy) = api_via_proxy, proxied_database
+    first = _create(api)
+    assert first.status_code == 201, first.text
+    job_id = first.json()["job_id"]
+
+    proxy.cut()
+    for method, path in (
+        ("POST", "/api/v1/jobs"),
+        ("GET", f"/api/v1/jobs/{job_id}"),
+        ("GET", "/api/v1/jobs"),
+        ("GET", f"/api/v1/jobs/{job_id}/events"),
+    ):
+        body = {"feature_name": FEATURE, "input_data": {}} if method == "POST" else None
+        answer = api.request(method, path, json=body)
+        assert answer.status_code == 503, (path, answer.status_code, answer.text)
+        assert answer.json()["error"]["code"] == "database_unavailable", answer.text
+        assert answer.headers["Retry-After"] == "1"
+    assert _jobs_in(private_postgres) == 1, "nothing is written while the database is gone"
+    time.sleep(2.5)  # past the event hub's once-a-second run: it meets the outage too
+
+    proxy.restore()
+    again = wait_until(lambda: (r := _create(api)).status_code == 201 and r, 15, 0.2,
+                       "the API to create jobs again")  # fmt: skip
+    assert api.get(f"/api/v1/jobs/{again.json()['job_id']}").json()["status"] in {
+        "PENDING", "RUNNING",
+    }  # fmt: skip
+    assert _jobs_in(private_postgres) == 2
+    # The event hub lived through it: a new socket gets both jobs' events from the log.
+    url = str(api.base_url).replace("http://", "ws://") + "/ws?after=0"
+    with connect(url, open_timeout=10) as socket:
+        messages = [json.loads(socket.recv(timeout=10)) for _ in range(3)]
+    assert messages[0]["type"] == "WS_CONNECTED"
+    assert [(m["type"], m["job_id"]) for m in messages[1:]] == [
+        ("JOB_CREATED", job_id), ("JOB_CREATED", again.json()["job_id"]),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("feature", "fallback"),
+    [
+        ("stalled_job", "recording the result again"),
+        # The worker would start the next step in the same commit; without a database
+        # it gives the next step's slot back and records the result the usual way.
+        ("stalled_twice", "recording the result without the next step"),
+    ],
+)
+def test_a_result_in_hand_when_the_database_goes_is_recorded_when_it_returns(
+    feature: str,
+    fallback: str,
+    sim: Simulators,
+    env: dict[str, str],
+    log_dir: Path,
+    private_postgres: str,
+    proxied_database: tuple[str, TcpProxy],
+):
+    url, proxy = proxied_database
+    sim.behave("stalled", script=[{"delay_ms": 2000}])
+    argv = [*CAO, "worker", "-Q", "stalled", "-c", "1"]
+    worker = Proc("worker-db-outage", argv, {**env, "DATABASE_URL": url}, log_dir)
+    try:
+        worker.wait_for_log("ready.", timeout=60)
+        # This API reaches the database directly: only the worker loses it.
+        with serving_api(
+            "api-db-direct", {**env, "DATABASE_URL": private_postgres}, log_dir
+        ) as api:
+            created = api.post("/api/v1/jobs", json={"feature_name": feature, "input_data": {}})
+            job_id = created.json()["job_id"]
+            wait_until(lambda: sim.stats("stalled")["in_flight"] == 1, 30, 0.02, "the call")
+            proxy.cut()
+            wait_until(lambda: sim.stats("stalled")["in_flight"] == 0, 10, 0.05, "the call to end")
+            time.sleep(OUTAGE_AFTER_THE_CALL_S)
+            proxy.restore()
+            job = wait_for_job(api, job_id, timeout=30)
+        log = worker.log_text()
+    finally:
+        worker.stop()
+    assert job["status"] == "COMPLETED", job
+    assert f"database unreachable; {fallback}" in log
+    # Heartbeats missed meanwhile are one line each, on the step's own logger.
+    missed = [line for line in log.splitlines() if "heartbeat not recorded" in line]
+    assert missed, log
+    assert all(f"job_id={job_id}" in line for line in missed), missed
+    assert "Traceback" not in log
+    assert [step["attempt"] for step in job["steps"]] == [1] * len(job["steps"])
+    calls = [(call["step_index"], call["attempt"]) for call in sim.requests("stalled", job_id)]
+    assert calls == [(index, 1) for index in range(len(job["steps"]))], "a step ran twice"
