@@ -40,6 +40,7 @@ NAMING_CONVENTION = {
 INTEGER_MAX = 2**31 - 1
 BIGINT_MAX = 2**63 - 1
 TEXT_WITHOUT_NUL = r"^[^\x00]*$"
+ERROR_CODE_LENGTH = 64
 
 # SQLite only auto-increments a plain INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -82,7 +83,7 @@ class Job(Base):
     # The recipe this job started with: a snapshot of each step's service spec.
     recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
-    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))
     retryable: Mapped[bool | None] = mapped_column(Boolean)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -122,7 +123,7 @@ class JobStep(Base):
     max_attempts: Mapped[int] = mapped_column(Integer)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
-    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))
     retryable: Mapped[bool | None] = mapped_column(Boolean)
     queued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]

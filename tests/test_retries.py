@@ -89,3 +89,17 @@ def test_python_steps_run_in_the_worker(stack):
     job = wait_for_job(api, response.json()["job_id"])
     assert job["status"] == "COMPLETED"
     assert job["outputs"] == {"words": {"words": 3}, "noop": {"ok": True}}
+
+
+def test_error_text_the_database_cannot_hold_is_stored_cleaned(stack):
+    """A service's error page may hold NUL bytes (PostgreSQL text cannot) or be huge: the
+    job still fails at once with the error, instead of failing the commit of its failure
+    and leaving the step to the stuck-job sweep."""
+    api, sim = stack["api"], stack["sim"]
+    page = "bad\x00input " + "x" * 20_000
+    sim.behave("flaky", script=[{"status": 400, "body": page}])
+    job_id = _create(api, "flaky_then_mail")
+    job = wait_for_job(api, job_id, timeout=15)
+    assert_failed(job, retryable=False, code="http_400", says=("bad\ufffdinput",))
+    assert len(job["error"]) <= 2000
+    assert len(sim.requests("flaky", job_id)) == 1
