@@ -43,6 +43,18 @@ class Backoff(BaseModel):
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.5
 
 
+# How long a python step may run when its service sets no timeout_s. An http service
+# without one takes HTTP_READ_TIMEOUT_S, read when the catalog is loaded: a job's recipe
+# snapshot keeps the value its steps started with.
+PYTHON_STEP_TIMEOUT_S = 30.0
+
+
+def _default_timeout_s(fields: dict[str, Any]) -> float:
+    if fields.get("kind") == "http":
+        return get_settings().http_read_timeout_s
+    return PYTHON_STEP_TIMEOUT_S
+
+
 class Service(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,7 +64,7 @@ class Service(BaseModel):
     target: str | None = None
     queue: str = "default"
     concurrency: Annotated[int, Field(ge=1)] = 10
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    timeout_s: Annotated[float, Field(gt=0, default_factory=_default_timeout_s)]
     lease_ttl_s: Annotated[float, Field(gt=0)] = 60.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
     backoff: Backoff = Backoff()

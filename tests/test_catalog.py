@@ -6,7 +6,14 @@ import subprocess
 
 import pytest
 
-from app.catalog import CatalogError, expand_env, load_catalog, parse_catalog
+from app.catalog import (
+    PYTHON_STEP_TIMEOUT_S,
+    CatalogError,
+    expand_env,
+    load_catalog,
+    parse_catalog,
+)
+from app.config import get_settings
 from tests.harness import CAO, free_port
 
 
@@ -39,6 +46,27 @@ def test_omitted_fields_take_defaults():
     )
     service = catalog.services["s"]
     assert (service.queue, service.concurrency, service.max_attempts) == ("default", 10, 3)
+    assert (service.timeout_s, service.lease_ttl_s) == (30.0, 60.0)
+
+
+def test_an_http_service_without_timeout_s_takes_http_read_timeout_s(monkeypatch):
+    """DESIGN.md's HTTP_READ_TIMEOUT_S is the read timeout of every service call whose
+    service sets none; a service's own timeout_s wins."""
+    monkeypatch.setenv("HTTP_READ_TIMEOUT_S", "4.5")
+    get_settings.cache_clear()
+    try:
+        catalog = parse_catalog(
+            "services:\n"
+            "  plain: {kind: http, url: 'http://x/a'}\n"
+            "  own: {kind: http, url: 'http://x/b', timeout_s: 600}\n"
+            "  local: {kind: python, target: 'app.steps:noop'}\n"
+            "features: {f: {steps: [plain, own, local]}}\n",
+            "f.yaml",
+        )
+    finally:
+        get_settings.cache_clear()
+    timeouts = {name: service.timeout_s for name, service in catalog.services.items()}
+    assert timeouts == {"plain": 4.5, "own": 600.0, "local": PYTHON_STEP_TIMEOUT_S}
 
 
 ONE_SERVICE = "services:\n  s: {kind: http, url: 'http://x', %s}\nfeatures: {f: {steps: [s]}}\n"
