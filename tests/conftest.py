@@ -110,6 +110,11 @@ def pytest_configure(config: pytest.Config) -> None:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    # Settings read while the test modules were imported (a catalog parsed at import
+    # reads HTTP_READ_TIMEOUT_S) must not keep the environment from before this.
+    from app.config import get_settings
+
+    get_settings.cache_clear()
     config.stash[_BACKENDS] = f"database={database_url.split('@')[-1]} redis={redis_url}"
 
 

@@ -150,8 +150,12 @@ def test_bulk_resume_dry_run_reports_exactly_what_the_real_run_resumes(stack, db
     dry = api.post("/api/v1/jobs/resume", json={**selection, "dry_run": True})
     assert dry.status_code == 200, dry.text
     assert dry.json()["dry_run"] is True
-    assert dry.json()["count"] == 3
+    assert (dry.json()["count"], dry.json()["matched"], dry.json()["more"]) == (3, 3, False)
     assert sorted(dry.json()["job_ids"]) == sorted(wanted)
+    # A limit below the matches takes the oldest and says that more match.
+    capped = api.post("/api/v1/jobs/resume", json={**selection, "dry_run": True, "limit": 2})
+    assert (capped.json()["count"], capped.json()["matched"], capped.json()["more"]) == (2, 3, True)
+    assert capped.json()["job_ids"] == wanted[:2]
     assert {job_id: event_types(job_id) for job_id in logs_before} == logs_before
     assert all(api.get(f"/api/v1/jobs/{j}").json()["status"] == "FAILED" for j in wanted)
     narrower = api.post(
@@ -160,10 +164,13 @@ def test_bulk_resume_dry_run_reports_exactly_what_the_real_run_resumes(stack, db
     assert narrower.json()["count"] == 0
 
     sim.behave("flaky")
-    real = api.post("/api/v1/jobs/resume", json=selection)
-    assert real.status_code == 200, real.text
-    assert real.json()["count"] == dry.json()["count"]
-    assert sorted(real.json()["job_ids"]) == sorted(wanted)
+    first = api.post("/api/v1/jobs/resume", json={**selection, "limit": 2})
+    assert first.status_code == 200, first.text
+    assert (first.json()["count"], first.json()["more"]) == (2, True)
+    assert first.json()["job_ids"] == capped.json()["job_ids"]
+    rest = api.post("/api/v1/jobs/resume", json=selection)
+    assert (rest.json()["count"], rest.json()["matched"], rest.json()["more"]) == (1, 1, False)
+    assert sorted(first.json()["job_ids"] + rest.json()["job_ids"]) == sorted(wanted)
     for job_id in wanted:
         assert wait_for_job(api, job_id)["status"] == "COMPLETED"
     assert api.get(f"/api/v1/jobs/{other}").json()["status"] == "FAILED"

@@ -62,6 +62,10 @@ class BulkResumeResponse(BaseModel):
     dry_run: bool
     count: int = Field(description="Jobs resumed, or with dry_run, jobs that would be.")
     job_ids: list[uuid.UUID]
+    matched: int = Field(description="FAILED jobs matching the filters, `limit` aside.")
+    more: bool = Field(
+        description="More jobs match than `limit` let this request take: send it again."
+    )
 
 
 def _commit(session: Session, job: Job) -> JobDetail:
@@ -88,8 +92,9 @@ def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeRespo
     result = operations.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
     session.commit()  # in this thread: see app/api/jobs.py create_job
     return BulkResumeResponse(
-        dry_run=result.dry_run, count=len(result.job_ids), job_ids=result.job_ids
-    )
+        dry_run=result.dry_run, count=len(result.job_ids), job_ids=result.job_ids,
+        matched=result.matched, more=result.matched > body.limit,
+    )  # fmt: skip
 
 
 @router.post("/{job_id}/resume", response_model=JobDetail)

@@ -36,6 +36,7 @@ class InvalidFromStep(GatewayError):
 class BulkResumeResult:
     job_ids: list[uuid.UUID]
     dry_run: bool
+    matched: int  # FAILED jobs matching the filters, the limit aside
 
 
 def _job(session: Session, job_id: uuid.UUID) -> Job:
@@ -119,8 +120,11 @@ def bulk_resume(
 ) -> BulkResumeResult:
     """Resume every FAILED job matching `filters` (or, with `dry_run`, only list them)."""
     candidates = list(repo.find_failed_job_ids(session, filters, limit))
+    matched = len(candidates)
+    if matched == limit:  # more may match than the limit let this call take
+        matched = max(matched, repo.count_failed_jobs(session, filters))
     if dry_run:
-        return BulkResumeResult(job_ids=candidates, dry_run=True)
+        return BulkResumeResult(job_ids=candidates, dry_run=True, matched=matched)
     resumed = []
     for job_id in candidates:
         try:
@@ -128,7 +132,7 @@ def bulk_resume(
         except Conflict:
             continue  # resumed by someone else meanwhile: it is running again either way
         resumed.append(job_id)
-    return BulkResumeResult(job_ids=resumed, dry_run=False)
+    return BulkResumeResult(job_ids=resumed, dry_run=False, matched=matched)
 
 
 def _not_cancellable(job: Job) -> Conflict:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     or_,
     select,
     update,
@@ -431,20 +432,31 @@ class FailedJobFilter:
     created_after: datetime | None = None
 
 
+def _failed_jobs(filters: FailedJobFilter) -> list[Any]:
+    """The conditions of a FAILED job matching every given filter."""
+    conditions: list[Any] = [Job.status == JobStatus.FAILED]
+    if filters.feature_name is not None:
+        conditions.append(Job.feature_name == filters.feature_name)
+    if filters.failed_step is not None:
+        conditions.append(Job.current_step == filters.failed_step)
+    if filters.error_code is not None:
+        conditions.append(Job.error_code == filters.error_code)
+    if filters.created_after is not None:
+        conditions.append(Job.created_at > filters.created_after)
+    return conditions
+
+
 def find_failed_job_ids(
     session: Session, filters: FailedJobFilter, limit: int
 ) -> Sequence[uuid.UUID]:
-    """FAILED jobs matching every given filter, oldest first."""
-    query = select(Job.id).where(Job.status == JobStatus.FAILED)
-    if filters.feature_name is not None:
-        query = query.where(Job.feature_name == filters.feature_name)
-    if filters.failed_step is not None:
-        query = query.where(Job.current_step == filters.failed_step)
-    if filters.error_code is not None:
-        query = query.where(Job.error_code == filters.error_code)
-    if filters.created_after is not None:
-        query = query.where(Job.created_at > filters.created_after)
+    """Up to `limit` FAILED jobs matching every given filter, oldest first."""
+    query = select(Job.id).where(*_failed_jobs(filters))
     return session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)).all()
+
+
+def count_failed_jobs(session: Session, filters: FailedJobFilter) -> int:
+    """How many FAILED jobs match every given filter."""
+    return session.scalar(select(func.count()).select_from(Job).where(*_failed_jobs(filters))) or 0
 
 
 def release_idempotency_key(session: Session, job_id: uuid.UUID) -> None:
