@@ -229,8 +229,14 @@ class _LiveCatalog:
             mtime = path.stat().st_mtime if path is not None and path.exists() else None
             if self._catalog is None or mtime != self._mtime:
                 try:
-                    self._catalog = load_catalog(path)
+                    previous, self._catalog = self._catalog, load_catalog(path)
                     self._mtime = mtime
+                    if previous is not None:
+                        structlog.get_logger().info(
+                            "catalog reloaded", source=self._catalog.source,
+                            services=len(self._catalog.services),
+                            features=len(self._catalog.features),
+                        )  # fmt: skip
                 except CatalogError:
                     if self._catalog is None:
                         raise

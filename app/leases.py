@@ -258,6 +258,14 @@ class LeaseSemaphore:
         )
         return [LeaseId.parse(raw) for raw in woken]
 
+    def services_with_leases(self) -> set[str]:
+        """Every service that has a lease set in Redis, in the catalog or not (one
+        removed from it still has the leases of the jobs that snapshotted it)."""
+        return {
+            key.decode()[len(_PREFIX) :]
+            for key in self._redis.scan_iter(match=_PREFIX + "*", count=1000)
+        }
+
     def reap_expired(self, service: str) -> list[LeaseId]:
         return [LeaseId.parse(raw) for raw in self._reap(keys=self.keys(service)[:1])]
 

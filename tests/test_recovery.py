@@ -218,3 +218,30 @@ def test_concurrent_sweeps_requeue_each_stuck_step_once(db):
     finally:
         client.delete(*LeaseSemaphore.keys("stalled"))
         client.close()
+
+
+def test_leases_of_a_service_removed_from_the_catalog_are_still_reaped(db):
+    """A job keeps calling a service its recipe snapshot names after the service leaves
+    the catalog; when its worker dies, the reaper still finds that service's expired
+    lease and puts the step back (the lease names a service the live catalog lacks)."""
+    from app.catalog import current_catalog
+    from app.models import utcnow
+    from worker import maintenance
+
+    retired = f"retired_{uuid.uuid4().hex[:8]}"
+    assert retired not in current_catalog().services
+    (job_id,) = _stuck_steps(1)
+    _set_step(job_id, status="RUNNING", fence=1, started_at=utcnow(), heartbeat_at=utcnow())
+    queued_deliveries("stalled")  # drop the creation message
+    client = build_redis()
+    semaphore = LeaseSemaphore(client)
+    try:
+        semaphore.acquire(retired, LeaseId(str(job_id), 0, 1, "stalled"), 0.05, limit=1)
+        time.sleep(0.1)
+        maintenance.reap_expired_leases()
+        assert queued_deliveries("stalled") == [(str(job_id), 0, 2)]
+        assert event_types(str(job_id)).count("STEP_RETRYING") == 1
+        assert semaphore.usage(retired).in_use == 0
+    finally:
+        client.delete(*LeaseSemaphore.keys(retired))
+        client.close()

@@ -247,10 +247,11 @@ def reap_expired_leases() -> SweepReport:
     """Free expired leases and recover the step each belonged to; then wake waiters."""
     semaphore = get_semaphore()
     report = SweepReport()
-    for service in current_catalog().services.values():
-        expired = semaphore.reap_expired(service.name)
+    # Services removed from the catalog too: jobs in flight keep calling them.
+    for service in sorted(current_catalog().services.keys() | semaphore.services_with_leases()):
+        expired = semaphore.reap_expired(service)
         if expired:
-            log.warning("expired leases reaped", service=service.name, count=len(expired))
+            log.warning("expired leases reaped", service=service, count=len(expired))
         _each(expired, _recover_reaped, report)
     wake_all_waiters()
     return report

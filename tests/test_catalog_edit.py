@@ -1,0 +1,62 @@
+"""A job keeps the recipe it started with: editing the catalog under a running job (its
+services removed, their address changed) never breaks it.
+
+The `edited` queue's worker reads its own copy of the test catalog, which the test edits
+while the job's first step is in flight; the API and every other worker keep theirs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import CAO, Proc, wait_for_job, wait_until
+from tests.operator_support import submit
+
+pytestmark = pytest.mark.slow
+
+CATALOG = Path(__file__).with_name("catalog.yaml")
+DEAD_URL = "http://127.0.0.1:9/nowhere"  # the discard port: nothing answers there
+
+
+def _edit(catalog: Path) -> None:
+    """Remove `edited` and its feature, and send `edited_after` somewhere else."""
+    text = catalog.read_text()
+    text = re.sub(r"^  edited: .*\n", "", text, flags=re.M)
+    text = re.sub(r"^  edited_job: .*\n", "", text, flags=re.M)
+    text = re.sub(r'(^  edited_after: \{kind: http, url: )"[^"]*"', rf'\g<1>"{DEAD_URL}"', text,
+                  flags=re.M)  # fmt: skip
+    assert "edited:" not in text
+    assert DEAD_URL in text
+    catalog.write_text(text)
+
+
+def test_editing_the_catalog_never_breaks_a_job_in_flight(
+    sim, api, env, log_dir, migrated, tmp_path
+):
+    catalog = tmp_path / "catalog.yaml"
+    shutil.copy(CATALOG, catalog)
+    worker = Proc("worker-edited", [*CAO, "worker", "-Q", "edited", "-c", "2"],
+                  {**env, "CAO_CATALOG": str(catalog)}, log_dir)  # fmt: skip
+    try:
+        worker.wait_for_log("ready.", timeout=60)
+        sim.behave("edited", latency_ms=3000)
+        job_id = submit(api, "edited_job")
+        wait_until(lambda: sim.stats("edited")["in_flight"] == 1, 15, 0.05, "the first call")
+        _edit(catalog)
+        time.sleep(1.5)  # the worker re-reads a changed catalog at most once a second
+
+        job = wait_for_job(api, job_id, timeout=30)
+        assert job["status"] == "COMPLETED", job
+        assert len(sim.requests("edited", job_id)) == 1
+        # The second step was called where the job's snapshot says, once.
+        after = sim.requests("edited_after", job_id)
+        assert len(after) == 1
+        assert after[0]["context"].keys() == {"edited"}
+        worker.wait_for_log("catalog reloaded", timeout=5)  # the edit was read meanwhile
+    finally:
+        worker.stop()
