@@ -1,0 +1,76 @@
+"""How a service call goes out and how its answer is classified (DESIGN.md "Calling a
+service"), through the worker's own HTTP client against the simulated services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.catalog import Service
+from app.config import get_settings
+from app.services import StepCall, StepError, call_service
+from tests.harness import free_port
+
+
+def _service(url: str) -> Service:
+    return Service(name="answers", kind="http", url=url, timeout_s=5)
+
+
+def _call(attempt: int = 1) -> StepCall:
+    return StepCall(
+        job_id="0b4c5a8e-5c2f-4f4e-9a59-3f1f0c1d2e3f", feature_name="f", step_index=2,
+        step_name="flaky", attempt=attempt, input_data={"prompt": "p"},
+        context={"earlier": {"x": 1}},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def internal_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("INTERNAL_API_KEY", "internal-secret")
+    get_settings.cache_clear()
+    yield "internal-secret"
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def test_a_call_carries_the_body_and_headers_the_contract_names(sim, internal_key):
+    service = _service(f"{sim.base_url}/flaky")
+    for attempt in (1, 2):
+        assert call_service(service, _call(attempt)) is not None
+    first, second = sim.requests("flaky")
+    call = _call()
+    for record in (first, second):
+        assert record["x_job_id"] == call.job_id
+        assert record["idempotency_key"] == f"{call.job_id}:2"  # the same on every attempt
+        assert record["internal_api_key"] == internal_key
+        assert (record["step_index"], record["step_name"]) == (2, "flaky")
+        assert record["input_data"] == {"prompt": "p"}
+        assert record["context"] == {"earlier": {"x": 1}}
+    assert (first["attempt"], second["attempt"]) == (1, 2)
+
+
+def test_without_an_internal_key_none_is_sent(sim):
+    call_service(_service(f"{sim.base_url}/flaky"), _call())
+    (record,) = sim.requests("flaky")
+    assert record["internal_api_key"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(408, True), (429, True), (500, True), (502, True), (503, True), (504, True),
+     (400, False), (401, False), (404, False), (409, False), (422, False), (501, False)],
+)  # fmt: skip
+def test_error_statuses_are_retryable_exactly_as_the_contract_lists(sim, status, retryable):
+    sim.behave("flaky", script=[{"status": status, "body": {"error": "no"}}])
+    with pytest.raises(StepError) as failed:
+        call_service(_service(f"{sim.base_url}/flaky"), _call())
+    assert (failed.value.code, failed.value.retryable) == (f"http_{status}", retryable)
+
+
+def test_a_service_nobody_listens_on_is_a_retryable_connect_error():
+    url = f"http://127.0.0.1:{free_port()}/gone"
+    with pytest.raises(StepError) as failed:
+        call_service(_service(url), _call())
+    assert (failed.value.code, failed.value.retryable) == ("connect_error", True)
+    assert url in failed.value.message
