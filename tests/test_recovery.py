@@ -79,6 +79,24 @@ def test_killed_worker_lease_is_reclaimed_and_step_rerun(sim, api, workers, env,
     assert fragile_leases_in_use() == 0
 
 
+def test_a_long_healthy_call_keeps_its_lease_and_runs_once(sim, api, workers, env, log_dir, db):
+    """A call three times longer than lease_ttl_s, with Beat reaping meanwhile: its
+    worker renews the lease, so it is never reaped, the step is called once and the
+    slot is held throughout."""
+    workers.ensure("default")
+    sim.behave("fragile", script=[{"delay_ms": 3 * LEASE_TTL_S * 1000}])
+    with beat_running(env, log_dir):
+        job_id = fragile_job_in_flight(api, sim)
+        time.sleep(2 * LEASE_TTL_S)
+        assert fragile_leases_in_use() == 1, "the lease lapsed while its call ran"
+        job = wait_for_job(api, job_id, timeout=30)
+    assert job["status"] == "COMPLETED", job
+    assert len(sim.requests("fragile", job_id)) == 1
+    assert "STEP_RETRYING" not in event_types(job_id)
+    assert job["steps"][0]["attempt"] == 1
+    assert fragile_leases_in_use() == 0
+
+
 def test_frozen_worker_late_result_is_rejected(sim, api, workers, env, log_dir, db):
     """AC3: SIGSTOP past 2 x lease_ttl_s while another worker finishes the step; after
     SIGCONT the frozen worker's result changes nothing."""
