@@ -328,6 +328,53 @@ def test_retention_never_lets_global_ids_start_again(backend):
         assert [e.id for e in events_for_job(session, fresh)] == [newest + 1]
 
 
+def test_retention_deletes_finished_jobs_past_it_with_their_steps_and_events(backend):
+    """cleanup_old_jobs' rule: a job is deleted once it FINISHED (completed, failed or
+    cancelled) longer ago than the retention, and its steps and events go with it;
+    recent finished jobs and unfinished jobs of any age stay whole."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, update
+
+    from app.jobs.recovery import delete_old_jobs
+    from app.models import Job, JobStep, utcnow
+
+    long_ago, lately = utcnow() - timedelta(days=40), utcnow() - timedelta(hours=1)
+    ages = {
+        ("COMPLETED", long_ago): "deleted", ("FAILED", long_ago): "deleted",
+        ("CANCELLED", long_ago): "deleted", ("COMPLETED", lately): "kept",
+        ("RUNNING", None): "kept", ("PENDING", None): "kept",
+    }  # fmt: skip
+    jobs = {new_job(): key for key in ages}
+    keeper = new_job()  # holds the newest event, which retention never deletes
+    sequence_all()
+    with session_scope() as session:
+        for job_id, (status, finished_at) in jobs.items():
+            session.execute(
+                update(Job).where(Job.id == job_id).values(
+                    status=status, finished_at=finished_at, created_at=long_ago
+                )
+            )  # fmt: skip
+        session.execute(update(Job).where(Job.id == keeper).values(
+            status="COMPLETED", finished_at=long_ago))  # fmt: skip
+
+    assert delete_old_jobs(retention_days=30) == 3
+
+    def rows(model: type, job_id: uuid.UUID) -> int:
+        column = model.id if model is Job else model.job_id
+        with session_scope() as session:
+            return session.scalar(select(func.count()).where(column == job_id)) or 0
+
+    for job_id, key in jobs.items():
+        counts = (rows(Job, job_id), rows(JobStep, job_id), rows(JobEvent, job_id))
+        if ages[key] == "deleted":
+            assert counts == (0, 0, 0), key
+        else:
+            assert counts[0] == 1, key
+            assert counts[1] > 0, key
+            assert counts[2] > 0, key
+
+
 def test_a_statement_scope_publishes_what_it_committed_even_when_the_block_fails(backend):
     """On PostgreSQL each statement of a statement_scope commits by itself: a failure
     later in the block must not swallow the events already written. On SQLite the
