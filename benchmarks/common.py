@@ -44,6 +44,11 @@ def scratch_environment(redis_db: int = 12, **extra: str) -> Iterator[dict[str, 
         **extra,
     }
     os.environ.update(env)
+    # This process's settings follow the run's environment, whatever read them first
+    # (a catalog parsed at import reads HTTP_READ_TIMEOUT_S).
+    from app.config import get_settings
+
+    get_settings.cache_clear()
     try:
         yield {**os.environ}
     finally:

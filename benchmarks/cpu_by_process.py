@@ -82,7 +82,8 @@ def print_report(sampler: Sampler, window: float) -> None:
     print("\nCPU in use (cores), per class and window; quiet windows left out")
     print(f"{'t s':>7}" + "".join(f"{label:>17}" for label in labels) + f"{'total':>8}")
     start = sampler.samples[0][0]
-    window_start, used = start, defaultdict(float)
+    window_start = start
+    used: dict[str, float] = defaultdict(float)
     totals: dict[str, float] = defaultdict(float)
     for at, sample in sampler.samples[1:]:
         for label, seconds in sample.items():
