@@ -14,7 +14,7 @@ cli = typer.Typer(
 )
 server.register(cli)
 
-for _optional in ("app.cli.embedded", "app.cli.client"):
+for _optional in ("app.cli.embedded", "app.cli.client", "app.cli.pools"):
     try:
         __import__(_optional)
     except ModuleNotFoundError as _exc:  # pragma: no cover - modules land one by one

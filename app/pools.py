@@ -1,0 +1,76 @@
+"""Worker pools, changed live: which workers consume which queue with how many
+processes, and resizing the pool of every worker of a queue without a restart.
+
+An SRE sizes one pool per queue (`cao worker -Q heavy -c N`); this is the same knob
+at run time, through Celery's remote control (`pool_grow` / `pool_shrink`, which
+also adjust the worker's prefetch). A size set here lasts until the worker restarts,
+which starts it with its `-c` again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from worker.celery_app import celery_app
+
+REPLY_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerPool:
+    worker: str  # the worker's node name
+    queues: tuple[str, ...]
+    processes: int
+
+
+@dataclass(frozen=True)
+class Resized:
+    pool: WorkerPool
+    size: int
+    error: str | None = None  # what the worker answered when it refused
+
+
+class NoWorkerForQueue(LookupError):
+    """No running worker consumes the queue."""
+
+
+def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
+    """Every worker that answers within `timeout`, by name."""
+    inspect = celery_app.control.inspect(timeout=timeout)
+    queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
+    stats: dict[str, dict[str, Any]] = inspect.stats() or {}
+    return [
+        WorkerPool(
+            worker=name,
+            queues=tuple(sorted(queue["name"] for queue in queues.get(name, []))),
+            processes=len(stats.get(name, {}).get("pool", {}).get("processes", [])),
+        )
+        for name in sorted(queues.keys() | stats.keys())
+    ]
+
+
+def resize_queue_pools(queue: str, size: int, timeout: float = REPLY_TIMEOUT_S) -> list[Resized]:
+    """Grow or shrink the pool of every worker consuming `queue` to `size` processes.
+
+    A worker busy in every process cannot shrink now; it says so and keeps its size."""
+    if size < 1:
+        raise ValueError("a pool needs at least one process")
+    pools = [pool for pool in worker_pools(timeout) if queue in pool.queues]
+    if not pools:
+        raise NoWorkerForQueue(f"no running worker consumes queue {queue!r}")
+    return [_resize(pool, size, timeout) for pool in pools]
+
+
+def _resize(pool: WorkerPool, size: int, timeout: float) -> Resized:
+    change = size - pool.processes
+    if change == 0:
+        return Resized(pool, size)
+    command = celery_app.control.pool_grow if change > 0 else celery_app.control.pool_shrink
+    replies = command(abs(change), destination=[pool.worker], reply=True, timeout=timeout)
+    answer = next((reply[pool.worker] for reply in replies if pool.worker in reply), None)
+    if answer is None:
+        return Resized(pool, pool.processes, error="no answer")
+    if "ok" not in answer:
+        return Resized(pool, pool.processes, error=str(answer.get("error", answer)))
+    return Resized(pool, size)
