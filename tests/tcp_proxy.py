@@ -11,10 +11,11 @@ import threading
 from app.embedded import free_port
 
 
-def _pump(source: socket.socket, sink: socket.socket) -> None:
+def _pump(source: socket.socket, sink: socket.socket, dropping: threading.Event) -> None:
     with contextlib.suppress(OSError):
         while data := source.recv(65536):
-            sink.sendall(data)
+            if not dropping.is_set():
+                sink.sendall(data)
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
 
@@ -26,6 +27,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._stop: threading.Event | None = None
         self._sockets: list[socket.socket] = []
+        self._forwarding = threading.Event()  # never set: the client's bytes always go
+        self._dropping_replies = threading.Event()
         if listening:
             self.restore()
 
@@ -43,6 +46,11 @@ class TcpProxy:
     def restore_after(self, delay_s: float) -> None:
         threading.Timer(delay_s, self.restore).start()
 
+    def drop_replies(self) -> None:
+        """From now until the next cut, what the server sends is lost on the way: a
+        request still reaches it and is carried out, and its client never hears back."""
+        self._dropping_replies.set()
+
     def cut(self) -> None:
         """Stop listening and drop every connection made through the proxy."""
         with self._lock:
@@ -55,6 +63,7 @@ class TcpProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
+        self._dropping_replies.clear()  # the connections that lost replies are gone
 
     close = cut
 
@@ -78,5 +87,8 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+            for source, sink, dropping in (
+                (client, upstream, self._forwarding),
+                (upstream, client, self._dropping_replies),
+            ):
+                threading.Thread(target=_pump, args=(source, sink, dropping), daemon=True).start()

@@ -152,3 +152,57 @@ def test_a_result_in_hand_when_the_database_goes_is_recorded_when_it_returns(
     assert [step["attempt"] for step in job["steps"]] == [1] * len(job["steps"])
     calls = [(call["step_index"], call["attempt"]) for call in sim.requests("stalled", job_id)]
     assert calls == [(index, 1) for index in range(len(job["steps"]))], "a step ran twice"
+
+
+def test_a_result_whose_commit_lost_its_answer_still_sends_the_next_step(
+    private_postgres: str, proxied_database: tuple[str, TcpProxy]
+):
+    """The connection is cut after the statement that records a result has committed
+    but before its answer arrives. The worker tries again, finds the step completed
+    under its own attempt, and sends the next step's delivery that the lost answer
+    kept back (before, the next step waited for Beat's idle-step sweep)."""
+    import threading
+
+    import structlog
+
+    from app.catalog import current_catalog
+    from app.db import dispose_db, init_db, session_scope, statement_scope
+    from app.jobs import repository as repo
+    from app.jobs import step_changes as changes
+    from app.jobs.runner import Outcome, _record_success
+    from app.jobs.service import create_job
+    from app.models import JobEvent
+    from tests.lease_support import queued_deliveries
+
+    url, proxy = proxied_database
+    dispose_db()
+    init_db(url, pre_ping=False)  # as a worker's engine is
+    try:
+        with session_scope() as session:
+            created = create_job(session, current_catalog(), feature_name="stalled_twice",
+                                 input_data={})  # fmt: skip
+            job_id = created.job.id
+        with statement_scope() as session:
+            queued = repo.load_step_run(session, job_id, 0)
+            assert queued is not None
+            assert changes.start_step(session, queued, queued.fence) is not None
+            run = repo.load_step_run(session, job_id, 0)
+        assert run is not None
+        queued_deliveries("stalled")  # drop the creation message
+
+        proxy.drop_replies()
+        cut = threading.Timer(0.5, lambda: (proxy.cut(), proxy.restore()))
+        cut.start()
+        outcome = _record_success(run, {"done": True}, structlog.get_logger("test"))
+        cut.join()
+
+        assert outcome == Outcome.COMPLETED
+        with session_scope() as session:
+            steps = repo.get_steps(session, job_id)
+            completed = session.query(JobEvent).filter_by(job_id=job_id, type="STEP_COMPLETED")
+            assert completed.count() == 1, "the result was recorded once"
+        assert [s.status for s in steps] == ["COMPLETED", "QUEUED"]
+        assert queued_deliveries("stalled") == [(str(job_id), 1, steps[1].fence)]
+    finally:
+        dispose_db()
+        init_db()

@@ -398,8 +398,11 @@ def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome
     with statement_scope() as session:
         finished = changes.finish_step(session, run, run.fence, output)
         if finished is None:
-            bound.warning("late result discarded: the step moved on without this attempt")
-            return Outcome.DISCARDED
+            finished = changes.recorded_earlier(session, run)
+            if finished is None:
+                bound.warning("late result discarded: the step moved on without this attempt")
+                return Outcome.DISCARDED
+            bound.warning("result recorded by an earlier try whose commit's answer was lost")
         queue, fence = finished.next_queue, finished.next_fence
         if queue is not None and fence is not None:
             # The next step's delivery goes out before the events are published.

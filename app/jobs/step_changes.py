@@ -33,6 +33,7 @@ from app.events.types import EventType
 from app.jobs import step_statements as sql
 from app.jobs.repository import (
     StepRun,
+    get_step,
     load_step_run,
     queue_step,
     rows_changed,
@@ -392,3 +393,21 @@ def finish_step(
     if run.is_last:
         return Finished(job_finished=True)
     return Finished(job_finished=False, next_queue=row.queue, next_fence=row.fence)
+
+
+def recorded_earlier(session: Session, run: StepRun) -> Finished | None:
+    """What an earlier try to record this very attempt's result left, when that try's
+    commit landed but its answer was lost (the connection cut meanwhile): the step is
+    COMPLETED under `run.fence`, which only this attempt holds. The next step's
+    delivery is given only if that step still waits, QUEUED, for the enqueue the lost
+    answer kept from being sent (a duplicate delivery changes nothing). None when the
+    step did not complete under this attempt."""
+    step = get_step(session, run.job_id, run.step_index)
+    if step is None or step.status != StepStatus.COMPLETED or step.fence != run.fence:
+        return None
+    if run.is_last:
+        return Finished(job_finished=True)
+    following = get_step(session, run.job_id, run.step_index + 1)
+    if following is None or following.status != StepStatus.QUEUED:
+        return Finished(job_finished=False)
+    return Finished(job_finished=False, next_queue=following.queue, next_fence=following.fence)
