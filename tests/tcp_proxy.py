@@ -7,14 +7,15 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 from app.embedded import free_port
 
 
-def _pump(source: socket.socket, sink: socket.socket, dropping: threading.Event) -> None:
+def _pump(source: socket.socket, sink: socket.socket, passes: Callable[[bytes], bool]) -> None:
     with contextlib.suppress(OSError):
         while data := source.recv(65536):
-            if not dropping.is_set():
+            if passes(data):
                 sink.sendall(data)
     with contextlib.suppress(OSError):
         sink.shutdown(socket.SHUT_WR)
@@ -27,8 +28,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._stop: threading.Event | None = None
         self._sockets: list[socket.socket] = []
-        self._forwarding = threading.Event()  # never set: the client's bytes always go
         self._dropping_replies = threading.Event()
+        self._drop_replies_after: bytes | None = None
         if listening:
             self.restore()
 
@@ -46,10 +47,23 @@ class TcpProxy:
     def restore_after(self, delay_s: float) -> None:
         threading.Timer(delay_s, self.restore).start()
 
-    def drop_replies(self) -> None:
-        """From now until the next cut, what the server sends is lost on the way: a
-        request still reaches it and is carried out, and its client never hears back."""
-        self._dropping_replies.set()
+    def drop_replies(self, after: bytes | None = None) -> None:
+        """From now (or from the first request containing `after`) until the next cut,
+        what the server sends is lost on the way: requests still reach it and are
+        carried out, and their client never hears back."""
+        if after is None:
+            self._dropping_replies.set()
+        else:
+            self._drop_replies_after = after
+
+    def _request(self, data: bytes) -> bool:
+        marker = self._drop_replies_after
+        if marker is not None and marker in data:
+            self._dropping_replies.set()
+        return True  # a request always reaches the server
+
+    def _reply(self, data: bytes) -> bool:
+        return not self._dropping_replies.is_set()
 
     def cut(self) -> None:
         """Stop listening and drop every connection made through the proxy."""
@@ -64,6 +78,7 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 sock.close()
         self._dropping_replies.clear()  # the connections that lost replies are gone
+        self._drop_replies_after = None
 
     close = cut
 
@@ -87,8 +102,6 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets += [client, upstream]
-            for source, sink, dropping in (
-                (client, upstream, self._forwarding),
-                (upstream, client, self._dropping_replies),
-            ):
-                threading.Thread(target=_pump, args=(source, sink, dropping), daemon=True).start()
+            for source, sink, passes in ((client, upstream, self._request),
+                                         (upstream, client, self._reply)):  # fmt: skip
+                threading.Thread(target=_pump, args=(source, sink, passes), daemon=True).start()

@@ -10,17 +10,21 @@ listens, every connection drops) and restores."""
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
+import structlog
 from sqlalchemy.engine import make_url
 from websockets.sync.client import connect
 
 from tests.harness import CAO, Proc, Simulators, serving_api, wait_for_job, wait_until
+from tests.lease_support import queued_deliveries
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -154,55 +158,105 @@ def test_a_result_in_hand_when_the_database_goes_is_recorded_when_it_returns(
     assert calls == [(index, 1) for index in range(len(job["steps"]))], "a step ran twice"
 
 
-def test_a_result_whose_commit_lost_its_answer_still_sends_the_next_step(
-    private_postgres: str, proxied_database: tuple[str, TcpProxy]
-):
-    """The connection is cut after the statement that records a result has committed
-    but before its answer arrives. The worker tries again, finds the step completed
-    under its own attempt, and sends the next step's delivery that the lost answer
-    kept back (before, the next step waited for Beat's idle-step sweep)."""
-    import threading
-
-    import structlog
-
-    from app.catalog import current_catalog
-    from app.db import dispose_db, init_db, session_scope, statement_scope
-    from app.jobs import repository as repo
-    from app.jobs import step_changes as changes
-    from app.jobs.runner import Outcome, _record_success
-    from app.jobs.service import create_job
-    from app.models import JobEvent
-    from tests.lease_support import queued_deliveries
+@pytest.fixture
+def worker_engine_via_proxy(proxied_database: tuple[str, TcpProxy]) -> Iterator[TcpProxy]:
+    """This process's engine reaches the private database through the proxy, as a
+    worker's does (no pre-ping); the run's engine again afterwards."""
+    from app.db import dispose_db, init_db
 
     url, proxy = proxied_database
     dispose_db()
-    init_db(url, pre_ping=False)  # as a worker's engine is
+    init_db(url, pre_ping=False)
     try:
-        with session_scope() as session:
-            created = create_job(session, current_catalog(), feature_name="stalled_twice",
-                                 input_data={})  # fmt: skip
-            job_id = created.job.id
-        with statement_scope() as session:
-            queued = repo.load_step_run(session, job_id, 0)
-            assert queued is not None
-            assert changes.start_step(session, queued, queued.fence) is not None
-            run = repo.load_step_run(session, job_id, 0)
-        assert run is not None
-        queued_deliveries("stalled")  # drop the creation message
-
-        proxy.drop_replies()
-        cut = threading.Timer(0.5, lambda: (proxy.cut(), proxy.restore()))
-        cut.start()
-        outcome = _record_success(run, {"done": True}, structlog.get_logger("test"))
-        cut.join()
-
-        assert outcome == Outcome.COMPLETED
-        with session_scope() as session:
-            steps = repo.get_steps(session, job_id)
-            completed = session.query(JobEvent).filter_by(job_id=job_id, type="STEP_COMPLETED")
-            assert completed.count() == 1, "the result was recorded once"
-        assert [s.status for s in steps] == ["COMPLETED", "QUEUED"]
-        assert queued_deliveries("stalled") == [(str(job_id), 1, steps[1].fence)]
+        yield proxy
     finally:
         dispose_db()
         init_db()
+
+
+def _running_first_step() -> Any:
+    """A `stalled_twice` job (nothing consumes its queue) whose first step this process
+    has claimed: its StepRun."""
+    from app.catalog import current_catalog
+    from app.db import session_scope, statement_scope
+    from app.jobs import repository as repo
+    from app.jobs import step_changes as changes
+    from app.jobs.service import create_job
+
+    with session_scope() as session:
+        job_id = create_job(session, current_catalog(), feature_name="stalled_twice",
+                            input_data={}).job.id  # fmt: skip
+    with statement_scope() as session:
+        queued = repo.load_step_run(session, job_id, 0)
+        assert queued is not None
+        assert changes.start_step(session, queued, queued.fence) is not None
+        run = repo.load_step_run(session, job_id, 0)
+    assert run is not None
+    queued_deliveries("stalled")  # drop the creation message
+    return run
+
+
+def _with_the_answer_lost(
+    proxy: TcpProxy, record: Callable[[], Any], after: bytes | None = None
+) -> Any:
+    """`record()` while PostgreSQL's replies are dropped (from the first request holding
+    `after`, if given); the connection is cut half a second later, once the change has
+    committed, and the proxy restored at once."""
+    proxy.drop_replies(after)
+    cut = threading.Timer(0.5, lambda: (proxy.cut(), proxy.restore()))
+    cut.start()
+    try:
+        return record()
+    finally:
+        cut.join()
+
+
+def _events(job_id: Any, event_type: str) -> int:
+    from app.db import session_scope
+    from app.models import JobEvent
+
+    with session_scope() as session:
+        return session.query(JobEvent).filter_by(job_id=job_id, type=event_type).count()
+
+
+def test_a_result_whose_commit_lost_its_answer_still_sends_the_next_step(
+    worker_engine_via_proxy: TcpProxy,
+):
+    """The worker tries again, finds the step completed under its own attempt, and
+    sends the next step's delivery that the lost answer kept back (before, the next
+    step waited for Beat's idle-step sweep)."""
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import Outcome, _record_success
+
+    run = _running_first_step()
+    outcome = _with_the_answer_lost(
+        worker_engine_via_proxy,
+        lambda: _record_success(run, {"done": True}, structlog.get_logger("test")),
+    )
+    assert outcome == Outcome.COMPLETED
+    with session_scope() as session:
+        steps = repo.get_steps(session, run.job_id)
+    assert [s.status for s in steps] == ["COMPLETED", "QUEUED"]
+    assert _events(run.job_id, "STEP_COMPLETED") == 1, "the result was recorded once"
+    assert queued_deliveries("stalled") == [(str(run.job_id), 1, steps[1].fence)]
+
+
+def test_a_retry_whose_commit_lost_its_answer_is_still_sent(worker_engine_via_proxy: TcpProxy):
+    """Likewise for a retryable failure, whose transaction's COMMIT loses its answer:
+    the retry's delayed delivery still goes out, and the retry is recorded once."""
+    from app.jobs.runner import Outcome, _record_failure, live_service
+    from app.services import StepError
+
+    run = _running_first_step()
+    error = StepError("HTTP 503: busy", code="http_503", retryable=True)
+    outcome = _with_the_answer_lost(
+        worker_engine_via_proxy,
+        lambda: _record_failure(
+            run, live_service(run.service_spec), error, structlog.get_logger("test")
+        ),
+        after=b"COMMIT\x00",  # that transaction's COMMIT query (not "COMMITTED")
+    )
+    assert outcome == Outcome.RETRYING
+    assert _events(run.job_id, "STEP_RETRYING") == 1, "the retry was recorded once"
+    assert queued_deliveries("stalled") == [(str(run.job_id), 0, run.fence + 1)]

@@ -296,6 +296,18 @@ def retry_step(
     return fence + 1
 
 
+def retried_earlier(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int
+) -> int | None:
+    """The next attempt's fence when the step already waits to retry after the attempt
+    holding `fence` (RETRYING under the fence `retry_step` gives): an earlier try of
+    that attempt's retry committed, and its answer was lost. None otherwise."""
+    step = get_step(session, job_id, step_index)
+    if step is None or step.status != StepStatus.RETRYING or step.fence != fence + 1:
+        return None
+    return step.fence
+
+
 def fail_step(
     session: Session,
     job_id: uuid.UUID,

@@ -448,13 +448,18 @@ def _schedule_retry(
         session, run.job_id, run.step_index, run.fence, error=error.message, code=error.code
     )
     if next_fence is None:
-        return _late_failure(bound, error)
-    append_event(
-        session, run.job_id, EventType.STEP_RETRYING,
-        step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
-        data={"error": error.message, "code": error.code, "delay_s": round(delay, 3),
-              "next_attempt": run.attempt + 1},
-    )  # fmt: skip
+        next_fence = repo.retried_earlier(session, run.job_id, run.step_index, run.fence)
+        if next_fence is None:
+            return _late_failure(bound, error)
+        # An earlier try's commit landed and its answer was lost, with the enqueue below.
+        bound.warning("retry recorded by an earlier try whose commit's answer was lost")
+    else:
+        append_event(
+            session, run.job_id, EventType.STEP_RETRYING,
+            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
+            data={"error": error.message, "code": error.code, "delay_s": round(delay, 3),
+                  "next_attempt": run.attempt + 1},
+        )  # fmt: skip
     # The retry waits in the broker (an ETA message), not in a worker slot.
     on_commit(
         session,
