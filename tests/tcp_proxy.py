@@ -1,6 +1,8 @@
 """A TCP forwarder that a test can cut and restore: a server that is gone (nothing
-listens, every connection through it is dropped) and then back on the same port.
-The server behind it is real; only its reachability is the test's to decide."""
+listens, every connection through it is dropped) and then back on the same port; or
+whose replies are lost on the way while its requests still arrive (a commit that
+lands without its client hearing of it). The server behind it is real; only what
+reaches whom is the test's to decide."""
 
 from __future__ import annotations
 
