@@ -174,25 +174,32 @@ def worker_engine_via_proxy(proxied_database: tuple[str, TcpProxy]) -> Iterator[
         init_db()
 
 
-def _running_first_step() -> Any:
-    """A `stalled_twice` job (nothing consumes its queue) whose first step this process
-    has claimed: its StepRun."""
+def _new_job(feature: str) -> Any:
+    """A job of `feature`, whose queue nothing consumes (its creation message dropped)."""
     from app.catalog import current_catalog
-    from app.db import session_scope, statement_scope
-    from app.jobs import repository as repo
-    from app.jobs import step_changes as changes
+    from app.db import session_scope
     from app.jobs.service import create_job
 
     with session_scope() as session:
-        job_id = create_job(session, current_catalog(), feature_name="stalled_twice",
+        job_id = create_job(session, current_catalog(), feature_name=feature,
                             input_data={}).job.id  # fmt: skip
+    queued_deliveries(current_catalog().recipe(feature)[0].queue)
+    return job_id
+
+
+def _running_first_step() -> Any:
+    """A `stalled_twice` job whose first step this process has claimed: its StepRun."""
+    from app.db import statement_scope
+    from app.jobs import repository as repo
+    from app.jobs import step_changes as changes
+
+    job_id = _new_job("stalled_twice")
     with statement_scope() as session:
         queued = repo.load_step_run(session, job_id, 0)
         assert queued is not None
         assert changes.start_step(session, queued, queued.fence) is not None
         run = repo.load_step_run(session, job_id, 0)
     assert run is not None
-    queued_deliveries("stalled")  # drop the creation message
     return run
 
 
@@ -232,7 +239,7 @@ def test_a_result_whose_commit_lost_its_answer_still_sends_the_next_step(
     run = _running_first_step()
     outcome = _with_the_answer_lost(
         worker_engine_via_proxy,
-        lambda: _record_success(run, {"done": True}, structlog.get_logger("test")),
+        lambda: _record_success(run, {"done": True}, None, structlog.get_logger("test")),
     )
     assert outcome == Outcome.COMPLETED
     with session_scope() as session:
@@ -260,3 +267,33 @@ def test_a_retry_whose_commit_lost_its_answer_is_still_sent(worker_engine_via_pr
     assert outcome == Outcome.RETRYING
     assert _events(run.job_id, "STEP_RETRYING") == 1, "the retry was recorded once"
     assert queued_deliveries("stalled") == [(str(run.job_id), 0, run.fence + 1)]
+
+
+def test_a_continuation_whose_commit_lost_its_answer_puts_the_next_step_back(
+    worker_engine_via_proxy: TcpProxy,
+):
+    """A worker completes a step and starts the next in one commit, to run it itself;
+    that COMMIT's answer is lost, so it gives the next step's slot back and records the
+    result the usual way. It finds the next step RUNNING under the fence its own
+    continuation gave it, with no worker, and puts it back on its queue, still its
+    first attempt (before, it waited for Beat's silent-heartbeat sweep, as attempt 2)."""
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import Outcome, run_step
+    from app.leases import get_semaphore
+
+    job_id = _new_job("solo_twice")  # two python steps on a queue nothing consumes
+    with session_scope() as session:
+        first_fence = repo.get_steps(session, job_id)[0].fence
+    outcome = _with_the_answer_lost(
+        worker_engine_via_proxy,
+        lambda: run_step(job_id, 0, first_fence, frozenset({"solo"})),
+        after=b"COMMIT\x00",  # the continuation's transaction
+    )
+    assert outcome == Outcome.COMPLETED
+    with session_scope() as session:
+        steps = repo.get_steps(session, job_id)
+    assert [(s.status, s.attempt) for s in steps] == [("COMPLETED", 1), ("QUEUED", 1)]
+    assert _events(job_id, "STEP_COMPLETED") == 1
+    assert queued_deliveries("solo") == [(str(job_id), 1, steps[1].fence)]
+    assert get_semaphore().usage("solo").in_use == 0, "the abandoned step's slot is free"

@@ -296,9 +296,21 @@ def retry_step(
     return fence + 1
 
 
-def retried_earlier(
+def requeue_unstarted(
     session: Session, job_id: uuid.UUID, step_index: int, fence: int
 ) -> int | None:
+    """RUNNING under `fence`, but its service never called → QUEUED under a new fence,
+    the same attempt; returns that fence (None when the step moved on)."""
+    if not update_running_step(
+        session, job_id, step_index, fence,
+        status=StepStatus.QUEUED, fence=fence + 1,
+        queued_at=utcnow(), started_at=None, heartbeat_at=None,
+    ):  # fmt: skip
+        return None
+    return fence + 1
+
+
+def retried_earlier(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> int | None:
     """The next attempt's fence when the step already waits to retry after the attempt
     holding `fence` (RETRYING under the fence `retry_step` gives): an earlier try of
     that attempt's retry committed, and its answer was lost. None otherwise."""

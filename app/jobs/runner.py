@@ -79,6 +79,16 @@ class NamedSlot:
 
 
 @dataclass(frozen=True)
+class RecordUsually:
+    """The next step could not start in this process: record the result the usual way.
+    `started_next` is the fence the next step got if the commit that started it landed
+    while its answer was lost (the database went away meanwhile): that step is then
+    RUNNING under it with no worker, and recording puts it back on its queue."""
+
+    started_next: int | None = None
+
+
+@dataclass(frozen=True)
 class Claimed:
     """A step attempt this process has claimed and whose lease it holds."""
 
@@ -270,15 +280,17 @@ def _execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Record
             _release(semaphore, run.service_spec, lease, chain)
             return chain.record(lambda: _record_failure(run, service, failure, bound))
         output = result
+        usually = RecordUsually()
         if not run.is_last and chain.may_continue(run.next_spec()["queue"]):
             released = True
             continued = _continue(claimed, output, chain)
-            if continued is not None:
+            if isinstance(continued, Outcome):
                 return continued
+            usually = continued
         else:
             released = True
             _release(semaphore, run.service_spec, lease, chain)
-        return chain.record(lambda: _record_success(run, output, bound))
+        return chain.record(lambda: _record_success(run, output, usually.started_next, bound))
     finally:
         if not released:
             _release(semaphore, run.service_spec, lease)
@@ -286,12 +298,12 @@ def _execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Record
 
 def _continue(
     claimed: Claimed, output: dict[str, Any], chain: HandoffChain[Claimed]
-) -> Outcome | None:
+) -> Outcome | RecordUsually:
     """Free this step's slot, take one for the next step and start it in the
-    transaction that commits this result, to run it here next. None when the next
-    step cannot start here (its service is full, or it is not where this run found
-    it): this slot is freed either way, and the caller records the result the usual
-    way."""
+    transaction that commits this result, to run it here next. RecordUsually when the
+    next step cannot start here (its service is full, it is not where this run found
+    it, the database went away): this slot is freed either way, and the caller records
+    the result the usual way."""
     run, bound = claimed.run, claimed.log
     assert run.next_step_fence is not None  # loaded with every step but the last
     semaphore = get_semaphore()
@@ -308,21 +320,23 @@ def _continue(
     except Exception:
         log.exception("lease hand-on failed; releasing the usual way", lease=str(claimed.lease))
         _release(semaphore, run.service_spec, claimed.lease, chain)
-        return None
+        return RecordUsually()
     if not acquired:
         wake(chain.keep(run.queue, woken, service.name), service.name)
-        return None
+        return RecordUsually()
     wake(woken, service.name)
     try:
         with session_scope() as session:
             continued = changes.complete_and_start_next(session, run, run.fence, output)
-    except (changes.NextStepMoved, OperationalError) as moved:
-        # The database gone: record the usual way, which waits for it without holding
-        # the next step's slot.
+    except changes.NextStepMoved:
         _release(semaphore, run.next_spec(), next_lease)
-        if isinstance(moved, OperationalError):
-            bound.warning("database unreachable; recording the result without the next step")
-        return None
+        return RecordUsually()
+    except OperationalError:
+        # The database gone: record the usual way, which waits for it without holding
+        # the next step's slot. The commit may have landed all the same.
+        _release(semaphore, run.next_spec(), next_lease)
+        bound.warning("database unreachable; recording the result without the next step")
+        return RecordUsually(started_next=next_lease.fence)
     except BaseException:
         _release(semaphore, run.next_spec(), next_lease)
         raise
@@ -394,11 +408,14 @@ def _kept_until_recorded(record: Callable[..., Outcome]) -> Callable[..., Outcom
 
 
 @_kept_until_recorded
-def _record_success(run: StepRun, output: dict[str, Any], bound: Any) -> Outcome:
+def _record_success(
+    run: StepRun, output: dict[str, Any], started_next: int | None, bound: Any
+) -> Outcome:
+    """Commit the result and queue the next step (see RecordUsually for `started_next`)."""
     with statement_scope() as session:
         finished = changes.finish_step(session, run, run.fence, output)
         if finished is None:
-            finished = changes.recorded_earlier(session, run)
+            finished = changes.recorded_earlier(session, run, started_next)
             if finished is None:
                 bound.warning("late result discarded: the step moved on without this attempt")
                 return Outcome.DISCARDED

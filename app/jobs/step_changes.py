@@ -36,6 +36,7 @@ from app.jobs.repository import (
     get_step,
     load_step_run,
     queue_step,
+    requeue_unstarted,
     rows_changed,
     step_run_of,
 )
@@ -395,19 +396,32 @@ def finish_step(
     return Finished(job_finished=False, next_queue=row.queue, next_fence=row.fence)
 
 
-def recorded_earlier(session: Session, run: StepRun) -> Finished | None:
+def recorded_earlier(
+    session: Session, run: StepRun, started_next: int | None = None
+) -> Finished | None:
     """What an earlier try to record this very attempt's result left, when that try's
     commit landed but its answer was lost (the connection cut meanwhile): the step is
-    COMPLETED under `run.fence`, which only this attempt holds. The next step's
-    delivery is given only if that step still waits, QUEUED, for the enqueue the lost
-    answer kept from being sent (a duplicate delivery changes nothing). None when the
-    step did not complete under this attempt."""
+    COMPLETED under `run.fence`, which only this attempt holds. None when it is not.
+
+    The next step's delivery is given if that step still waits, QUEUED, for the
+    enqueue the lost answer kept from being sent (a duplicate delivery changes
+    nothing); or if it is RUNNING under `started_next`, the fence this worker's own
+    continuation gave it and then abandoned: it is put back on its queue under a new
+    fence, still its first attempt (it never called its service)."""
     step = get_step(session, run.job_id, run.step_index)
     if step is None or step.status != StepStatus.COMPLETED or step.fence != run.fence:
         return None
     if run.is_last:
         return Finished(job_finished=True)
-    following = get_step(session, run.job_id, run.step_index + 1)
-    if following is None or following.status != StepStatus.QUEUED:
+    index = run.step_index + 1
+    following = get_step(session, run.job_id, index)
+    if following is None:
         return Finished(job_finished=False)
-    return Finished(job_finished=False, next_queue=following.queue, next_fence=following.fence)
+    fence: int | None = following.fence
+    if following.status == StepStatus.RUNNING and following.fence == started_next:
+        fence = requeue_unstarted(session, run.job_id, index, following.fence)
+    elif following.status != StepStatus.QUEUED:
+        fence = None
+    if fence is None:
+        return Finished(job_finished=False)
+    return Finished(job_finished=False, next_queue=following.queue, next_fence=fence)
