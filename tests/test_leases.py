@@ -111,7 +111,7 @@ def test_stale_woken_delivery_gives_its_slot_back(db, semaphore):
     from app.catalog import current_catalog
     from app.db import session_scope
     from app.jobs import repository as repo
-    from app.jobs.runner import Outcome, run_step
+    from app.jobs.runner import NamedSlot, Outcome, run_step
     from app.jobs.service import create_job
 
     with session_scope() as session:
@@ -126,11 +126,45 @@ def test_stale_woken_delivery_gives_its_slot_back(db, semaphore):
     waiter = LeaseId(str(uuid.uuid4()), 0, 1, "stalled")
     assert semaphore.acquire("stalled", waiter, TTL_S, limit=1) == LeaseSemaphore.FULL
     try:
-        assert run_step(job_id, 0, 1) is Outcome.STALE
+        woken = NamedSlot("stalled", "stalled", holds_slot=True)  # as a release sends it
+        assert run_step(job_id, 0, 1, named=woken) is Outcome.STALE
         assert semaphore.state("stalled", old) is LeaseState.NONE
         assert semaphore.state("stalled", waiter) is LeaseState.HELD, "next waiter woken"
     finally:
         semaphore.release("stalled", waiter, TTL_S, limit=1)
+
+
+def test_a_duplicate_delivery_after_a_cancel_leaves_the_running_calls_slot(db, semaphore):
+    """Cancel while a step's call is in flight, then a duplicate of its delivery (a
+    re-sent message) arrives: it is dropped, and the slot stays with the call that is
+    still running. Freeing it would let one more call in than the limit."""
+    from app.catalog import current_catalog
+    from app.db import session_scope, statement_scope
+    from app.jobs import step_changes as changes
+    from app.jobs.operations import cancel_job
+    from app.jobs.runner import NamedSlot, Outcome, run_step
+    from app.jobs.service import create_job
+    from tests.lease_support import queued_deliveries
+
+    with session_scope() as session:
+        job_id = create_job(session, current_catalog(), feature_name="solo_job",
+                            input_data={}).job.id  # fmt: skip
+    queued_deliveries("solo")  # driven by hand
+    running = LeaseId(str(job_id), 0, 1, "solo")
+    try:
+        # The delivery's claim: the slot, then the step RUNNING; its call is in flight.
+        assert semaphore.acquire("solo", running, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        with statement_scope() as session:
+            assert changes.start_named_step(session, job_id, 0, 1, "solo", "solo") is not None
+        with session_scope() as session:
+            cancel_job(session, job_id)
+
+        duplicate = NamedSlot("solo", "solo")
+        assert run_step(job_id, 0, 1, named=duplicate) is Outcome.STALE
+        assert semaphore.state("solo", running) is LeaseState.HELD, "the call lost its slot"
+        assert semaphore.usage("solo").in_use == 1
+    finally:
+        semaphore.release("solo", running, TTL_S, limit=1)
 
 
 def test_released_slot_is_taken_over_in_process(db, semaphore):
@@ -316,7 +350,7 @@ def test_a_step_message_names_its_service_and_queue_to_the_worker(db):
 
     from app.catalog import current_catalog
     from app.db import session_scope
-    from app.jobs.runner import NamedSlot
+    from app.jobs.runner import NamedSlot, wake
     from app.jobs.service import create_job
     from tests.lease_support import queued_deliveries, queued_messages
     from worker.celery_app import celery_app
@@ -329,3 +363,8 @@ def test_a_step_message_names_its_service_and_queue_to_the_worker(db):
     request = Request(message, app=celery_app)
     assert named_slot(Context(request.request_dict)) == NamedSlot("solo", "solo")
     assert named_slot(Context({})) is None, "a message naming nothing is claimed as before"
+    # A waiter handed a slot by a release: its delivery says it holds it.
+    wake([LeaseId(str(uuid.uuid4()), 0, 1, "solo")], "solo")
+    [message] = queued_messages("solo")
+    request = Request(message, app=celery_app)
+    assert named_slot(Context(request.request_dict)) == NamedSlot("solo", "solo", holds_slot=True)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.db import init_db
 from app.jobs import runner
-from app.jobs.dispatch import QUEUE_HEADER, RUN_STEP_TASK, SERVICE_HEADER
+from app.jobs.dispatch import HOLDS_SLOT_HEADER, QUEUE_HEADER, RUN_STEP_TASK, SERVICE_HEADER
 from worker.celery_app import celery_app
 
 
@@ -34,7 +34,9 @@ def named_slot(request: Context) -> runner.NamedSlot | None:
     """The service and queue the message's headers name (Celery puts a message's own
     headers into the task's request), or None for a message that names none."""
     service, queue = request.get(SERVICE_HEADER), request.get(QUEUE_HEADER)
-    return runner.NamedSlot(service, queue) if service and queue else None
+    if not (service and queue):
+        return None
+    return runner.NamedSlot(service, queue, holds_slot=bool(request.get(HOLDS_SLOT_HEADER)))
 
 
 def consumed_queues() -> frozenset[str]:

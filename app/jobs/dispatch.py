@@ -15,9 +15,11 @@ RUN_STEP_TASK = "cao.run_step"
 # waits behind fresh deliveries is a slot the service does not use.
 HOLDS_SLOT_PRIORITY = 0
 DEFAULT_PRIORITY = 5
-# Message headers naming the step's service and queue (optional).
+# Message headers naming the step's service and queue (optional), and marking a
+# delivery that was handed its slot by a release (the lease was made for it).
 SERVICE_HEADER = "cao_service"
 QUEUE_HEADER = "cao_queue"
+HOLDS_SLOT_HEADER = "cao_holds_slot"
 
 
 def enqueue_step(
@@ -34,11 +36,14 @@ def enqueue_step(
     its slot before it reads the step, and claim and read it in one statement."""
     from worker.celery_app import celery_app
 
+    headers = {SERVICE_HEADER: service, QUEUE_HEADER: queue} if service else {}
+    if holds_slot:
+        headers[HOLDS_SLOT_HEADER] = "1"
     celery_app.send_task(
         RUN_STEP_TASK,
         args=[str(job_id), step_index, fence],
         # Headers, not arguments: a worker that does not know them ignores them.
-        headers={SERVICE_HEADER: service, QUEUE_HEADER: queue} if service else None,
+        headers=headers or None,
         queue=queue,
         countdown=countdown if countdown and countdown > 0 else None,
         priority=HOLDS_SLOT_PRIORITY if holds_slot else DEFAULT_PRIORITY,

@@ -72,10 +72,12 @@ def wake(woken: list[LeaseId], service: str) -> None:
 
 @dataclass(frozen=True)
 class NamedSlot:
-    """The service and queue a step message names (app/jobs/dispatch.py)."""
+    """The service and queue a step message names (app/jobs/dispatch.py), and whether
+    the delivery was handed its slot by a release (the lease was made for it)."""
 
     service: str
     queue: str
+    holds_slot: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def run_step(
                     lease = taken.lease
                     _run_delivery(
                         uuid.UUID(lease.job_id), lease.step_index, lease.fence, chain,
-                        NamedSlot(taken.service, lease.queue),
+                        NamedSlot(taken.service, lease.queue, holds_slot=True),
                     )  # fmt: skip
             except Exception:
                 # Its lease expires and Beat puts the step back; stop taking work over.
@@ -143,7 +145,7 @@ def _run_delivery(
         if named is not None:
             claimed = _claim_named(job_id, step_index, fence, named)
         if claimed is None:
-            claimed = _claim(job_id, step_index, fence)
+            claimed = _claim(job_id, step_index, fence, named is not None and named.holds_slot)
     finally:
         chain.step_claimed()  # however the claim ended, deferred recordings may go
     if isinstance(claimed, Outcome):
@@ -215,7 +217,9 @@ def _park_named(
     return True
 
 
-def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
+def _claim(
+    job_id: uuid.UUID, step_index: int, fence: int, holds_slot: bool = False
+) -> Claimed | Outcome:
     """Read the step, take its slot and claim it (or park it until a slot frees). Each
     change is one statement on PostgreSQL, so no transaction spans the lease call."""
     semaphore = get_semaphore()
@@ -224,7 +228,7 @@ def _claim(job_id: uuid.UUID, step_index: int, fence: int) -> Claimed | Outcome:
         with statement_scope() as session:
             run = repo.load_step_run(session, job_id, step_index)
             if run is None or not run.accepts(fence):
-                return _drop_stale(semaphore, run, job_id, step_index, fence)
+                return _drop_stale(semaphore, run, job_id, step_index, fence, holds_slot)
             service = live_service(run.service_spec)
             bound = log.bind(
                 job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue
@@ -373,13 +377,23 @@ def _release(
 
 
 def _drop_stale(
-    semaphore: LeaseSemaphore, run: StepRun | None, job_id: uuid.UUID, step_index: int, fence: int
+    semaphore: LeaseSemaphore,
+    run: StepRun | None,
+    job_id: uuid.UUID,
+    step_index: int,
+    fence: int,
+    holds_slot: bool,
 ) -> Outcome:
     log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
-    if run is not None and not (run.status == StepStatus.RUNNING and run.fence == fence):
+    if (
+        holds_slot
+        and run is not None
+        and not (run.status == StepStatus.RUNNING and run.fence == fence)
+    ):
         # A waiter woken after its job was cancelled or its step moved on holds the
-        # slot it was handed; give it back now rather than after lease_ttl_s. (A
-        # duplicate of the delivery running this fence must keep that one's lease.)
+        # slot it was handed; give it back now rather than after lease_ttl_s. Any
+        # other delivery took no slot here: a lease under this fence is the one of a
+        # call still in flight (a duplicate after a cancel), which keeps it.
         _release(semaphore, run.service_spec, LeaseId(str(job_id), step_index, fence, run.queue))
     return Outcome.STALE
 
