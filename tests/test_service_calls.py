@@ -3,7 +3,11 @@ service"), through the worker's own HTTP client against the simulated services."
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -74,3 +78,42 @@ def test_a_service_nobody_listens_on_is_a_retryable_connect_error():
         call_service(_service(url), _call())
     assert (failed.value.code, failed.value.retryable) == ("connect_error", True)
     assert url in failed.value.message
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """An outside service that answers 200 and then sends its body one byte every
+    0.2 s, for ever: each read finds a byte well within any read timeout."""
+
+    def do_POST(self) -> None:  # noqa: N802 (the handler's required name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the gateway hung up
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_answer_trickling_past_timeout_s_is_a_timeout():
+    """timeout_s bounds the whole answer, not each read alone: otherwise a service
+    sending a byte now and then would hold the call, its slot and its job for ever."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    service = Service(name="trickle", kind="http", url=f"http://127.0.0.1:{server.server_port}/",
+                      timeout_s=1)  # fmt: skip
+    started = time.monotonic()
+    try:
+        with pytest.raises(StepError) as failed:
+            call_service(service, _call())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (failed.value.code, failed.value.retryable) == ("timeout", True)
+    assert time.monotonic() - started < 2 * service.timeout_s + 0.5

@@ -105,16 +105,23 @@ def classify_response(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"result": body}
 
 
-def _read_within(streamed: httpx.Response, service: Service, limit: int) -> httpx.Response:
+def _read_within(
+    streamed: httpx.Response, service: Service, limit: int, deadline: float
+) -> httpx.Response:
     """The answer, its body read up to `limit` bytes: a runaway answer never fills the
     worker's memory. A 2xx body past the limit is a StepError (it would be the step's
-    output); any other is cut there, as only its status and a snippet are used."""
+    output); any other is cut there, as only its status and a snippet are used. An
+    answer still arriving at `deadline` (monotonic) is a timeout: a service trickling
+    bytes would otherwise hold the call, its slot and its job for ever, since each
+    read is only bounded on its own."""
     success = 200 <= streamed.status_code < 300
     declared = streamed.headers.get("Content-Length", "")
     if success and declared.isdigit() and int(declared) > limit:
         raise output_too_large(service, f"a {declared}-byte answer", limit)
     body = bytearray()
     for chunk in streamed.iter_bytes():  # decoded: the limit is on what would be stored
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the answer was still arriving", request=streamed.request)
         body += chunk
         if len(body) > limit:
             if success:
@@ -133,7 +140,10 @@ def _read_within(streamed: httpx.Response, service: Service, limit: int) -> http
 
 def call_http(service: Service, call: StepCall) -> dict[str, Any]:
     settings = get_settings()
-    # The service's timeout_s bounds the whole read; connect has its own short budget.
+    # The service's timeout_s bounds each read and the answer as a whole (checked as
+    # it arrives, so a trickled answer ends within about twice timeout_s); connect has
+    # its own short budget.
+    deadline = time.monotonic() + service.timeout_s
     timeout = httpx.Timeout(
         service.timeout_s,
         connect=min(settings.http_connect_timeout_s, service.timeout_s),
@@ -144,7 +154,7 @@ def call_http(service: Service, call: StepCall) -> dict[str, Any]:
         with get_client().stream(
             "POST", service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
         ) as streamed:
-            response = _read_within(streamed, service, settings.max_step_output_bytes)
+            response = _read_within(streamed, service, settings.max_step_output_bytes, deadline)
     except httpx.TimeoutException as exc:
         raise StepError(
             f"{service.name} timed out ({type(exc).__name__}) after {service.timeout_s:g}s",
