@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -165,6 +166,48 @@ def test_a_duplicate_delivery_after_a_cancel_leaves_the_running_calls_slot(db, s
         assert semaphore.usage("solo").in_use == 1
     finally:
         semaphore.release("solo", running, TTL_S, limit=1)
+
+
+def test_a_broker_failing_to_wake_a_waiter_does_not_lose_the_result(db, semaphore, monkeypatch):
+    """A finished step passes its slot to a waiter and starts its job's next step (of
+    another service) in the same process; the broker refuses the waiter's delivery.
+    The result is recorded and the next step runs all the same; the waiter's unused
+    lease expires and Beat sends it again."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from app.catalog import current_catalog
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import Outcome, run_step
+    from app.jobs.service import create_job
+    from tests.lease_support import queued_deliveries
+    from worker.celery_app import celery_app
+
+    with session_scope() as session:
+        running = create_job(session, current_catalog(), feature_name="solo_then_next",
+                             input_data={}).job.id  # fmt: skip
+        waiting = create_job(session, current_catalog(), feature_name="solo_job",
+                             input_data={}).job.id  # fmt: skip
+    queued_deliveries("solo")  # driven by hand
+    held, waiter = (LeaseId(str(job_id), 0, 1, "solo") for job_id in (running, waiting))
+    try:
+        assert semaphore.acquire("solo", held, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+        assert run_step(waiting, 0, 1) is Outcome.WAITING  # in line for the only slot
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise BrokerError("broker unreachable")
+
+        monkeypatch.setattr(celery_app, "send_task", refuse)
+        assert run_step(running, 0, 1, frozenset({"solo"})) is Outcome.COMPLETED
+        with session_scope() as session:
+            statuses = [step.status for step in repo.get_steps(session, running)]
+        assert statuses == ["COMPLETED", "COMPLETED"], "the wake-up's failure lost the result"
+        assert semaphore.state("solo", waiter) is LeaseState.HELD, "handed over, not sent"
+    finally:
+        monkeypatch.undo()
+        for lease in (held, waiter):
+            semaphore.release("solo", lease, TTL_S, limit=1)
+        queued_deliveries("solo")
 
 
 def test_released_slot_is_taken_over_in_process(db, semaphore):

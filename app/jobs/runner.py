@@ -70,6 +70,16 @@ def wake(woken: list[LeaseId], service: str) -> None:
         )  # fmt: skip
 
 
+def _wake_or_log(woken: list[LeaseId], service: str) -> None:
+    """`wake`, for a caller with a result still to record: a broker that fails here
+    must not lose it. The woken steps' leases then expire unused and Beat sends the
+    steps again."""
+    try:
+        wake(woken, service)
+    except Exception:
+        log.exception("wake-up failed", service=service, woken=[str(lease) for lease in woken])
+
+
 @dataclass(frozen=True)
 class NamedSlot:
     """The service and queue a step message names (app/jobs/dispatch.py), and whether
@@ -326,9 +336,9 @@ def _continue(
         _release(semaphore, run.service_spec, claimed.lease, chain)
         return RecordUsually()
     if not acquired:
-        wake(chain.keep(run.queue, woken, service.name), service.name)
+        _wake_or_log(chain.keep(run.queue, woken, service.name), service.name)
         return RecordUsually()
-    wake(woken, service.name)
+    _wake_or_log(woken, service.name)
     try:
         with session_scope() as session:
             continued = changes.complete_and_start_next(session, run, run.fence, output)
