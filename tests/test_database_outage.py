@@ -297,3 +297,47 @@ def test_a_continuation_whose_commit_lost_its_answer_puts_the_next_step_back(
     assert _events(job_id, "STEP_COMPLETED") == 1
     assert queued_deliveries("solo") == [(str(job_id), 1, steps[1].fence)]
     assert get_semaphore().usage("solo").in_use == 0, "the abandoned step's slot is free"
+
+
+def test_a_stalled_database_does_not_cost_a_running_step_its_lease(
+    worker_engine_via_proxy: TcpProxy, private_postgres: str
+):
+    """The database stops answering while a step's call runs (its replies are lost):
+    the heartbeat's row write hangs, but the lease renewals go on, so the lease outlives
+    many times its lease_ttl_s and Beat has nothing to reap. Before, one thread did
+    both, and the lease expired behind the hung write."""
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import Outcome, run_step
+    from app.leases import LeaseId, LeaseState, get_semaphore
+
+    proxy = worker_engine_via_proxy
+    job_id = _new_job("solo_pause_job")  # lease_ttl_s 1: renewed every 0.33 s
+    with session_scope() as session:
+        fence = repo.get_steps(session, job_id)[0].fence
+    outcome: list[Outcome] = []
+    step = threading.Thread(target=lambda: outcome.append(run_step(job_id, 0, fence)))
+    # The step pauses 4 s; its job's input says so.
+    dsn = make_url(private_postgres).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE job SET input_data = %s WHERE id = %s", ('{"seconds": 4}', job_id))
+        step.start()
+
+        def running() -> bool:
+            row = conn.execute(
+                "SELECT status FROM job_step WHERE job_id = %s", (job_id,)
+            ).fetchone()
+            return row is not None and row[0] == "RUNNING"
+
+        wait_until(running, 10, 0.05, "the step to run")
+    lease = LeaseId(str(job_id), 0, fence, "solo")
+    proxy.drop_replies()
+    try:
+        for _ in range(12):  # 2.4 s: more than twice lease_ttl_s
+            time.sleep(0.2)
+            assert get_semaphore().state("solo_pause", lease) is LeaseState.HELD, "lease lapsed"
+    finally:
+        proxy.cut()  # the hung heartbeat write fails; the step records through a new one
+        proxy.restore()
+    step.join(30)
+    assert outcome == [Outcome.COMPLETED]

@@ -1,10 +1,13 @@
 """Heartbeats for steps in flight: one thread per process keeps every running step's
-lease alive and its step row's heartbeat fresh, so starting a step costs a dict insert,
-not a thread.
+lease alive, and another its step row's heartbeat fresh, so starting a step costs a
+dict insert, not a thread.
 
 A step's lease is renewed every `lease_ttl_s / 3` (at least every 0.2 s) while its call
 runs. A renewal that races the step's own release finds the lease gone and changes
 nothing: the renew script only extends a lease that is still held (app/leases.py).
+The step rows are written by their own thread, after each renewal: a database that
+stalls (a lock wait, a partition) delays those writes, never the renewals, so a
+healthy call does not lose its lease to it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Heartbeats:
         self._beats: set[_Beat] = set()
         self._next_wake = float("inf")
         self._owner_pid: int | None = None
+        # Renewed beats whose step row is still to be written, by the recording thread.
+        self._to_record: dict[LeaseId, _Beat] = {}
+        self._record_wakeup = threading.Event()
 
     @contextmanager
     def beating(
@@ -75,7 +81,11 @@ class Heartbeats:
         # Threads do not survive fork: a pool process starts its own on first use.
         if self._owner_pid != os.getpid():
             self._owner_pid = os.getpid()
+            self._to_record = {}
             threading.Thread(target=self._run, name="cao-heartbeat", daemon=True).start()
+            threading.Thread(
+                target=self._record_loop, name="cao-heartbeat-rows", daemon=True
+            ).start()
 
     def _run(self) -> None:
         while True:
@@ -94,13 +104,35 @@ class Heartbeats:
         lease = beat.lease
         try:
             renewed = beat.semaphore.renew(beat.service.name, lease, beat.service.lease_ttl_s)
-            with self._lock:
-                finished = beat not in self._beats
-            if finished:
+        except Exception:
+            beat.log.exception("lease renewal failed", lease=str(lease))
+            return
+        with self._lock:
+            if beat not in self._beats:
                 return  # the step ended meanwhile and released its lease itself
-            if not renewed:
-                beat.log.warning("lease lost while the step runs; its result will be fenced",
-                                 lease=str(lease))  # fmt: skip
+            self._to_record[lease] = beat
+        self._record_wakeup.set()
+        if not renewed:
+            beat.log.warning("lease lost while the step runs; its result will be fenced",
+                             lease=str(lease))  # fmt: skip
+
+    def _record_loop(self) -> None:
+        """Write the heartbeat of each renewed step, the latest renewal once."""
+        while True:
+            self._record_wakeup.wait()
+            self._record_wakeup.clear()
+            with self._lock:
+                pending, self._to_record = self._to_record, {}
+            for beat in pending.values():
+                with self._lock:
+                    running = beat in self._beats
+                if running:
+                    self._record(beat)
+
+    @staticmethod
+    def _record(beat: _Beat) -> None:
+        lease = beat.lease
+        try:
             with session_scope() as session:
                 repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
         except OperationalError as exc:
