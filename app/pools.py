@@ -10,25 +10,32 @@ which starts it with its `-c` again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worker.celery_app import celery_app
+if TYPE_CHECKING:
+    from celery import Celery
 
-REPLY_TIMEOUT_S = 1.0
+REPLY_TIMEOUT_S = 2.0
+
+
+def _celery() -> Celery:
+    from worker.celery_app import celery_app  # the one Celery app, as dispatch uses it
+
+    return celery_app
 
 
 @dataclass(frozen=True)
 class WorkerPool:
     worker: str  # the worker's node name
     queues: tuple[str, ...]
-    processes: int
+    processes: int | None  # None when the worker did not say (no stats reply in time)
 
 
 @dataclass(frozen=True)
 class Resized:
     pool: WorkerPool
-    size: int
-    error: str | None = None  # what the worker answered when it refused
+    size: int  # the size asked for
+    error: str | None = None  # why the worker was not resized
 
 
 class NoWorkerForQueue(LookupError):
@@ -37,17 +44,22 @@ class NoWorkerForQueue(LookupError):
 
 def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
     """Every worker that answers within `timeout`, by name."""
-    inspect = celery_app.control.inspect(timeout=timeout)
+    inspect = _celery().control.inspect(timeout=timeout)
     queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
     stats: dict[str, dict[str, Any]] = inspect.stats() or {}
     return [
         WorkerPool(
             worker=name,
             queues=tuple(sorted(queue["name"] for queue in queues.get(name, []))),
-            processes=len(stats.get(name, {}).get("pool", {}).get("processes", [])),
+            processes=_processes(stats.get(name)),
         )
         for name in sorted(queues.keys() | stats.keys())
     ]
+
+
+def _processes(stats: dict[str, Any] | None) -> int | None:
+    processes = (stats or {}).get("pool", {}).get("processes")
+    return len(processes) if isinstance(processes, list) and processes else None
 
 
 def resize_queue_pools(queue: str, size: int, timeout: float = REPLY_TIMEOUT_S) -> list[Resized]:
@@ -63,14 +75,17 @@ def resize_queue_pools(queue: str, size: int, timeout: float = REPLY_TIMEOUT_S) 
 
 
 def _resize(pool: WorkerPool, size: int, timeout: float) -> Resized:
+    if pool.processes is None:  # a change by a guessed difference could go anywhere
+        return Resized(pool, size, error="its pool size is unknown (no stats reply)")
     change = size - pool.processes
     if change == 0:
         return Resized(pool, size)
-    command = celery_app.control.pool_grow if change > 0 else celery_app.control.pool_shrink
+    control = _celery().control
+    command = control.pool_grow if change > 0 else control.pool_shrink
     replies = command(abs(change), destination=[pool.worker], reply=True, timeout=timeout)
     answer = next((reply[pool.worker] for reply in replies if pool.worker in reply), None)
     if answer is None:
-        return Resized(pool, pool.processes, error="no answer")
+        return Resized(pool, size, error="no answer")
     if "ok" not in answer:
-        return Resized(pool, pool.processes, error=str(answer.get("error", answer)))
+        return Resized(pool, size, error=str(answer.get("error", answer)))
     return Resized(pool, size)

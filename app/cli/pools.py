@@ -26,7 +26,8 @@ def show() -> None:
         typer.echo("no running worker answered")
         return
     for pool in pools:
-        typer.echo(f"{pool.worker}  queues={','.join(pool.queues)}  processes={pool.processes}")
+        processes = "?" if pool.processes is None else pool.processes
+        typer.echo(f"{pool.worker}  queues={','.join(pool.queues)}  processes={processes}")
 
 
 @pool_cli.command("resize")
@@ -45,8 +46,9 @@ def resize(
         raise typer.Exit(2) from exc
     for result in results:
         if result.error:
-            typer.secho(f"{result.pool.worker}: kept {result.pool.processes} processes "
-                        f"({result.error})", fg="red", err=True)  # fmt: skip
+            # A shrink refused half-way may have removed some processes: `cao pool show`.
+            typer.secho(f"{result.pool.worker}: not resized to {result.size} ({result.error})",
+                        fg="red", err=True)  # fmt: skip
         else:
             typer.echo(f"{result.pool.worker}: {result.pool.processes} -> {result.size} processes")
     if any(result.error for result in results):
