@@ -110,8 +110,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    # Settings read while the test modules were imported (a catalog parsed at import
-    # reads HTTP_READ_TIMEOUT_S) must not keep the environment from before this.
+    # Settings read before this (conftest's imports parse a catalog, which reads
+    # HTTP_READ_TIMEOUT_S) must not keep the environment from before the run's.
     from app.config import get_settings
 
     get_settings.cache_clear()

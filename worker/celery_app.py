@@ -51,14 +51,20 @@ class UnsafeVisibilityTimeout(RuntimeError):
     pass
 
 
+# A call runs for at most about twice its timeout_s (an answer trickling in is checked
+# as it arrives: app/services/http.py).
+LONGEST_CALL_PER_TIMEOUT = 2
+
+
 def check_visibility_timeout() -> None:
     """Refuse to run when a step could outlive the broker's visibility timeout."""
-    longest = current_catalog().longest_timeout_s
+    longest = current_catalog().longest_timeout_s * LONGEST_CALL_PER_TIMEOUT
     timeout = settings.broker_visibility_timeout_s
     if timeout <= longest:
         raise UnsafeVisibilityTimeout(
             f"BROKER_VISIBILITY_TIMEOUT_S={timeout} must be longer than the longest step "
-            f"timeout_s in the catalog ({longest:g}s), or running steps would be redelivered"
+            f"could run, twice the longest timeout_s in the catalog ({longest:g}s), or "
+            "running steps would be redelivered"
         )
 
 

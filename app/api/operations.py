@@ -64,7 +64,8 @@ class BulkResumeResponse(BaseModel):
     job_ids: list[uuid.UUID]
     matched: int = Field(description="FAILED jobs matching the filters, `limit` aside.")
     more: bool = Field(
-        description="More jobs match than `limit` let this request take: send it again."
+        description="More jobs match than `limit` let this request take (after a real "
+        "run, sending it again resumes the next ones)."
     )
 
 

@@ -47,15 +47,22 @@ class _Beat:
 
 
 class Heartbeats:
-    """The steps in flight in this process and the one thread that beats for them."""
+    """The steps in flight in this process, the thread that renews their leases and the
+    thread that writes their step rows' heartbeats."""
 
     def __init__(self) -> None:
+        self._reset()
+        # Threads, and locks a parent's thread may hold, do not survive fork: a child
+        # starts from nothing and its threads on first use.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._beats: set[_Beat] = set()
         self._next_wake = float("inf")
-        self._owner_pid: int | None = None
-        # Renewed beats whose step row is still to be written, by the recording thread.
+        self._started = False
+        # Renewed beats whose step row is still to be written, by the rows thread.
         self._to_record: dict[LeaseId, _Beat] = {}
         self._record_wakeup = threading.Event()
 
@@ -78,10 +85,8 @@ class Heartbeats:
                 self._beats.discard(beat)
 
     def _ensure_thread(self) -> None:
-        # Threads do not survive fork: a pool process starts its own on first use.
-        if self._owner_pid != os.getpid():
-            self._owner_pid = os.getpid()
-            self._to_record = {}
+        if not self._started:
+            self._started = True
             threading.Thread(target=self._run, name="cao-heartbeat", daemon=True).start()
             threading.Thread(
                 target=self._record_loop, name="cao-heartbeat-rows", daemon=True

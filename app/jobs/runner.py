@@ -411,8 +411,8 @@ def _drop_stale(
 def _kept_until_recorded(record: Callable[..., Outcome]) -> Callable[..., Outcome]:
     """`record(run, ..., bound)`, retried while the database cannot be reached: the
     result is in hand, and giving up leaves the step to Beat, which calls the service
-    again. The writes are fenced, so a retry after a commit that landed changes
-    nothing."""
+    again. The writes are fenced, so a retry after a commit that landed writes nothing
+    again; it recognises that commit and sends what its lost answer kept back."""
 
     @wraps(record)
     def recording(*args: Any) -> Outcome:
