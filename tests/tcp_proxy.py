@@ -32,6 +32,8 @@ class TcpProxy:
         self._sockets: list[socket.socket] = []
         self._dropping_replies = threading.Event()
         self._drop_replies_after: bytes | None = None
+        self._cut_after_s: float | None = None
+        self.replies_dropped = 0  # chunks of server data lost so far
         if listening:
             self.restore()
 
@@ -49,23 +51,39 @@ class TcpProxy:
     def restore_after(self, delay_s: float) -> None:
         threading.Timer(delay_s, self.restore).start()
 
-    def drop_replies(self, after: bytes | None = None) -> None:
+    def drop_replies(self, after: bytes | None = None, cut_after_s: float | None = None) -> None:
         """From now (or from the first request containing `after`) until the next cut,
         what the server sends is lost on the way: requests still reach it and are
-        carried out, and their client never hears back."""
+        carried out, and their client never hears back. With `cut_after_s`, the proxy
+        cuts every connection that long after it starts dropping, then listens again."""
+        self._cut_after_s = cut_after_s
         if after is None:
-            self._dropping_replies.set()
+            self._start_dropping()
         else:
             self._drop_replies_after = after
+
+    def _start_dropping(self) -> None:
+        if self._dropping_replies.is_set():
+            return
+        self._dropping_replies.set()
+        if self._cut_after_s is not None:
+            threading.Timer(self._cut_after_s, self._cut_and_restore).start()
+
+    def _cut_and_restore(self) -> None:
+        self.cut()
+        self.restore()
 
     def _request(self, data: bytes) -> bool:
         marker = self._drop_replies_after
         if marker is not None and marker in data:
-            self._dropping_replies.set()
+            self._start_dropping()
         return True  # a request always reaches the server
 
     def _reply(self, data: bytes) -> bool:
-        return not self._dropping_replies.is_set()
+        if self._dropping_replies.is_set():
+            self.replies_dropped += 1
+            return False
+        return True
 
     def cut(self) -> None:
         """Stop listening and drop every connection made through the proxy."""
@@ -81,6 +99,7 @@ class TcpProxy:
                 sock.close()
         self._dropping_replies.clear()  # the connections that lost replies are gone
         self._drop_replies_after = None
+        self._cut_after_s = None
 
     close = cut
 

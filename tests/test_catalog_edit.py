@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,14 @@ def _edit(catalog: Path) -> None:
     catalog.write_text(text)
 
 
+def _logged_at(log: str, event: str) -> float:
+    """When the first line logging `event` was written (its ISO timestamp), as epoch s."""
+    line = next(line for line in log.splitlines() if event in line)
+    stamp = re.search(r"\d{4}-\d\d-\d\dT[\d:.]+Z", line)
+    assert stamp is not None, line
+    return datetime.fromisoformat(stamp.group()).timestamp()
+
+
 def test_editing_the_catalog_never_breaks_a_job_in_flight(
     sim, api, env, log_dir, migrated, tmp_path
 ):
@@ -57,6 +66,9 @@ def test_editing_the_catalog_never_breaks_a_job_in_flight(
         after = sim.requests("edited_after", job_id)
         assert len(after) == 1
         assert after[0]["context"].keys() == {"edited"}
-        worker.wait_for_log("catalog reloaded", timeout=5)  # the edit was read meanwhile
+        # The worker read the edit before it called the second step (it re-reads the
+        # file as it starts that step), so the call above went by the snapshot.
+        worker.wait_for_log("catalog reloaded", timeout=5)
+        assert _logged_at(worker.log_text(), "catalog reloaded") < after[0]["received_at"]
     finally:
         worker.stop()

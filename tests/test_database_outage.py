@@ -207,15 +207,12 @@ def _with_the_answer_lost(
     proxy: TcpProxy, record: Callable[[], Any], after: bytes | None = None
 ) -> Any:
     """`record()` while PostgreSQL's replies are dropped (from the first request holding
-    `after`, if given); the connection is cut half a second later, once the change has
-    committed, and the proxy restored at once."""
-    proxy.drop_replies(after)
-    cut = threading.Timer(0.5, lambda: (proxy.cut(), proxy.restore()))
-    cut.start()
-    try:
-        return record()
-    finally:
-        cut.join()
+    `after`, if given); the connection is cut half a second after the dropping starts,
+    once the change has committed, and the proxy listens again at once."""
+    proxy.drop_replies(after, cut_after_s=0.5)
+    done = record()
+    assert proxy.replies_dropped > 0, "no answer was lost: the test missed its moment"
+    return done
 
 
 def _events(job_id: Any, event_type: str) -> int:
@@ -312,15 +309,15 @@ def test_a_stalled_database_does_not_cost_a_running_step_its_lease(
     from app.leases import LeaseId, LeaseState, get_semaphore
 
     proxy = worker_engine_via_proxy
-    job_id = _new_job("solo_pause_job")  # lease_ttl_s 1: renewed every 0.33 s
+    job_id = _new_job("solo_pause_job")  # lease_ttl_s 2: renewed every 0.67 s
     with session_scope() as session:
         fence = repo.get_steps(session, job_id)[0].fence
     outcome: list[Outcome] = []
     step = threading.Thread(target=lambda: outcome.append(run_step(job_id, 0, fence)))
-    # The step pauses 4 s; its job's input says so.
+    # The step pauses 6 s; its job's input says so.
     dsn = make_url(private_postgres).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("UPDATE job SET input_data = %s WHERE id = %s", ('{"seconds": 4}', job_id))
+        conn.execute("UPDATE job SET input_data = %s WHERE id = %s", ('{"seconds": 6}', job_id))
         step.start()
 
         def running() -> bool:
@@ -333,7 +330,7 @@ def test_a_stalled_database_does_not_cost_a_running_step_its_lease(
     lease = LeaseId(str(job_id), 0, fence, "solo")
     proxy.drop_replies()
     try:
-        for _ in range(12):  # 2.4 s: more than twice lease_ttl_s
+        for _ in range(22):  # 4.4 s: more than twice lease_ttl_s
             time.sleep(0.2)
             assert get_semaphore().state("solo_pause", lease) is LeaseState.HELD, "lease lapsed"
     finally:
