@@ -246,24 +246,33 @@ def test_a_result_whose_commit_lost_its_answer_still_sends_the_next_step(
     assert queued_deliveries("stalled") == [(str(run.job_id), 1, steps[1].fence)]
 
 
-def test_a_retry_whose_commit_lost_its_answer_is_still_sent(worker_engine_via_proxy: TcpProxy):
-    """Likewise for a retryable failure, whose transaction's COMMIT loses its answer:
-    the retry's delayed delivery still goes out, and the retry is recorded once."""
-    from app.jobs.runner import Outcome, _record_failure, live_service
+@pytest.mark.parametrize(
+    ("retryable", "outcome", "event"),
+    [(True, "retrying", "STEP_RETRYING"), (False, "failed", "JOB_ERROR")],
+)
+def test_a_failure_whose_commit_lost_its_answer_is_recorded_once(
+    worker_engine_via_proxy: TcpProxy, retryable: bool, outcome: str, event: str
+):
+    """Likewise for a failure, recorded in a transaction whose COMMIT loses its answer:
+    the retry finds what this very attempt wrote and goes on from there: a retryable
+    failure's delayed delivery still goes out; a permanent one is the job's failure,
+    not a "late failure". Either is recorded once."""
+    from app.jobs.runner import _record_failure, live_service
     from app.services import StepError
 
     run = _running_first_step()
-    error = StepError("HTTP 503: busy", code="http_503", retryable=True)
-    outcome = _with_the_answer_lost(
+    error = StepError("HTTP 5xx or 4xx", code="http_error", retryable=retryable)
+    recorded = _with_the_answer_lost(
         worker_engine_via_proxy,
         lambda: _record_failure(
             run, live_service(run.service_spec), error, structlog.get_logger("test")
         ),
         after=b"COMMIT\x00",  # that transaction's COMMIT query (not "COMMITTED")
     )
-    assert outcome == Outcome.RETRYING
-    assert _events(run.job_id, "STEP_RETRYING") == 1, "the retry was recorded once"
-    assert queued_deliveries("stalled") == [(str(run.job_id), 0, run.fence + 1)]
+    assert recorded == outcome
+    assert _events(run.job_id, event) == 1, "the failure was recorded once"
+    retry = [(str(run.job_id), 0, run.fence + 1)] if retryable else []
+    assert queued_deliveries("stalled") == retry
 
 
 def test_a_continuation_whose_commit_lost_its_answer_puts_the_next_step_back(

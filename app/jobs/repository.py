@@ -310,16 +310,6 @@ def requeue_unstarted(
     return fence + 1
 
 
-def retried_earlier(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> int | None:
-    """The next attempt's fence when the step already waits to retry after the attempt
-    holding `fence` (RETRYING under the fence `retry_step` gives): an earlier try of
-    that attempt's retry committed, and its answer was lost. None otherwise."""
-    step = get_step(session, job_id, step_index)
-    if step is None or step.status != StepStatus.RETRYING or step.fence != fence + 1:
-        return None
-    return step.fence
-
-
 def fail_step(
     session: Session,
     job_id: uuid.UUID,
@@ -456,7 +446,7 @@ class FailedJobFilter:
     created_after: datetime | None = None
 
 
-def _failed_jobs(filters: FailedJobFilter) -> list[Any]:
+def _failed_job_conditions(filters: FailedJobFilter) -> list[Any]:
     """The conditions of a FAILED job matching every given filter."""
     conditions: list[Any] = [Job.status == JobStatus.FAILED]
     if filters.feature_name is not None:
@@ -474,13 +464,18 @@ def find_failed_job_ids(
     session: Session, filters: FailedJobFilter, limit: int
 ) -> Sequence[uuid.UUID]:
     """Up to `limit` FAILED jobs matching every given filter, oldest first."""
-    query = select(Job.id).where(*_failed_jobs(filters))
+    query = select(Job.id).where(*_failed_job_conditions(filters))
     return session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)).all()
 
 
 def count_failed_jobs(session: Session, filters: FailedJobFilter) -> int:
     """How many FAILED jobs match every given filter."""
-    return session.scalar(select(func.count()).select_from(Job).where(*_failed_jobs(filters))) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(Job).where(*_failed_job_conditions(filters))
+        )
+        or 0
+    )
 
 
 def release_idempotency_key(session: Session, job_id: uuid.UUID) -> None:

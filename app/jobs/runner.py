@@ -465,7 +465,10 @@ def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any
             session, run.job_id, run.step_index, run.fence,
             error=error.message, code=error.code, retryable=error.retryable,
         ):  # fmt: skip
-            return _late_failure(bound, error)
+            if not changes.failed_earlier(session, run):
+                return _late_failure(bound, error)
+            bound.warning("failure recorded by an earlier try whose commit's answer was lost")
+            return Outcome.FAILED
         append_event(
             session, run.job_id, EventType.JOB_ERROR,
             step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
@@ -489,7 +492,7 @@ def _schedule_retry(
         session, run.job_id, run.step_index, run.fence, error=error.message, code=error.code
     )
     if next_fence is None:
-        next_fence = repo.retried_earlier(session, run.job_id, run.step_index, run.fence)
+        next_fence = changes.retried_earlier(session, run)
         if next_fence is None:
             return _late_failure(bound, error)
         # An earlier try's commit landed and its answer was lost, with the enqueue below.

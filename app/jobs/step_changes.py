@@ -408,8 +408,7 @@ def recorded_earlier(
     nothing); or if it is RUNNING under `started_next`, the fence this worker's own
     continuation gave it and then abandoned: it is put back on its queue under a new
     fence, still its first attempt (it never called its service)."""
-    step = get_step(session, run.job_id, run.step_index)
-    if step is None or step.status != StepStatus.COMPLETED or step.fence != run.fence:
+    if not _left_by_this_attempt(session, run, StepStatus.COMPLETED, run.fence):
         return None
     if run.is_last:
         return Finished(job_finished=True)
@@ -425,3 +424,25 @@ def recorded_earlier(
     if fence is None:
         return Finished(job_finished=False)
     return Finished(job_finished=False, next_queue=following.queue, next_fence=fence)
+
+
+def retried_earlier(session: Session, run: StepRun) -> int | None:
+    """The next attempt's fence when an earlier try to schedule this attempt's retry
+    committed and its answer was lost: the step is RETRYING under the fence that
+    `retry_step` gives after `run.fence`. None otherwise."""
+    next_fence = run.fence + 1
+    return (
+        next_fence if _left_by_this_attempt(session, run, StepStatus.RETRYING, next_fence) else None
+    )
+
+
+def failed_earlier(session: Session, run: StepRun) -> bool:
+    """Whether an earlier try to fail the job with this attempt's error committed and
+    its answer was lost: the step is FAILED under `run.fence`."""
+    return _left_by_this_attempt(session, run, StepStatus.FAILED, run.fence)
+
+
+def _left_by_this_attempt(session: Session, run: StepRun, status: str, fence: int) -> bool:
+    """The step is in `status` under `fence`, where only `run`'s attempt could put it."""
+    step = get_step(session, run.job_id, run.step_index)
+    return step is not None and step.status == status and step.fence == fence
