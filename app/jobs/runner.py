@@ -443,7 +443,7 @@ def _record_success(
             if finished is None:
                 bound.warning("late result discarded: the step moved on without this attempt")
                 return Outcome.DISCARDED
-            bound.warning("result recorded by an earlier try whose commit's answer was lost")
+            _found_earlier_try(bound, "result")
         queue, fence = finished.next_queue, finished.next_fence
         if queue is not None and fence is not None:
             # The next step's delivery goes out before the events are published.
@@ -467,7 +467,7 @@ def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any
         ):  # fmt: skip
             if not changes.failed_earlier(session, run):
                 return _late_failure(bound, error)
-            bound.warning("failure recorded by an earlier try whose commit's answer was lost")
+            _found_earlier_try(bound, "failure")
             return Outcome.FAILED
         append_event(
             session, run.job_id, EventType.JOB_ERROR,
@@ -476,6 +476,10 @@ def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any
         )  # fmt: skip
     bound.warning("step failed; job failed", error=error.message, retryable=error.retryable)
     return Outcome.FAILED
+
+
+def _found_earlier_try(bound: Any, what: str) -> None:
+    bound.warning(f"{what} recorded by an earlier try whose commit's answer was lost")
 
 
 def _late_failure(bound: Any, error: StepError) -> Outcome:
@@ -495,8 +499,7 @@ def _schedule_retry(
         next_fence = changes.retried_earlier(session, run)
         if next_fence is None:
             return _late_failure(bound, error)
-        # An earlier try's commit landed and its answer was lost, with the enqueue below.
-        bound.warning("retry recorded by an earlier try whose commit's answer was lost")
+        _found_earlier_try(bound, "retry")  # the enqueue below is what its answer held back
     else:
         append_event(
             session, run.job_id, EventType.STEP_RETRYING,

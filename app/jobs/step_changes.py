@@ -414,14 +414,13 @@ def recorded_earlier(
         return Finished(job_finished=True)
     index = run.step_index + 1
     following = get_step(session, run.job_id, index)
-    if following is None:
-        return Finished(job_finished=False)
-    fence: int | None = following.fence
-    if following.status == StepStatus.RUNNING and following.fence == started_next:
-        fence = requeue_unstarted(session, run.job_id, index, following.fence)
-    elif following.status != StepStatus.QUEUED:
-        fence = None
-    if fence is None:
+    fence = None
+    if following is not None and following.status == StepStatus.QUEUED:
+        fence = following.fence
+    elif following is not None and following.status == StepStatus.RUNNING:
+        if following.fence == started_next:
+            fence = requeue_unstarted(session, run.job_id, index, following.fence)
+    if following is None or fence is None:
         return Finished(job_finished=False)
     return Finished(job_finished=False, next_queue=following.queue, next_fence=fence)
 
