@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from app.api import catalog, events, health, jobs, metrics, operations, ws
 from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.responses import ANY_ROUTE
 from app.auth import announce_access_mode
 from app.catalog import current_catalog
 from app.config import get_settings
@@ -58,9 +59,8 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)
-    for router in (jobs.router, operations.router, catalog.router, health.router):
-        app.include_router(router, prefix=API_PREFIX)
-    app.include_router(events.router, prefix=API_PREFIX)
+    for router in (jobs.router, operations.router, catalog.router, health.router, events.router):
+        app.include_router(router, prefix=API_PREFIX, responses=ANY_ROUTE)
     app.include_router(ws.router)  # WebSockets live at /ws/..., outside the prefix
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from redis.exceptions import RedisError
 
 from app.api.deps import CatalogDep, get_principal, require_operator
+from app.api.responses import errors
 from app.leases import get_semaphore
 from app.queues import queue_depths
 
@@ -18,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 # With keys configured: any key lists the features (what a client may submit); only an
 # operator sees the services' limits, load and queues.
-@router.get("/features", dependencies=[Depends(get_principal)])
+@router.get("/features", dependencies=[Depends(get_principal)], responses=errors(401))
 def list_features(catalog: CatalogDep) -> dict[str, Any]:
     return {
         "success": True,
@@ -36,7 +37,7 @@ def list_features(catalog: CatalogDep) -> dict[str, Any]:
     }
 
 
-@router.get("/services", dependencies=[Depends(require_operator)])
+@router.get("/services", dependencies=[Depends(require_operator)], responses=errors(401, 403))
 def list_services(catalog: CatalogDep) -> dict[str, Any]:
     semaphore = get_semaphore()
     try:

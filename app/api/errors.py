@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -56,12 +58,38 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
     return JSONResponse(
-        error_envelope(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        error_envelope(code, str(exc.detail)), status_code=exc.status_code, headers=headers
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the API documents at this path. The router's own 405 names the
+    methods of the first route whose path matched, which at /jobs/resume is
+    /jobs/{job_id} (GET): a client told `Allow: GET` there would never find the POST.
+    As OpenAPI reads paths, a concrete path is matched before a templated one."""
+    matches = [
+        (template.count("{"), operations)
+        for template, operations in request.app.openapi()["paths"].items()
+        if _path_pattern(template).fullmatch(request.url.path)
+    ]
+    fewest = min((parameters for parameters, _ in matches), default=0)
+    return sorted(
+        {method.upper() for parameters, ops in matches if parameters == fewest for method in ops}
+    )
+
+
+@lru_cache(maxsize=256)
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """/jobs/{job_id} as a pattern: each parameter one path segment."""
+    parts = re.split(r"\{[^}]+\}", template)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

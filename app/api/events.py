@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PrincipalDep
+from app.api.responses import errors
 from app.errors import GatewayError
 from app.events.hub import HubUnavailable, SubscriptionStopped, get_hub
 from app.events.sequencer import read_job_events
@@ -44,7 +45,10 @@ class EventPage(BaseModel):
 @router.get(
     "/{job_id}/events",
     response_model=EventPage,
-    responses={200: {"content": {EVENT_STREAM: {}}, "description": "JSON page, or SSE"}},
+    responses={
+        200: {"content": {EVENT_STREAM: {}}, "description": "JSON page, or SSE"},
+        **errors(401, 404, 422, 503),
+    },
 )
 async def job_events(
     job_id: uuid.UUID,

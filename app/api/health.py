@@ -8,6 +8,7 @@ import httpx
 from fastapi import APIRouter, Depends
 
 from app.api.deps import CatalogDep, SettingsDep, require_operator
+from app.api.responses import errors
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +20,9 @@ def health() -> dict[str, bool]:
 
 # Operators only when keys are configured: it names the services' addresses and errors,
 # and each call makes a request to every service.
-@router.get("/health/services", dependencies=[Depends(require_operator)])
+@router.get(
+    "/health/services", dependencies=[Depends(require_operator)], responses=errors(401, 403)
+)
 async def health_services(catalog: CatalogDep, settings: SettingsDep) -> dict[str, Any]:
     """Reachability per service: any HTTP answer counts as reachable."""
     results: dict[str, Any] = {}

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.api.deps import CatalogDep, PrincipalDep, SessionDep
+from app.api.responses import errors
 from app.db import session_scope
 from app.jobs import repository as repo
 from app.jobs import service
@@ -15,7 +16,7 @@ from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage, JobSumma
 from app.jobs.states import JobStatus
 from app.models import TEXT_WITHOUT_NUL
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=errors(401, 422, 503))
 
 
 def monitor_url(request: Request, job_id: uuid.UUID) -> str:
@@ -24,7 +25,15 @@ def monitor_url(request: Request, job_id: uuid.UUID) -> str:
     return f"{scheme}://{host}/ws/{job_id}"
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobCreated,
+    responses={
+        200: {"model": JobCreated, "description": "An Idempotency-Key seen before: its job."},
+        **errors(400, 409, 413),
+    },
+)
 def create_job(
     body: JobCreate,
     request: Request,
@@ -54,13 +63,13 @@ def create_job(
     )
 
 
-@router.get("/{job_id}", response_model=JobDetail)
+@router.get("/{job_id}", response_model=JobDetail, responses=errors(404))
 def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobDetail:
     job = service.get_job_or_404(session, job_id, principal.tenant_scope)
     return JobDetail.of(job, list(repo.get_steps(session, job_id)))
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, responses=errors(400))
 def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, require_operator
+from app.api.responses import errors
 from app.jobs import operations
 from app.jobs import repository as repo
 from app.jobs.repository import FailedJobFilter
@@ -20,7 +21,10 @@ from app.jobs.schemas import JobDetail
 from app.models import INTEGER_MAX, TEXT_WITHOUT_NUL, Job
 
 # Every action here is an operator's: a client key gets 403, no key 401.
-router = APIRouter(prefix="/jobs", tags=["operations"], dependencies=[Depends(require_operator)])
+router = APIRouter(
+    prefix="/jobs", tags=["operations"], dependencies=[Depends(require_operator)],
+    responses=errors(400, 401, 403, 413, 422, 503),
+)  # fmt: skip
 
 MAX_BULK_RESUME = 10_000
 
@@ -98,7 +102,7 @@ def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeRespo
     )  # fmt: skip
 
 
-@router.post("/{job_id}/resume", response_model=JobDetail)
+@router.post("/{job_id}/resume", response_model=JobDetail, responses=errors(404, 409))
 def resume_job(
     job_id: uuid.UUID, session: SessionDep, body: ResumeRequest | None = None
 ) -> JobDetail:
@@ -107,7 +111,7 @@ def resume_job(
     return _commit(session, job)
 
 
-@router.post("/{job_id}/cancel", response_model=JobDetail)
+@router.post("/{job_id}/cancel", response_model=JobDetail, responses=errors(404, 409))
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
     """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
     job = operations.cancel_job(session, job_id)

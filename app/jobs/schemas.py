@@ -15,8 +15,17 @@ from app.models import Job, JobStep
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    feature_name: StrictStr = Field(min_length=1, max_length=100)
-    input_data: dict[str, Any] = Field(default_factory=dict)
+    feature_name: StrictStr = Field(
+        min_length=1,
+        max_length=100,
+        description="A feature of the catalog (GET /api/v1/features lists them).",
+        examples=["business_plan"],
+    )
+    input_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to every step as `input_data`.",
+        examples=[{"prompt": "A bakery that delivers by bicycle"}],
+    )
 
     @field_validator("input_data")
     @classmethod
