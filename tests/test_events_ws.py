@@ -122,22 +122,27 @@ def test_unknown_job_closes_with_4004(api_server):
 
 def test_positions_outside_the_logs_range_are_refused_at_the_handshake(stack, api_server):
     """`after` is a seq (32 bits) on a job's socket and an id (64 bits) on `/ws`: a
-    position past that, or negative, is refused like any other bad parameter, before
-    the socket opens; the largest one is served."""
+    position past that, negative or not a number is refused like any other bad
+    parameter, before the socket opens, with 422 and the envelope naming it; the
+    largest one is served."""
     import websockets
 
     job_id = submit(stack["api"], "python_job")
 
-    async def handshake(path: str) -> int | str:
+    async def handshake(path: str) -> tuple[int, dict] | str:
         try:
             async with websockets.connect(ws_url(api_server, path), open_timeout=10) as socket:
                 return json.loads(await asyncio.wait_for(socket.recv(), 10))["type"]
         except websockets.InvalidStatus as refused:
-            return refused.response.status_code
+            return refused.response.status_code, json.loads(refused.response.body)
 
     for path in (f"/ws/{job_id}?after=2147483648", f"/ws/{job_id}?after=-1",
-                 "/ws?after=9223372036854775808"):  # fmt: skip
-        assert run(handshake(path)) == 403, path
+                 f"/ws/{job_id}?after=seven", "/ws?after=9223372036854775808"):  # fmt: skip
+        status, body = run(handshake(path))
+        assert status == 422, path
+        assert body["success"] is False, body
+        assert body["error"]["code"] == "validation_error", body
+        assert body["error"]["message"].startswith("query.after: "), body
     for path in (f"/ws/{job_id}?after=2147483647", "/ws?after=9223372036854775807"):
         assert run(handshake(path)) == "WS_CONNECTED", path
 

@@ -7,12 +7,17 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import (
+    RequestValidationError,
+    ValidationException,
+    WebSocketRequestValidationError,
+)
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import GatewayError, error_envelope
@@ -29,7 +34,7 @@ _HTTP_CODES = {
 }
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+def _validation_details(exc: ValidationException) -> list[dict[str, Any]]:
     return [
         {"loc": list(item.get("loc", ())), "msg": item.get("msg", ""), "type": item.get("type")}
         for item in exc.errors()
@@ -49,13 +54,28 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
             error_envelope("invalid_json", "request body is not valid JSON", details),
             status_code=400,
         )
+    return JSONResponse(_validation_envelope(details), status_code=422)
+
+
+def _validation_envelope(details: list[dict[str, Any]]) -> dict[str, Any]:
     summary = "; ".join(
         f"{'.'.join(str(p) for p in item['loc'] if p != 'body') or 'body'}: {item['msg']}"
         for item in details
     )
-    return JSONResponse(
-        error_envelope("validation_error", summary or "invalid request", details), status_code=422
-    )
+    return error_envelope("validation_error", summary or "invalid request", details)
+
+
+async def _websocket_validation_error(websocket: WebSocket, exc: Exception) -> None:
+    """A WebSocket's bad parameter (`?after=-1`): refused at the handshake with 422 and
+    the envelope, like any request's, where the server can answer the handshake over
+    HTTP (uvicorn can); otherwise closed with 1008 and the summary as the reason."""
+    assert isinstance(exc, WebSocketRequestValidationError)
+    envelope = _validation_envelope(_validation_details(exc))
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(envelope, status_code=422))
+    else:
+        reason = envelope["error"]["message"][:120]  # a close reason is at most 123 bytes
+        await websocket.close(code=WS_1008_POLICY_VIOLATION, reason=reason)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -116,6 +136,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(WebSocketRequestValidationError, _websocket_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(PoolTimeout, _database_error)

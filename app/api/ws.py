@@ -4,7 +4,8 @@ On connect: `WS_CONNECTED`, then every stored event after the client's position,
 then live events, in order and each once (see app/events/stream.py). Close codes:
 1000 after a job's final event, 4004 unknown job, 4008 too slow (reconnect with
 `after`; the reason names the position), 1011 stream failed, 1012 server
-restarting, 1013 try again later.
+restarting, 1013 try again later. A bad `after` gets no socket: the handshake is
+answered 422 with the error envelope (app/api/errors.py).
 Idle sockets are kept alive by the server's protocol pings (`cao api` sets them).
 """
 
