@@ -103,15 +103,21 @@ return release_and_wake(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(A
 # KEYS: leases, waiters of the released service; leases, waiters of the next one.
 # ARGV: released id, its ttl_ms, its limit; next id, its ttl_ms, its limit.
 # Release (waking waiters first: they were there before the next step), then take a
-# slot for the next step without queueing it. Returns {acquire result, woken ids}.
+# slot for the next step without queueing it, but only if the released lease was
+# still held. Returns {acquire result, woken ids}.
 _HAND_ON = (
     _NOW
     + _RELEASE_FN
     + _ACQUIRE_FN
     + """
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local still_held = held and tonumber(held) >= now
 local woken = release_and_wake(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]),
                                tonumber(ARGV[3]), tonumber(ARGV[3]))
-local acquired = acquire(KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), false)
+local acquired = 0
+if still_held then
+  acquired = acquire(KEYS[3], KEYS[4], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), false)
+end
 return {acquired, woken}
 """
 )
@@ -238,7 +244,10 @@ class LeaseSemaphore:
         """Release one lease and take a slot for the next step of the same job, in one
         round trip: (whether the next step got its slot, the waiters woken). Waiters go
         first; a next step that finds its service full is not queued (the caller sends
-        it the usual way)."""
+        it the usual way). Nor does a step take one whose own lease had lapsed: its
+        delivery may be a zombie whose step runs again elsewhere, and the slot it took
+        would carry the id the other run's next step takes too; the zombie, fenced out,
+        would then give that slot back under the other run's next call."""
         acquired, woken = self._hand_on(
             keys=[*self.keys(released.service), *self.keys(nxt.service)],
             args=[str(released.lease), int(released.ttl_s * 1000), released.limit,

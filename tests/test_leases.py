@@ -265,6 +265,34 @@ def test_hand_on_frees_the_slot_for_waiters_before_the_next_step_takes_one(semap
     assert semaphore.usage(service) == Usage(in_use=1, waiting=0)
 
 
+def test_hand_on_from_a_lapsed_lease_takes_no_slot_for_the_next_step(semaphore, service):
+    """A delivery whose lease lapsed (reaped, or expired and not yet reaped) may be a
+    zombie whose step runs again elsewhere. The slot it would take for its next step
+    carries the id that the other run's next step takes too, and the zombie, fenced out
+    by the database, would give it back while that step's call runs: one call more than
+    the limit. So it takes none (the caller then records the usual way)."""
+    from app.leases import Slot
+
+    def slot(n: int) -> Slot:
+        return Slot(service, lease(n), TTL_S, limit=1)
+
+    # Reaped: the lease is gone.
+    acquired, _ = semaphore.hand_on(slot(0), slot(1))
+    assert acquired is False
+    assert semaphore.state(service, lease(1)) is LeaseState.NONE
+    # Expired, still in the set until Beat reaps it.
+    assert semaphore.acquire(service, lease(2), 0.05, limit=1) == LeaseSemaphore.ACQUIRED
+    time.sleep(0.1)
+    acquired, _ = semaphore.hand_on(slot(2), slot(3))
+    assert acquired is False
+    assert semaphore.state(service, lease(3)) is LeaseState.NONE
+    assert semaphore.usage(service) == Usage(in_use=0, waiting=0)
+    # Held: it hands on.
+    assert semaphore.acquire(service, lease(4), TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
+    assert semaphore.hand_on(slot(4), slot(5)) == (True, [])
+    assert semaphore.state(service, lease(5)) is LeaseState.HELD
+
+
 def test_a_delivery_naming_its_service_takes_the_slot_first_and_keeps_every_rule(db, semaphore):
     """A message that names its step's service and queue (what the gateway sends) lets
     the worker take the slot before it reads the step. A full service still parks the
