@@ -146,6 +146,8 @@ def test_conflicts_are_documented(api_url, document):
         ("OPTIONS", "/api/v1/jobs/resume", "POST"),
         ("DELETE", f"/api/v1/jobs/{UNKNOWN_JOB}", "GET"),
         ("PUT", "/api/v1/jobs", "GET, POST"),
+        # Outside the document: the router's own answer.
+        ("POST", "/metrics", "GET"),
     ],
 )
 def test_method_not_allowed_names_the_methods_of_the_path(api_url, method, url, allowed):

@@ -82,8 +82,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     headers = exc.headers
-    if exc.status_code == 405:
-        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    allowed = _allowed_methods(request) if exc.status_code == 405 else []
+    if allowed:  # else (a path outside the document, like /metrics) the router's own
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
     return JSONResponse(
         error_envelope(code, str(exc.detail)), status_code=exc.status_code, headers=headers
     )
