@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import server
+from app.cli import client, embedded, pools, server
 
 cli = typer.Typer(
     name="cao",
@@ -12,16 +12,8 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-server.register(cli)
-
-for _optional in ("app.cli.embedded", "app.cli.client", "app.cli.pools"):
-    try:
-        __import__(_optional)
-    except ModuleNotFoundError as _exc:  # pragma: no cover - modules land one by one
-        if _exc.name != _optional:
-            raise
-    else:
-        __import__(_optional, fromlist=["register"]).register(cli)
+for _commands in (server, embedded, client, pools):
+    _commands.register(cli)
 
 
 def main() -> None:
