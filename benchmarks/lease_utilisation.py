@@ -89,7 +89,7 @@ def run_gateway(
 
     from app.catalog import current_catalog
     from app.db import init_db, session_scope
-    from app.jobs.service import create_job
+    from app.jobs.service import submit_job
     from app.jobs.warm_up import prepare_job_creation
     from app.models import Job
     from worker.celery_app import celery_app
@@ -105,10 +105,7 @@ def run_gateway(
     try:
 
         def submit(n: int) -> uuid.UUID:
-            with session_scope() as session:
-                return create_job(
-                    session, catalog, feature_name="one_call", input_data={"n": n}
-                ).job.id
+            return submit_job(catalog, feature_name="one_call", input_data={"n": n}).job.id
 
         started = time.time()
         with ThreadPoolExecutor(SUBMITTERS) as pool:

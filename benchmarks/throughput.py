@@ -44,15 +44,10 @@ def _worker(argv: list[str], name: str, env: dict[str, str], log_dir, app) -> Pr
 
 def _create(count: int, feature: str = "four_noops") -> list[uuid.UUID]:
     from app.catalog import current_catalog
-    from app.db import session_scope
-    from app.jobs.service import create_job
+    from app.jobs.service import submit_job
 
     catalog = current_catalog()
-    ids = []
-    for _ in range(count):
-        with session_scope() as session:
-            ids.append(create_job(session, catalog, feature_name=feature, input_data={}).job.id)
-    return ids
+    return [submit_job(catalog, feature_name=feature, input_data={}).job.id for _ in range(count)]
 
 
 def _all_completed(ids: list[uuid.UUID]) -> bool:

@@ -279,7 +279,7 @@ def test_a_continuation_whose_commit_lost_its_answer_puts_the_next_step_back(
     worker_engine_via_proxy: TcpProxy,
 ):
     """A worker completes a step and starts the next in one commit, to run it itself;
-    that COMMIT's answer is lost, so it gives the next step's slot back and records the
+    that statement's answer is lost, so it gives the next step's slot back and records the
     result the usual way. It finds the next step RUNNING under the fence its own
     continuation gave it, with no worker, and puts it back on its queue, still its
     first attempt (before, it waited for Beat's silent-heartbeat sweep, as attempt 2)."""
@@ -294,7 +294,7 @@ def test_a_continuation_whose_commit_lost_its_answer_puts_the_next_step_back(
     outcome = _with_the_answer_lost(
         worker_engine_via_proxy,
         lambda: run_step(job_id, 0, first_fence, frozenset({"solo"})),
-        after=b"COMMIT\x00",  # the continuation's transaction
+        after=b"started_next",  # the continuation's statement (it commits on its own)
     )
     assert outcome == Outcome.COMPLETED
     with session_scope() as session:

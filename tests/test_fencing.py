@@ -75,7 +75,8 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
 ):
     """A worker running the next step itself starts it in the transaction that commits
     this result: a stale result starts nothing, and a next step that moved meanwhile
-    rolls the whole transaction back."""
+    leaves the result uncommitted (on PostgreSQL one autocommitted statement changes
+    nothing; on SQLite the transaction rolls back)."""
     job_id = pending_job
     with session_scope() as session:
         assert changes.claim_step(session, job_id, 0, fence=1) is not None
@@ -85,7 +86,7 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
     assert run.next_step_fence == 0
 
     # A zombie of an older fence: nothing is committed or started.
-    with session_scope() as session:
+    with statement_scope() as session:
         stale = dataclasses.replace(run, fence=0)
         assert changes.complete_and_start_next(session, stale, 0, {"late": True}) is None
     with session_scope() as session:
@@ -94,13 +95,13 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
     # The next step moved (its fence rose): the result is not half-committed.
     moved = dataclasses.replace(run, next_step_fence=7)
     # (pytest.raises outside: the exception must leave the transaction, rolling it back.)
-    with pytest.raises(changes.NextStepMoved), session_scope() as session:
+    with pytest.raises(changes.NextStepMoved), statement_scope() as session:
         changes.complete_and_start_next(session, moved, 1, {"ok": True})
     with session_scope() as session:
         assert repo.get_step(session, job_id, 0).status == "RUNNING"
         assert repo.get_step(session, job_id, 1).status == "PENDING"
 
-    with session_scope() as session:
+    with statement_scope() as session:
         continued = changes.complete_and_start_next(session, run, 1, {"ok": True})
         assert continued is not None
         # The seqs of STEP_COMPLETED and the next STEP_STARTED (JOB_CREATED=1, STARTED=2).

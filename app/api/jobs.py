@@ -9,7 +9,6 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.api.deps import CatalogDep, PrincipalDep, SessionDep
 from app.api.responses import errors
-from app.db import session_scope
 from app.jobs import repository as repo
 from app.jobs import service
 from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage, JobSummary
@@ -45,15 +44,13 @@ def create_job(
     # The busiest write opens and commits its transaction in this one thread-pool call
     # (SessionDep would take two more hops to open and to commit it). The commit, and
     # with it the enqueue, happens before the answer is built.
-    with session_scope() as session:
-        result = service.create_job(
-            session,
-            catalog,
-            feature_name=body.feature_name,
-            input_data=body.input_data,
-            tenant=principal.tenant,
-            idempotency_key=idempotency_key,
-        )
+    result = service.submit_job(
+        catalog,
+        feature_name=body.feature_name,
+        input_data=body.input_data,
+        tenant=principal.tenant,
+        idempotency_key=idempotency_key,
+    )
     if not result.created:
         response.status_code = status.HTTP_200_OK
     return JobCreated(

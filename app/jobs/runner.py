@@ -340,7 +340,7 @@ def _continue(
         return RecordUsually()
     _wake_or_log(woken, service.name)
     try:
-        with session_scope() as session:
+        with statement_scope() as session:
             continued = changes.complete_and_start_next(session, run, run.fence, output)
     except changes.NextStepMoved:
         _release(semaphore, run.next_spec(), next_lease)

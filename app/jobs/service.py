@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.catalog import Catalog
 from app.config import get_settings
-from app.db import on_commit
+from app.db import on_commit, session_scope, statement_scope
 from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
 from app.events.log import EventDraft
 from app.events.types import EventType
@@ -129,6 +129,26 @@ def create_job(
             return CreateResult(existing, created=False)
     on_commit(session, lambda: enqueue_step(job.id, 0, 1, first.queue, service=first.name))
     return CreateResult(job, created=True)
+
+
+def submit_job(
+    catalog: Catalog,
+    *,
+    feature_name: str,
+    input_data: dict[str, Any],
+    tenant: str = "default",
+    idempotency_key: str | None = None,
+) -> CreateResult:
+    """`create_job` in a transaction of its own, committed (and the first step enqueued)
+    on return. Without an Idempotency-Key the job is one statement on PostgreSQL, which
+    commits on its own: no BEGIN and COMMIT round trips. A key needs its lookup and the
+    insert in one transaction."""
+    scope = statement_scope if idempotency_key is None else session_scope
+    with scope() as session:
+        return create_job(
+            session, catalog, feature_name=feature_name, input_data=input_data,
+            tenant=tenant, idempotency_key=idempotency_key,
+        )  # fmt: skip
 
 
 def get_job_or_404(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job:

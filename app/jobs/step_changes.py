@@ -109,8 +109,10 @@ def complete_and_start_next(
     transaction, for a worker that runs that step itself (no broker round trip).
 
     The next step takes the fence after `run.next_step_fence`, which the caller has
-    already leased. None when this result is stale; raises NextStepMoved (the caller
-    rolls back) when the next step is not where this run found it."""
+    already leased. None when this result is stale; raises NextStepMoved when the next
+    step is not where this run found it, having changed nothing on PostgreSQL (one
+    statement: a statement_scope may run it) and leaving the caller to roll back on
+    SQLite."""
     if run.is_last or run.next_step_fence is None:
         raise NextStepMoved(f"step {run.step_index} of job {run.job_id} has no next step")
     next_fence = run.next_step_fence + 1
@@ -122,11 +124,12 @@ def complete_and_start_next(
     if single_statements(session):
         current_step = run.step_index + 1
         params.update(_advance_params(run, output, current_step, len(drafts), utcnow()))
+        # One statement that changes nothing unless it changes all (autocommit is safe).
         row = _at_once(session, sql.CONTINUE_AT_ONCE, params, drafts)
-        if row is None:
-            return None
-        if row.next_fence is None:
+        if not row.next_free:
             raise NextStepMoved(f"step {run.step_index + 1} of job {run.job_id} moved")
+        if row.last_seq is None:
+            return None
         slot = EventSlot(row.last_seq - 1, row.feature_name, row.progress)
         return Continued(slot, run.successor(output, next_fence, row.following_fence))
     if not _complete(session, run, fence, output):
@@ -188,14 +191,14 @@ def _at_once(
     session: Session, statement: Any, params: dict[str, Any], drafts: list[EventDraft]
 ) -> Any:
     """Run a one-statement change (at `params["now"]` if given); its events are
-    published once the session commits."""
+    published once the session commits. A row without `last_seq` changed nothing."""
     now = params.get("now") or utcnow()
     row = (
         session.connection()
         .execute(statement, {**params, "now": now, **inserted_params(drafts)})
         .one_or_none()
     )
-    if row is not None:
+    if row is not None and row.last_seq is not None:
         publish_inserted(
             session, params["p_job"], drafts,
             last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
@@ -274,7 +277,7 @@ def _named_change(
         "p_queue": queue, "now": now, **inserted_params([draft]),
     }  # fmt: skip
     row = session.connection().execute(statement, params).one_or_none()
-    if row is not None:
+    if row is not None and row.last_seq is not None:
         publish_inserted(
             session, job_id, [EventDraft(**draft, attempt=row.attempt)],
             last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Integer, bindparam, case, func, select, true, update
+from sqlalchemy import JSON, Integer, bindparam, case, exists, func, select, true, update
 
 from app.events.log import inserted_after
 from app.jobs.repository import (
@@ -236,13 +236,45 @@ _QUEUED_NEXT = (
     .cte("queued_next")
 )
 FINISH_STEP_AT_ONCE = _with_events(_DONE_JOB, 1, _QUEUED_NEXT.c.queue, _QUEUED_NEXT.c.fence)
-# The next step started with the result: run in a transaction, which the caller rolls
-# back when the next step had moved (no row from started_next: next_fence is NULL).
+# The next step started with the result, in one autocommitted statement. Nothing
+# changes unless the next step is still the PENDING row this run found: `next_free`
+# checks that and locks the row, so a cancel cannot slip in between the check and the
+# start and leave the result committed with no next step.
+_NEXT_FREE = (
+    select(_STEP.c.job_id)
+    .where(
+        _STEP.c.job_id == bindparam("p_job"),
+        _STEP.c.step_index == bindparam("p_next_index"),
+        _STEP.c.fence == bindparam("p_next_fence", type_=Integer()) - 1,
+        _STEP.c.status == StepStatus.PENDING,
+    )
+    .with_for_update()
+    .cte("next_free")
+)
+_CONTINUED_STEP, _CONTINUED_JOB = _step_and_job(
+    COMPLETE_STEP.where(exists(select(_NEXT_FREE.c.job_id))),
+    _JOB.c.status == JobStatus.RUNNING,
+    _JOB_ADVANCED,
+)
 _STARTED_NEXT = (
-    START_NEXT_STEP.where(_STEP.c.job_id == _DONE_STEP.c.job_id)
+    START_NEXT_STEP.where(_STEP.c.job_id == _CONTINUED_STEP.c.job_id)
     .returning(_STEP.c.fence.label("next_fence"))
     .cte("started_next")
 )
-CONTINUE_AT_ONCE = _with_events(
-    _DONE_JOB, 2, _STARTED_NEXT.c.next_fence, _STARTED_NEXT.c.following_fence, outer=True
+# Always one row: `next_free` false when the next step moved (nothing changed), else
+# last_seq NULL when this result is stale.
+_ONE_ROW = select(exists(select(_NEXT_FREE.c.job_id)).label("next_free")).subquery("one_row")
+CONTINUE_AT_ONCE = (
+    select(
+        _ONE_ROW.c.next_free,
+        _CONTINUED_JOB.c.last_seq,
+        _CONTINUED_JOB.c.feature_name,
+        _CONTINUED_JOB.c.progress,
+        _STARTED_NEXT.c.next_fence,
+        _STARTED_NEXT.c.following_fence,
+    )
+    .select_from(_ONE_ROW)
+    .join(_CONTINUED_JOB, true(), isouter=True)
+    .join(_STARTED_NEXT, true(), isouter=True)
+    .add_cte(inserted_after(_CONTINUED_JOB, 2))
 )
