@@ -131,24 +131,14 @@ def create_job(
     return CreateResult(job, created=True)
 
 
-def submit_job(
-    catalog: Catalog,
-    *,
-    feature_name: str,
-    input_data: dict[str, Any],
-    tenant: str = "default",
-    idempotency_key: str | None = None,
-) -> CreateResult:
-    """`create_job` in a transaction of its own, committed (and the first step enqueued)
-    on return. Without an Idempotency-Key the job is one statement on PostgreSQL, which
-    commits on its own: no BEGIN and COMMIT round trips. A key needs its lookup and the
-    insert in one transaction."""
-    scope = statement_scope if idempotency_key is None else session_scope
+def submit_job(catalog: Catalog, **request: Any) -> CreateResult:
+    """`create_job(session, catalog, **request)` in a transaction of its own, committed
+    (and the first step enqueued) on return. Without an Idempotency-Key the job is one
+    statement on PostgreSQL, which commits on its own: no BEGIN and COMMIT round trips.
+    A key needs its lookup and the insert in one transaction."""
+    scope = statement_scope if request.get("idempotency_key") is None else session_scope
     with scope() as session:
-        return create_job(
-            session, catalog, feature_name=feature_name, input_data=input_data,
-            tenant=tenant, idempotency_key=idempotency_key,
-        )  # fmt: skip
+        return create_job(session, catalog, **request)
 
 
 def get_job_or_404(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job:
