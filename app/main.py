@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from app.api import catalog, events, health, jobs, metrics, operations, ws
 from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.head import HeadAsGet
 from app.api.responses import ANY_ROUTE
 from app.auth import announce_access_mode
 from app.catalog import current_catalog
@@ -64,4 +65,5 @@ def create_app() -> FastAPI:
     app.include_router(ws.router)  # WebSockets live at /ws/..., outside the prefix
     app.include_router(metrics.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeadAsGet)
     return app

@@ -1,6 +1,7 @@
 """The OpenAPI document tells clients the truth about errors: every error answer of
 every operation is documented, in the one envelope, and the answers a real `cao api`
-gives to bad requests are the ones its document lists for that operation."""
+gives to bad requests are the ones its document lists for that operation. Methods:
+a 405 names every method of its path, and HEAD is answered wherever GET is."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from app.api.responses import ErrorEnvelope
-from tests.operator_support import keyed_client, secured_api
+from tests.operator_support import keyed_client, secured_api, submit
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
 UNKNOWN_JOB = str(uuid.uuid4())
@@ -144,10 +145,10 @@ def test_conflicts_are_documented(api_url, document):
     [
         # /jobs/resume also matches /jobs/{job_id}; only its own POST is allowed there.
         ("OPTIONS", "/api/v1/jobs/resume", "POST"),
-        ("DELETE", f"/api/v1/jobs/{UNKNOWN_JOB}", "GET"),
-        ("PUT", "/api/v1/jobs", "GET, POST"),
+        ("DELETE", f"/api/v1/jobs/{UNKNOWN_JOB}", "GET, HEAD"),
+        ("PUT", "/api/v1/jobs", "GET, HEAD, POST"),
         # Outside the document: the router's own answer.
-        ("POST", "/metrics", "GET"),
+        ("POST", "/metrics", "GET, HEAD"),
     ],
 )
 def test_method_not_allowed_names_the_methods_of_the_path(api_url, method, url, allowed):
@@ -156,3 +157,28 @@ def test_method_not_allowed_names_the_methods_of_the_path(api_url, method, url, 
     assert response.status_code == 405
     assert response.headers["Allow"] == allowed
     assert ErrorEnvelope.model_validate(response.json()).error.code == "method_not_allowed"
+
+
+def test_head_answers_as_get_does_without_a_body(api_url):
+    """HEAD is served wherever GET is (HTTP requires it; uptime checkers send it): the
+    GET's status and headers, no body, errors included."""
+    with keyed_client(api_url, "client_a") as client:
+        job = f"/api/v1/jobs/{submit(client, 'business_plan')}"
+        for url in ("/api/v1/health", "/api/v1/jobs", job, f"/api/v1/jobs/{UNKNOWN_JOB}",
+                    "/metrics"):  # fmt: skip
+            got, head = client.get(url), client.head(url)
+            assert head.status_code == got.status_code, url
+            assert head.headers["content-type"] == got.headers["content-type"], url
+            assert head.content == b"", url
+        assert client.head(f"/api/v1/jobs/{UNKNOWN_JOB}").status_code == 404
+
+
+def test_head_of_an_event_stream_ends_with_its_headers(api_url):
+    """The stream of a job that is still running would go on until its client left:
+    its HEAD ends once the headers are out, and the connection serves the next request."""
+    with keyed_client(api_url, "client_a") as client:
+        job = f"/api/v1/jobs/{submit(client, 'business_plan')}"  # no worker: it stays PENDING
+        head = client.head(f"{job}/events", headers={"Accept": "text/event-stream"}, timeout=5)
+        assert head.status_code == 200
+        assert head.headers["content-type"].startswith("text/event-stream")
+        assert client.get(job, timeout=5).status_code == 200  # the same kept-alive connection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -82,15 +83,25 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     headers = exc.headers
-    allowed = _allowed_methods(request) if exc.status_code == 405 else []
-    if allowed:  # else (a path outside the document, like /metrics) the router's own
-        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allow_header(request, headers)}
     return JSONResponse(
         error_envelope(code, str(exc.detail)), status_code=exc.status_code, headers=headers
     )
 
 
-def _allowed_methods(request: Request) -> list[str]:
+def _allow_header(request: Request, headers: Mapping[str, str] | None) -> str:
+    """The documented methods of the path, else (a path outside the document, like
+    /metrics) the router's own; with HEAD wherever GET is (app/api/head.py)."""
+    methods = _allowed_methods(request) or {
+        method.strip() for method in (headers or {}).get("Allow", "").split(",") if method.strip()
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+def _allowed_methods(request: Request) -> set[str]:
     """The methods the API documents at this path. The router's own 405 names the
     methods of the first route whose path matched, which at /jobs/resume is
     /jobs/{job_id} (GET): a client told `Allow: GET` there would never find the POST.
@@ -101,9 +112,7 @@ def _allowed_methods(request: Request) -> list[str]:
         if _path_pattern(template).fullmatch(request.url.path)
     ]
     fewest = min((parameters for parameters, _ in matches), default=0)
-    return sorted(
-        {method.upper() for parameters, ops in matches if parameters == fewest for method in ops}
-    )
+    return {method.upper() for parameters, ops in matches if parameters == fewest for method in ops}
 
 
 @lru_cache(maxsize=256)
