@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     api_keys: str = ""
     api_keys_file: Path | None = None
 
+    # How long a PostgreSQL connection waits on a server that stopped answering at the
+    # network level (its host gone, a partition, a failover leaving the connection
+    # half-open) before it fails; also how long a new connection may take.
+    database_tcp_timeout_s: float = Field(30, ge=2)
+
     # Celery's broker visibility timeout; must exceed the longest step timeout.
     broker_visibility_timeout_s: int = Field(3600, gt=0)
     log_level: str = "INFO"

@@ -59,8 +59,29 @@ def build_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
     # The API's thread pool runs up to 40 requests at once; leave them headroom.
     return create_engine(
         url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=30, pool_timeout=10,
-        pool_recycle=1800, json_serializer=dumps,
+        pool_recycle=1800, json_serializer=dumps, connect_args=tcp_timeouts(url),
     )  # fmt: skip
+
+
+def tcp_timeouts(url: str) -> dict[str, int]:
+    """libpq's network timeouts, from DATABASE_TCP_TIMEOUT_S, for those the URL does not
+    set itself. By default libpq waits on a silent server for as long as the kernel
+    does: a reply that never comes, for ever; a request never acknowledged, about 15
+    minutes. Keepalive probes find a dead peer while a connection waits or idles,
+    tcp_user_timeout one that stopped acknowledging what was sent."""
+    timeout_s = get_settings().database_tcp_timeout_s
+    wanted = {
+        "connect_timeout": round(timeout_s),
+        "keepalives": 1,
+        # Probes start after a third of the timeout, then three of them fail within
+        # the next half: the peer is declared dead within the timeout.
+        "keepalives_idle": max(1, round(timeout_s / 3)),
+        "keepalives_interval": max(1, round(timeout_s / 6)),
+        "keepalives_count": 3,
+        "tcp_user_timeout": round(timeout_s * 1000),
+    }
+    given = make_url(url).query
+    return {name: value for name, value in wanted.items() if name not in given}
 
 
 def preload_driver(url: str | None = None) -> None:

@@ -24,8 +24,10 @@ def _pump(source: socket.socket, sink: socket.socket, passes: Callable[[bytes], 
 
 
 class TcpProxy:
-    def __init__(self, upstream: tuple[str, int], *, listening: bool = True) -> None:
-        self.port = free_port()
+    def __init__(
+        self, upstream: tuple[str, int], *, listening: bool = True, host: str = "127.0.0.1"
+    ) -> None:
+        self.host, self.port = host, free_port()
         self._upstream = upstream
         self._lock = threading.Lock()
         self._stop: threading.Event | None = None
@@ -42,7 +44,7 @@ class TcpProxy:
         with self._lock:
             if self._stop is not None:
                 return
-            listener = socket.create_server(("127.0.0.1", self.port))
+            listener = socket.create_server((self.host, self.port))
             listener.settimeout(0.1)  # so that a cut is noticed without a wake-up trick
             self._stop = threading.Event()
             self._sockets.append(listener)
