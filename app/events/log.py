@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from app.db import on_commit
-from app.events.publisher import publish_after_commit
+from app.events.publisher import publish_after_commit, wake_after_commit
 from app.events.types import EventOut, EventType, PublishedEvent
 from app.models import Job, JobEvent, UTCDateTime, job_event_table, job_table, utcnow
 
@@ -149,15 +149,14 @@ def record_events(
     round trip on PostgreSQL; all are published together after the transaction commits."""
     connection = session.connection()
     rows = _rows(job_id, events, feature_name, progress, utcnow())
-    ids: list[int | None]
     if connection.dialect.name == "postgresql":
         # Several rows: psycopg pipelines an executemany (one round trip, rows in order),
         # which costs less CPU than building a multi-row VALUES statement each time.
         connection.execute(_INSERT_EVENT, rows[0] if len(rows) == 1 else rows)
-        ids = [None] * len(rows)
-    else:
-        # Row by row: each insert's max(id) + 1 must see the row before it.
-        ids = [connection.execute(_INSERT_NUMBERED_EVENT, row).scalar_one() for row in rows]
+        wake_on_commit(session)
+        return
+    # Row by row: each insert's max(id) + 1 must see the row before it.
+    ids = [connection.execute(_INSERT_NUMBERED_EVENT, row).scalar_one() for row in rows]
     _publish_on_commit(session, job_id, rows, ids)
 
 
@@ -186,13 +185,19 @@ def _rows(
 
 
 def _publish_on_commit(
-    session: Session, job_id: uuid.UUID, rows: list[dict[str, Any]], ids: Sequence[int | None]
+    session: Session, job_id: uuid.UUID, rows: list[dict[str, Any]], ids: Sequence[int]
 ) -> None:
     published = [
         PublishedEvent(id=event_id, **{**row, "job_id": str(job_id)})
         for event_id, row in zip(ids, rows, strict=True)
     ]
     on_commit(session, lambda: publish_after_commit(published))
+
+
+def wake_on_commit(session: Session) -> None:
+    """Once the session commits, wake the hubs to read the events it inserted without
+    ids (PostgreSQL: the sequencer numbers them; app/events/publisher.py)."""
+    on_commit(session, wake_after_commit)
 
 
 # --- PostgreSQL: events inserted by the statement that reserves their seqs -----------
@@ -241,23 +246,6 @@ def inserted_params(drafts: Sequence[EventDraft]) -> dict[str, Any]:
         params[f"e{index}_attempt"] = draft.get("attempt")
         params[f"e{index}_data"] = draft.get("data") or {}
     return params
-
-
-def publish_inserted(
-    session: Session,
-    job_id: uuid.UUID,
-    drafts: Sequence[EventDraft],
-    *,
-    last_seq: int,
-    feature_name: str,
-    progress: int,
-    ts: datetime,
-) -> None:
-    """Publish, once the session commits, events an `inserted_after` statement wrote
-    (their seqs end at `last_seq`)."""
-    events = numbered(drafts, last_seq - len(drafts) + 1)
-    rows = _rows(job_id, events, feature_name, progress, ts)
-    _publish_on_commit(session, job_id, rows, [None] * len(rows))
 
 
 def events_for_job(

@@ -1,10 +1,17 @@
 """Pub/sub wake-ups for live streams. The log is the truth; a lost publish is
-recovered by subscribers reading the log, so failures here are only logged."""
+recovered by subscribers reading the log, so failures here are only logged.
+
+On SQLite an event has its global id once committed, and is published whole: the
+API's hub delivers it as it is. On PostgreSQL the sequencer numbers committed events
+afterwards, so the hubs only need waking to read them from the log: a transaction
+publishes no events there, only a wake-up, and one wake-up stands for every
+transaction a send covers."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import queue
 import threading
@@ -36,10 +43,19 @@ def _channel_for(redis_url: str) -> str:
     return f"cao:events:{parse_url(redis_url).get('db', 0)}"
 
 
+# A payload with no id, as the hubs read it (app/events/wire.py): read the log.
+WAKE_UP = json.dumps({"id": None, "type": "WAKE_UP"})
+
+
 def publish_after_commit(events: Sequence[PublishedEvent]) -> None:
     """Queue one transaction's events for this process's publisher thread: a step's
     commit never waits on the wake-up's round trip (nor on Redis being down)."""
     _publisher.submit(events)
+
+
+def wake_after_commit() -> None:
+    """Queue a wake-up for a transaction whose events the sequencer numbers."""
+    _publisher.submit(())
 
 
 def drain_publishes(timeout_s: float = 2.0) -> None:
@@ -108,22 +124,24 @@ class Publisher:
                 while True:
                     batches.append(pending.get_nowait())
             try:
-                _send([event for batch in batches for event in batch])
+                wake = any(not batch for batch in batches)
+                _send([event for batch in batches for event in batch], wake)
             finally:
                 for _ in batches:
                     pending.task_done()
 
 
-def _send(events: Sequence[PublishedEvent]) -> None:
-    """Publish events in one round trip; a failure is only logged."""
+def _send(events: Sequence[PublishedEvent], wake: bool) -> None:
+    """Publish events (and a wake-up) in one round trip; a failure is only logged."""
     channel = events_channel()
+    payloads = [event.model_dump_json() for event in events] + ([WAKE_UP] if wake else [])
     try:
-        if len(events) == 1:
-            get_redis().publish(channel, events[0].model_dump_json())
+        if len(payloads) == 1:
+            get_redis().publish(channel, payloads[0])
             return
         with get_redis().pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.publish(channel, event.model_dump_json())
+            for payload in payloads:
+                pipe.publish(channel, payload)
             pipe.execute()
     except Exception as exc:
         log.warning(

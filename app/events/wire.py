@@ -41,8 +41,8 @@ class WireEvent:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> WireEvent | None:
-        """From a pub/sub payload (the publisher's JSON); None while it has no id yet
-        (PostgreSQL: the sequencer gives it one)."""
+        """From a pub/sub payload (the publisher's JSON); None for a wake-up, which has
+        no id (PostgreSQL: the sequencer numbers events, app/events/publisher.py)."""
         body = json.loads(text)
         if body["id"] is None:
             return None

@@ -16,8 +16,8 @@ from app.events.log import (
     inserted_after,
     inserted_params,
     numbered,
-    publish_inserted,
     record_events,
+    wake_on_commit,
 )
 from app.models import Job, job_step_table, job_table
 
@@ -41,10 +41,7 @@ def insert_job(
         params.update(inserted_params([created]))
         statement = _insert_job_at_once(keys)
         connection.execute(statement, {**params, "now": job.created_at})
-        publish_inserted(
-            session, job.id, [created],
-            last_seq=1, feature_name=job.feature_name, progress=job.progress, ts=job.created_at,
-        )  # fmt: skip
+        wake_on_commit(session)
         return
     connection.execute(_INSERT_JOB, values)
     connection.execute(_INSERT_STEP, steps)

@@ -26,8 +26,8 @@ from app.events.log import (
     append_event,
     inserted_params,
     numbered,
-    publish_inserted,
     record_events,
+    wake_on_commit,
 )
 from app.events.types import EventType
 from app.jobs import step_statements as sql
@@ -190,8 +190,8 @@ def _advance_params(
 def _at_once(
     session: Session, statement: Any, params: dict[str, Any], drafts: list[EventDraft]
 ) -> Any:
-    """Run a one-statement change (at `params["now"]` if given); its events are
-    published once the session commits. A row without `last_seq` changed nothing."""
+    """Run a one-statement change (at `params["now"]` if given); subscribers are woken
+    for its events once the session commits. A row without `last_seq` changed nothing."""
     now = params.get("now") or utcnow()
     row = (
         session.connection()
@@ -199,10 +199,7 @@ def _at_once(
         .one_or_none()
     )
     if row is not None and row.last_seq is not None:
-        publish_inserted(
-            session, params["p_job"], drafts,
-            last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
-        )  # fmt: skip
+        wake_on_commit(session)
     return row
 
 
@@ -269,7 +266,7 @@ def _named_change(
     """Run the one-statement change of a delivery naming its step's service and queue,
     `named` = (job_id, step_index, fence, service, queue): its row, or None when the
     step did not match. The change's one event is `draft`, with the attempt the
-    statement read from the step row; it is published once the session commits."""
+    statement read from the step row; subscribers are woken once the session commits."""
     job_id, step_index, fence, service, queue = named
     now = utcnow()
     params = {
@@ -278,10 +275,7 @@ def _named_change(
     }  # fmt: skip
     row = session.connection().execute(statement, params).one_or_none()
     if row is not None and row.last_seq is not None:
-        publish_inserted(
-            session, job_id, [EventDraft(**draft, attempt=row.attempt)],
-            last_seq=row.last_seq, feature_name=row.feature_name, progress=row.progress, ts=now,
-        )  # fmt: skip
+        wake_on_commit(session)
     return row
 
 
