@@ -74,7 +74,7 @@ def tcp_timeouts(url: str) -> dict[str, int]:
         "connect_timeout": round(timeout_s),
         "keepalives": 1,
         # Probes start after a third of the timeout, then three of them fail within
-        # the next half: the peer is declared dead within the timeout.
+        # the next half: the peer is declared dead within about the timeout.
         "keepalives_idle": max(1, round(timeout_s / 3)),
         "keepalives_interval": max(1, round(timeout_s / 6)),
         "keepalives_count": 3,
