@@ -70,6 +70,45 @@ def test_stale_fence_can_neither_claim_nor_commit(pending_job):
         assert step.attempt == 2
 
 
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_continuation_locks_its_steps_in_step_order_as_a_cancel_does(
+    pending_job, private_postgres
+):
+    """A cancel locks a job's steps in step order. A continuation that locked the next
+    step first, then waited for its own step held by the cancel, would deadlock with
+    it as soon as the cancel reached the next step (and one of the two would fail)."""
+    import psycopg
+
+    job_id = pending_job
+    with session_scope() as session:
+        assert changes.claim_step(session, job_id, 0, fence=1) is not None
+    with session_scope() as session:
+        run = repo.load_step_run(session, job_id, 0)
+    assert run is not None
+
+    def continue_run() -> Any:
+        with statement_scope() as session:
+            return changes.complete_and_start_next(session, run, 1, {"ok": True})
+
+    url = private_postgres.replace("postgresql+psycopg://", "postgresql://")
+    lock = "SELECT 1 FROM job_step WHERE job_id = %s AND step_index = %s FOR UPDATE"
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    with psycopg.connect(url) as canceller, psycopg.connect(url, autocommit=True) as watcher:
+        canceller.execute(lock, (job_id, 0))
+        with ThreadPoolExecutor(1) as pool:
+            continued = pool.submit(continue_run)
+            wait_until(
+                lambda: watcher.execute(waiting).fetchone()[0] > 0, 10, 0.02,
+                "the continuation to wait for the step the cancel holds",
+            )  # fmt: skip
+            canceller.execute(lock, (job_id, 1))  # at once: the continuation holds nothing
+            canceller.rollback()
+            assert continued.result(timeout=10) is not None
+
+
 def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its_fence(
     pending_job,
 ):

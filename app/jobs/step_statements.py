@@ -237,22 +237,28 @@ _QUEUED_NEXT = (
 )
 FINISH_STEP_AT_ONCE = _with_events(_DONE_JOB, 1, _QUEUED_NEXT.c.queue, _QUEUED_NEXT.c.fence)
 # The next step started with the result, in one autocommitted statement. Nothing
-# changes unless the next step is still the PENDING row this run found: `next_free`
-# checks that and locks the row, so a cancel cannot slip in between the check and the
-# start and leave the result committed with no next step.
-_NEXT_FREE = (
-    select(_STEP.c.job_id)
+# changes unless the next step is still the PENDING row this run found: `locked_steps`
+# locks this step's row and the next one's first, in step order as a cancel does (the
+# other order could deadlock with it), so that no cancel slips in between the check
+# and the start and leaves the result committed with no next step. Rows locked after
+# a wait are read as the other transaction left them.
+_LOCKED_STEPS = (
+    select(_STEP.c.step_index, _STEP.c.status, _STEP.c.fence)
     .where(
         _STEP.c.job_id == bindparam("p_job"),
-        _STEP.c.step_index == bindparam("p_next_index"),
-        _STEP.c.fence == bindparam("p_next_fence", type_=Integer()) - 1,
-        _STEP.c.status == StepStatus.PENDING,
+        _STEP.c.step_index.in_([bindparam("index"), bindparam("p_next_index")]),
     )
+    .order_by(_STEP.c.step_index)
     .with_for_update()
-    .cte("next_free")
+    .cte("locked_steps")
+)
+_NEXT_FREE = exists().where(
+    _LOCKED_STEPS.c.step_index == bindparam("p_next_index"),
+    _LOCKED_STEPS.c.fence == bindparam("p_next_fence", type_=Integer()) - 1,
+    _LOCKED_STEPS.c.status == StepStatus.PENDING,
 )
 _CONTINUED_STEP, _CONTINUED_JOB = _step_and_job(
-    COMPLETE_STEP.where(exists(select(_NEXT_FREE.c.job_id))),
+    COMPLETE_STEP.where(_NEXT_FREE),
     _JOB.c.status == JobStatus.RUNNING,
     _JOB_ADVANCED,
 )
@@ -263,7 +269,7 @@ _STARTED_NEXT = (
 )
 # Always one row: `next_free` false when the next step moved (nothing changed), else
 # last_seq NULL when this result is stale.
-_ONE_ROW = select(exists(select(_NEXT_FREE.c.job_id)).label("next_free")).subquery("one_row")
+_ONE_ROW = select(_NEXT_FREE.label("next_free")).subquery("one_row")
 CONTINUE_AT_ONCE = (
     select(
         _ONE_ROW.c.next_free,
