@@ -70,6 +70,16 @@ def test_stale_fence_can_neither_claim_nor_commit(pending_job):
         assert step.attempt == 2
 
 
+def _claimed_first_step(job_id: uuid.UUID) -> repo.StepRun:
+    """The job's first step, claimed under fence 1, as its worker then knows it."""
+    with session_scope() as session:
+        assert changes.claim_step(session, job_id, 0, fence=1) is not None
+    with session_scope() as session:
+        run = repo.load_step_run(session, job_id, 0)
+    assert run is not None
+    return run
+
+
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_a_continuation_locks_its_steps_in_step_order_as_a_cancel_does(
     pending_job, private_postgres
@@ -80,11 +90,7 @@ def test_a_continuation_locks_its_steps_in_step_order_as_a_cancel_does(
     import psycopg
 
     job_id = pending_job
-    with session_scope() as session:
-        assert changes.claim_step(session, job_id, 0, fence=1) is not None
-    with session_scope() as session:
-        run = repo.load_step_run(session, job_id, 0)
-    assert run is not None
+    run = _claimed_first_step(job_id)
 
     def continue_run() -> Any:
         with statement_scope() as session:
@@ -117,11 +123,7 @@ def test_continuation_commits_the_result_and_starts_the_next_step_only_under_its
     leaves the result uncommitted (on PostgreSQL one autocommitted statement changes
     nothing; on SQLite the transaction rolls back)."""
     job_id = pending_job
-    with session_scope() as session:
-        assert changes.claim_step(session, job_id, 0, fence=1) is not None
-    with session_scope() as session:
-        run = repo.load_step_run(session, job_id, 0)
-    assert run is not None
+    run = _claimed_first_step(job_id)
     assert run.next_step_fence == 0
 
     # A zombie of an older fence: nothing is committed or started.
