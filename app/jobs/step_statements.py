@@ -134,19 +134,16 @@ def _step_and_job(step_change: Any, job_condition: Any, job_values: dict[str, An
     return changed_step, changed_job
 
 
-def _with_events(
-    changed_job: Any, events: int, *also: Any, outer: bool = False, attempt: Any = None
-) -> Any:
+def _with_events(changed_job: Any, events: int, *also: Any, attempt: Any = None) -> Any:
     """The statement's result: the job's new last_seq, feature and progress (plus the
-    columns `also` names, NULL when `outer` and their clause changed no row), once
-    `events` events are inserted after the job update (with `attempt`, when given, as
-    their attempt: see events.log.inserted_after)."""
+    columns `also` names), once `events` events are inserted after the job update (with
+    `attempt`, when given, as their attempt: see events.log.inserted_after)."""
     statement = select(
         changed_job.c.last_seq, changed_job.c.feature_name, changed_job.c.progress, *also
     )
     for other in {column.table for column in also}:
         # One row each, or none.
-        statement = statement.join_from(changed_job, other, true(), isouter=outer)
+        statement = statement.join_from(changed_job, other, true())
     return statement.add_cte(inserted_after(changed_job, events, attempt=attempt))
 
 
