@@ -129,6 +129,9 @@ class JobStep(Base):
     started_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # A random token of the delivery whose claim started the step's latest run: a worker
+    # that lost its claim's answer asks whether the claim is its own (app/jobs/runner.py).
+    claim_token: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # Beat's index: only steps waiting to start or running. Partial, so that a

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import structlog
 from sqlalchemy.engine import make_url
+from structlog.testing import capture_logs
 from websockets.sync.client import connect
 
 from tests.harness import CAO, Proc, Simulators, serving_api, wait_for_job, wait_until
@@ -347,3 +348,38 @@ def test_a_stalled_database_does_not_cost_a_running_step_its_lease(
         proxy.restore()
     step.join(30)
     assert outcome == [Outcome.COMPLETED]
+
+
+@pytest.mark.parametrize("names_its_service", [True, False])
+def test_a_claim_whose_commit_lost_its_answer_runs_its_step_once(
+    worker_engine_via_proxy: TcpProxy, names_its_service: bool
+):
+    """A delivery claims its step (one autocommitted statement) and the answer is lost:
+    the claim landed, but the worker cannot know it from the error. It asks again, finds
+    the step RUNNING under its own claim, and goes on to the call, still attempt 1.
+    Before, it took itself for a duplicate and dropped out; the step held its slot with
+    no one running it until the lease expired, and then ran again as attempt 2."""
+    from app.db import session_scope
+    from app.jobs import repository as repo
+    from app.jobs.runner import NamedSlot, Outcome, run_step
+    from app.leases import get_semaphore
+
+    job_id = _new_job("solo_job")  # one python step on a queue nothing consumes
+    with session_scope() as session:
+        fence = repo.get_steps(session, job_id)[0].fence
+    named = NamedSlot("solo", "solo") if names_its_service else None
+    with capture_logs() as logs:
+        outcome = _with_the_answer_lost(
+            worker_engine_via_proxy,
+            lambda: run_step(job_id, 0, fence, frozenset(), named),
+            after=b"started_at=coalesce",  # the claim's statement (it commits on its own)
+        )
+    assert outcome == Outcome.COMPLETED
+    found = "claim recorded by an earlier try whose commit's answer was lost"
+    assert found in [line["event"] for line in logs], "the claim had not landed"
+    with session_scope() as session:
+        steps = repo.get_steps(session, job_id)
+    assert [(s.status, s.attempt) for s in steps] == [("COMPLETED", 1)]
+    assert _events(job_id, "STEP_STARTED") == 1
+    assert _events(job_id, "STEP_COMPLETED") == 1
+    assert get_semaphore().usage("solo").in_use == 0, "the step's slot is free"

@@ -213,15 +213,15 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
 
         second = run_of(1)
         assert (second.status, second.fence, second.context) == ("QUEUED", 1, {"one": {"ok": True}})
+
         # A delivery naming its service parks and claims the step without reading it
         # first (the second step's park and claim take that form here): not under
         # another service, queue or fence, and not twice.
-        job_step = (job_id, 1, 1)
+        def named(service: str, queue: str, fence: int = 1) -> changes.NamedStep:
+            return changes.NamedStep(job_id, 1, fence, service, queue)
 
-        def park_named(*named: Any, fence: int = 1) -> int | None:
-            return change(
-                lambda s: changes.park_named_step(s, job_id, 1, fence, *named, {"limit": 1})
-            )
+        def park_named(*names: Any, fence: int = 1) -> int | None:
+            return change(lambda s: changes.park_named_step(s, named(*names, fence), {"limit": 1}))
 
         assert park_named("one", "unconsumed") is None
         assert park_named("two", "elsewhere") is None
@@ -230,11 +230,11 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
         assert park_named("two", "unconsumed") is None, "parked twice"
         assert change(lambda s: changes.park_step(s, second, {"limit": 1})) is False
         assert change(lambda s: changes.start_step(s, second, 0)) is None, "a stale fence claimed"
-        assert change(lambda s: changes.start_named_step(s, *job_step, "one", "unconsumed")) is None
-        assert change(lambda s: changes.start_named_step(s, *job_step, "two", "elsewhere")) is None
-        claimed = change(lambda s: changes.start_named_step(s, *job_step, "two", "unconsumed"))
+        assert change(lambda s: changes.start_named_step(s, named("one", "unconsumed"))) is None
+        assert change(lambda s: changes.start_named_step(s, named("two", "elsewhere"))) is None
+        claimed = change(lambda s: changes.start_named_step(s, named("two", "unconsumed")))
         assert claimed == dataclasses.replace(second, status="RUNNING", job_status="RUNNING")
-        assert change(lambda s: changes.start_named_step(s, *job_step, "two", "unconsumed")) is None
+        assert change(lambda s: changes.start_named_step(s, named("two", "unconsumed"))) is None
         assert change(
             lambda s: changes.finish_step(s, run_of(1), 1, {"two": 2})
         ) == changes.Finished(job_finished=True)
@@ -369,3 +369,23 @@ def test_a_continued_step_knows_the_fence_of_the_step_after_it(backend):
         if step_index == 1:
             with session_scope() as session:
                 assert repo.get_step(session, job_id, 2).fence == run.next_step_fence
+
+
+def test_a_claim_is_known_by_its_own_token_only(pending_job):
+    """A delivery that lost its claim's answer asks whether the step runs under its own
+    claim: yes for the token its claim carried; no for a duplicate's token, and no once
+    the step has moved on (its fence is another's)."""
+    job_id = pending_job
+    with session_scope() as session:
+        assert changes.claim_step(session, job_id, 0, fence=1, claim_token="mine") is not None
+    with session_scope() as session:
+        assert changes.claimed_by(session, job_id, 0, 1, "mine")
+        assert not changes.claimed_by(session, job_id, 0, 1, "a duplicate's")
+        assert not changes.claimed_by(session, job_id, 0, 2, "mine"), "under another fence"
+        assert repo.retry_step(session, job_id, 0, 1, error="503", code="http_503") == 2
+    with session_scope() as session:
+        assert not changes.claimed_by(session, job_id, 0, 1, "mine"), "the step moved on"
+        assert changes.claim_step(session, job_id, 0, fence=2, claim_token="next") is not None
+    with session_scope() as session:
+        assert changes.claimed_by(session, job_id, 0, 2, "next")
+        assert not changes.claimed_by(session, job_id, 0, 2, "mine")

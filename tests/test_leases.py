@@ -156,7 +156,8 @@ def test_a_duplicate_delivery_after_a_cancel_leaves_the_running_calls_slot(db, s
         # The delivery's claim: the slot, then the step RUNNING; its call is in flight.
         assert semaphore.acquire("solo", running, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
         with statement_scope() as session:
-            assert changes.start_named_step(session, job_id, 0, 1, "solo", "solo") is not None
+            step = changes.NamedStep(job_id, 0, 1, "solo", "solo")
+            assert changes.start_named_step(session, step) is not None
         with session_scope() as session:
             cancel_job(session, job_id)
 
@@ -333,7 +334,8 @@ def test_a_delivery_naming_its_service_takes_the_slot_first_and_keeps_every_rule
         running = LeaseId(str(first), 0, 1, "solo")
         assert semaphore.acquire("solo", running, TTL_S, limit=1) == LeaseSemaphore.ACQUIRED
         with statement_scope() as session:
-            assert changes.start_named_step(session, first, 0, 1, "solo", "solo") is not None
+            step = changes.NamedStep(first, 0, 1, "solo", "solo")
+            assert changes.start_named_step(session, step) is not None
         assert run_step(first, 0, 1, named=named) is Outcome.STALE
         assert semaphore.state("solo", running) is LeaseState.HELD
         semaphore.release("solo", running, TTL_S, limit=1)

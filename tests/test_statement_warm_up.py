@@ -86,7 +86,8 @@ def test_after_the_warm_up_a_job_s_step_changes_compile_nothing(backend, compile
     with statement_scope() as session:
         assert changes.park_step(session, run, {"service": "one", "limit": 1})
     with statement_scope() as session:
-        assert changes.start_named_step(session, named, 0, 1, "one", "unconsumed") is not None
+        step = changes.NamedStep(named, 0, 1, "one", "unconsumed")
+        assert changes.start_named_step(session, step) is not None
     assert compiled == [], "compiled on a step's critical path:\n" + "\n\n".join(compiled)
 
 

@@ -245,8 +245,11 @@ def step_run_of(
 
 # What a step's previous run leaves behind, cleared whenever a new run is set up.
 RUN_COLUMNS_CLEARED: dict[str, Any] = dict.fromkeys(
-    ("error", "error_code", "retryable", "queued_at", "started_at", "heartbeat_at", "finished_at")
-)
+    (
+        "error", "error_code", "retryable", "queued_at", "started_at", "heartbeat_at",
+        "finished_at", "claim_token",
+    )
+)  # fmt: skip
 
 QUEUE_STEP_VALUES: dict[str, Any] = {
     "status": StepStatus.QUEUED,

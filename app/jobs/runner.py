@@ -187,16 +187,19 @@ def _claim_named(
         if taken == LeaseSemaphore.FULL:
             return Outcome.WAITING
     created = taken == LeaseSemaphore.ACQUIRED
+    step = changes.NamedStep(job_id, step_index, fence, named.service, named.queue)
+    token = uuid.uuid4().hex
     try:
-        with statement_scope() as session:
-            run = changes.start_named_step(
-                session, job_id, step_index, fence, named.service, named.queue
-            )
-            # Give back a lease this call created, unless the delivery running this
-            # very fence holds it (its own had expired): that one keeps it.
-            if run is None and created:
-                if not repo.is_running(session, job_id, step_index, fence):
-                    _release(semaphore, service.model_dump(), lease)
+        run = _claim_once(
+            lambda session: changes.start_named_step(session, step, claim_token=token),
+            lambda session: _claimed_run(session, job_id, step_index, fence, token),
+            lambda: semaphore.acquire(service.name, lease, ttl, limit, wait=False) > 0,
+            log.bind(job_id=str(job_id), step=step_index, fence=fence, queue=named.queue),
+        )
+        # Give back a lease this call created, unless the delivery running this very
+        # fence holds it (its own had expired): that one keeps it.
+        if run is None and created and not _is_running(job_id, step_index, fence):
+            _release(semaphore, service.model_dump(), lease)
     except BaseException:
         if created:
             _release(semaphore, service.model_dump(), lease)
@@ -208,6 +211,60 @@ def _claim_named(
     return Claimed(run, live_service(run.service_spec), lease, bound)
 
 
+def _claim_once(
+    claim: Callable[[Session], StepRun | None],
+    landed: Callable[[Session], StepRun | None],
+    keep_slot: Callable[[], bool],
+    bound: Any,
+) -> StepRun | None:
+    """`claim(session)`: the claim of a delivery whose lease is taken, one statement
+    that commits on its own; the step claimed, or None (stale, a duplicate).
+
+    When its answer is lost, the claim may have landed all the same. Once the database
+    answers again, `landed(session)` finds the step if it runs under this delivery's
+    claim, and the delivery goes on with it as its own, provided `keep_slot()` finds its
+    lease still held or takes it again (it may have lapsed meanwhile); if not, Beat puts
+    the step back. A claim that did not land is made again."""
+    try:
+        with statement_scope() as session:
+            return claim(session)
+    except OperationalError as error:
+        _claiming_again(bound, error, 0.0)
+
+    def find_or_claim() -> StepRun | None:
+        with statement_scope() as session:
+            run = landed(session)
+            if run is None:
+                return claim(session)
+        if not keep_slot():
+            bound.warning("claim landed while its answer was lost, but its slot lapsed "
+                          "meanwhile; Beat puts the step back")  # fmt: skip
+            return None
+        _found_earlier_try(bound, "claim")
+        return run
+
+    return while_database_unreachable(partial(_claiming_again, bound))(find_or_claim)
+
+
+def _claiming_again(bound: Any, error: BaseException, wait_s: float) -> None:
+    bound.warning("database unreachable; claiming the step again",
+                  in_s=round(wait_s, 2), error=first_line(error))  # fmt: skip
+
+
+def _claimed_run(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int, token: str
+) -> StepRun | None:
+    """The step, when it runs under the claim that carried `token`."""
+    if not changes.claimed_by(session, job_id, step_index, fence, token):
+        return None
+    return repo.load_step_run(session, job_id, step_index)
+
+
+def _is_running(job_id: uuid.UUID, step_index: int, fence: int) -> bool:
+    with statement_scope() as session:
+        return repo.is_running(session, job_id, step_index, fence)
+
+
 def _park_named(
     job_id: uuid.UUID, step_index: int, fence: int, named: NamedSlot, limit: int
 ) -> bool:
@@ -215,9 +272,8 @@ def _park_named(
     delivery does not match the step (stale, a duplicate, another service)."""
     data = {"service": named.service, "limit": limit}
     with statement_scope() as session:
-        attempt = changes.park_named_step(
-            session, job_id, step_index, fence, named.service, named.queue, data
-        )
+        step = changes.NamedStep(job_id, step_index, fence, named.service, named.queue)
+        attempt = changes.park_named_step(session, step, data)
     if attempt is None:
         return False
     log.info(
@@ -250,9 +306,19 @@ def _claim(
                 bound.info("waiting for a slot", service=service.name, limit=limit)
                 return Outcome.WAITING
             held = (run, lease)
-            claimed = changes.start_step(session, run, fence)
-            if claimed is None and repo.is_running(session, job_id, step_index, fence):
-                held = None  # the delivery running this very fence holds this lease
+        token = uuid.uuid4().hex
+        claimed = _claim_once(
+            lambda session: (
+                run
+                if changes.start_step(session, run, fence, claim_token=token) is not None
+                else None
+            ),
+            lambda session: _claimed_run(session, job_id, step_index, fence, token),
+            lambda: semaphore.acquire(service.name, lease, ttl, limit, wait=False) > 0,
+            bound,
+        )
+        if claimed is None and _is_running(job_id, step_index, fence):
+            held = None  # the delivery running this very fence holds this lease
     except BaseException:
         if held is not None:
             _release(semaphore, held[0].service_spec, held[1])

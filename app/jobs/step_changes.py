@@ -16,7 +16,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session
 
@@ -59,11 +59,20 @@ class EventSlot:
 
 
 def claim_step(
-    session: Session, job_id: uuid.UUID, step_index: int, fence: int
+    session: Session,
+    job_id: uuid.UUID,
+    step_index: int,
+    fence: int,
+    *,
+    claim_token: str | None = None,
 ) -> EventSlot | None:
-    """Start the step for the delivery holding `fence`, reserving the seq of its
-    STEP_STARTED event; None when the delivery is stale or a duplicate."""
-    params = {"p_job": job_id, "index": step_index, "p_fence": fence, "now": utcnow()}
+    """Start the step for the delivery holding `fence` (and `claim_token`: see
+    claimed_by), reserving the seq of its STEP_STARTED event; None when the delivery is
+    stale or a duplicate."""
+    params = {
+        "p_job": job_id, "index": step_index, "p_fence": fence, "now": utcnow(),
+        "p_claim_token": claim_token,
+    }  # fmt: skip
     if rows_changed(session, sql.CLAIM_STEP, params) != 1:
         return None
     seq, feature_name, progress = session.connection().execute(sql.START_JOB, params).one()
@@ -218,22 +227,38 @@ def _about(run: StepRun, event_type: EventType, data: dict[str, Any] | None = No
     )  # fmt: skip
 
 
-def start_step(session: Session, run: StepRun, fence: int) -> EventSlot | None:
-    """Start the step for the delivery holding `fence` and record STEP_STARTED; None
-    when the delivery is stale or a duplicate."""
+def start_step(
+    session: Session, run: StepRun, fence: int, *, claim_token: str | None = None
+) -> EventSlot | None:
+    """Start the step for the delivery holding `fence` (and `claim_token`: see
+    claimed_by) and record STEP_STARTED; None when the delivery is stale or a
+    duplicate."""
     drafts = [_about(run, EventType.STEP_STARTED)]
     if not single_statements(session):
-        slot = claim_step(session, run.job_id, run.step_index, fence)
+        slot = claim_step(session, run.job_id, run.step_index, fence, claim_token=claim_token)
         if slot is not None:
             _record(session, run.job_id, slot, drafts)
         return slot
-    params = {"p_job": run.job_id, "index": run.step_index, "p_fence": fence}
+    params = {
+        "p_job": run.job_id, "index": run.step_index, "p_fence": fence,
+        "p_claim_token": claim_token,
+    }  # fmt: skip
     row = _at_once(session, sql.START_STEP_AT_ONCE, params, drafts)
     return None if row is None else EventSlot(row.last_seq, row.feature_name, row.progress)
 
 
+class NamedStep(NamedTuple):
+    """The step a delivery that names its service and queue acts on (app/jobs/dispatch.py)."""
+
+    job_id: uuid.UUID
+    step_index: int
+    fence: int
+    service: str
+    queue: str
+
+
 def start_named_step(
-    session: Session, job_id: uuid.UUID, step_index: int, fence: int, service: str, queue: str
+    session: Session, named: NamedStep, *, claim_token: str | None = None
 ) -> StepRun | None:
     """Start the step for a delivery that names the step's service and queue (whose
     lease the caller took before knowing anything else of the step) and record
@@ -242,14 +267,16 @@ def start_named_step(
 
     On PostgreSQL the claim also reads what the run needs, in one statement: a
     delivery makes one round trip to the database before its call, not two."""
+    job_id, step_index, fence, service, _ = named
     if not single_statements(session):
-        run = _named_run(session, job_id, step_index, fence, service, queue)
-        if run is None or start_step(session, run, fence) is None:
+        run = _named_run(session, named)
+        if run is None or start_step(session, run, fence, claim_token=claim_token) is None:
             return None
         return dataclasses.replace(run, status=StepStatus.RUNNING, job_status=JobStatus.RUNNING)
     started = EventDraft(type=EventType.STEP_STARTED, step_index=step_index, step_name=service)
-    named = (job_id, step_index, fence, service, queue)
-    row = _named_change(session, sql.START_NAMED_STEP_AT_ONCE, named, started)
+    row = _named_change(
+        session, sql.START_NAMED_STEP_AT_ONCE, named, started, {"p_claim_token": claim_token}
+    )
     if row is None:
         return None
     return step_run_of(
@@ -260,23 +287,34 @@ def start_named_step(
 def _named_change(
     session: Session,
     statement: Any,
-    named: tuple[uuid.UUID, int, int, str, str],
+    named: NamedStep,
     draft: EventDraft,
+    extra: dict[str, Any] | None = None,
 ) -> Any:
-    """Run the one-statement change of a delivery naming its step's service and queue,
-    `named` = (job_id, step_index, fence, service, queue): its row, or None when the
-    step did not match. The change's one event is `draft`, with the attempt the
-    statement read from the step row; subscribers are woken once the session commits."""
+    """Run the one-statement change of a delivery naming its step's service and queue:
+    its row, or None when the step did not match. The change's one event is `draft`,
+    with the attempt the statement read from the step row (`extra`: the statement's
+    other parameters); subscribers are woken once the session commits."""
     job_id, step_index, fence, service, queue = named
     now = utcnow()
     params = {
         "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
-        "p_queue": queue, "now": now, **inserted_params([draft]),
+        "p_queue": queue, "now": now, **inserted_params([draft]), **(extra or {}),
     }  # fmt: skip
     row = session.connection().execute(statement, params).one_or_none()
     if row is not None and row.last_seq is not None:
         wake_on_commit(session)
     return row
+
+
+def claimed_by(
+    session: Session, job_id: uuid.UUID, step_index: int, fence: int, claim_token: str
+) -> bool:
+    """Whether the step runs under the claim that carried `claim_token`: a claim is one
+    autocommitted statement, and a delivery that lost its answer asks this to learn
+    whether it landed. A duplicate delivery of the same message has a token of its own."""
+    params = {"p_job": job_id, "index": step_index, "p_fence": fence, "p_claim_token": claim_token}
+    return session.connection().execute(sql.CLAIMED_BY, params).first() is not None
 
 
 def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
@@ -295,25 +333,16 @@ def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
     return _at_once(session, sql.PARK_STEP_AT_ONCE, params, [draft]) is not None
 
 
-def _named_run(
-    session: Session, job_id: uuid.UUID, step_index: int, fence: int, service: str, queue: str
-) -> StepRun | None:
+def _named_run(session: Session, named: NamedStep) -> StepRun | None:
     """The step a named delivery may act on (read first, as SQLite does), or None."""
-    run = load_step_run(session, job_id, step_index)
-    if run is None or (run.step_name, run.queue) != (service, queue) or not run.accepts(fence):
+    run = load_step_run(session, named.job_id, named.step_index)
+    names = (named.service, named.queue)
+    if run is None or (run.step_name, run.queue) != names or not run.accepts(named.fence):
         return None
     return run
 
 
-def park_named_step(
-    session: Session,
-    job_id: uuid.UUID,
-    step_index: int,
-    fence: int,
-    service: str,
-    queue: str,
-    data: dict[str, Any],
-) -> int | None:
+def park_named_step(session: Session, named: NamedStep, data: dict[str, Any]) -> int | None:
     """Put the step in WAITING_FOR_SLOT for a delivery that names its service and queue
     and found that service full, and record the event (with `data`); returns the
     step's attempt. None when the delivery is stale, a duplicate (the step waits
@@ -321,12 +350,12 @@ def park_named_step(
 
     On PostgreSQL one statement, which does not read the step first."""
     if not single_statements(session):
-        run = _named_run(session, job_id, step_index, fence, service, queue)
+        run = _named_run(session, named)
         return run.attempt if run is not None and park_step(session, run, data) else None
     parked = EventDraft(
-        type=EventType.WAITING_FOR_SLOT, step_index=step_index, step_name=service, data=data
-    )
-    named = (job_id, step_index, fence, service, queue)
+        type=EventType.WAITING_FOR_SLOT, step_index=named.step_index, step_name=named.service,
+        data=data,
+    )  # fmt: skip
     row = _named_change(session, sql.PARK_NAMED_STEP_AT_ONCE, named, parked)
     return None if row is None else int(row.attempt)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Integer, bindparam, case, exists, func, select, true, update
+from sqlalchemy import JSON, Integer, String, bindparam, case, exists, func, select, true, update
 
 from app.events.log import inserted_after
 from app.jobs.repository import (
@@ -46,7 +46,13 @@ CLAIM_STEP = (
         _STEP.c.status.in_(CLAIMABLE_STEP),
         JOB_IS_ACTIVE,
     )
-    .values(status=StepStatus.RUNNING, started_at=NOW, heartbeat_at=NOW, finished_at=None)
+    .values(
+        status=StepStatus.RUNNING,
+        started_at=NOW,
+        heartbeat_at=NOW,
+        finished_at=None,
+        claim_token=bindparam("p_claim_token", type_=String()),
+    )
 )
 _JOB_STARTED: dict[str, Any] = {
     "status": JobStatus.RUNNING,
@@ -60,6 +66,14 @@ START_JOB = (
     .where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB))
     .values(**_JOB_STARTED)
     .returning(_JOB.c.last_seq, _JOB.c.feature_name, _JOB.c.progress)
+)
+
+# Whether the step runs under the claim of the delivery holding `p_claim_token`.
+CLAIMED_BY = select(_STEP.c.job_id).where(
+    THIS_STEP,
+    _STEP.c.fence == bindparam("p_fence"),
+    _STEP.c.status == StepStatus.RUNNING,
+    _STEP.c.claim_token == bindparam("p_claim_token", type_=String()),
 )
 
 

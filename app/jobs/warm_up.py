@@ -19,6 +19,7 @@ from app.jobs.repository import StepRun, load_step_run
 from app.jobs.service import create_job
 from app.jobs.states import JobStatus, StepStatus
 from app.jobs.step_changes import (
+    NamedStep,
     NextStepMoved,
     complete_and_start_next,
     finish_step,
@@ -94,9 +95,10 @@ def prepare_statements() -> None:
                 next_step_fence=None if step_index == len(recipe) - 1 else 0,
             )
             start_step(session, run, run.fence)
-            start_named_step(session, run.job_id, step_index, run.fence, "warm-up", "warm-up")
+            named = NamedStep(run.job_id, step_index, run.fence, "warm-up", "warm-up")
+            start_named_step(session, named)
             park_step(session, run, {})
-            park_named_step(session, run.job_id, step_index, run.fence, "warm-up", "warm-up", {})
+            park_named_step(session, named, {})
             finish_step(session, run, run.fence, {})
             if not run.is_last:
                 with suppress(NextStepMoved):  # no next step to find, as intended
