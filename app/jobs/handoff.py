@@ -21,9 +21,11 @@ expires, and Beat puts the step back (app/jobs/recovery.py).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -41,32 +43,53 @@ _R = TypeVar("_R")
 _Claimed = TypeVar("_Claimed")
 
 
+class _Recorder:
+    """The one thread per process that records deferred results, started on first use.
+    A thread per recording would cost the slot's turn its start-up: the new thread
+    must be scheduled, and take the GIL, before the step's call may go out."""
+
+    def __init__(self) -> None:
+        self._reset()
+        # Threads do not survive fork: a child starts its own on first use.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, record: Callable[[], _R]) -> Future[_R]:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="cao-record")
+            return self._executor.submit(record)
+
+
+_recorder = _Recorder()
+
+
 class Recording(Generic[_R]):
-    """Recording one step's result: run inline, or deferred to a background thread."""
+    """Recording one step's result: run inline, or deferred to the recorder thread."""
 
     def __init__(self, record: Callable[[], _R]) -> None:
         self._record = record
-        self._thread: threading.Thread | None = None
+        self._future: Future[_R] | None = None
         self._result: _R | None = None
 
     def run_inline(self) -> None:
         self._result = self._record()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cao-record", daemon=False)
-        self._thread.start()
+        self._future = _recorder.submit(self._record)
 
-    def _run(self) -> None:
+    def result(self) -> _R | None:
+        if self._future is None:
+            return self._result
         try:
-            self._result = self._record()
+            return self._future.result()
         except Exception:
             # The step stays RUNNING without a heartbeat; Beat restarts it.
             log.exception("recording a step result failed")
-
-    def result(self) -> _R | None:
-        if self._thread is not None:
-            self._thread.join()
-        return self._result
+            return None
 
 
 @dataclass(frozen=True)

@@ -82,12 +82,14 @@ def _wake_or_log(woken: list[LeaseId], service: str) -> None:
 
 @dataclass(frozen=True)
 class NamedSlot:
-    """The service and queue a step message names (app/jobs/dispatch.py), and whether
-    the delivery was handed its slot by a release (the lease was made for it)."""
+    """The service and queue a step message names (app/jobs/dispatch.py), whether the
+    delivery was handed its slot by a release (the lease was made for it), and whether
+    that release was this process's own, a moment ago (handoff.py)."""
 
     service: str
     queue: str
     holds_slot: bool = False
+    handed_here: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def run_step(
                     lease = taken.lease
                     _run_delivery(
                         uuid.UUID(lease.job_id), lease.step_index, lease.fence, chain,
-                        NamedSlot(taken.service, lease.queue, holds_slot=True),
+                        NamedSlot(taken.service, lease.queue, holds_slot=True, handed_here=True),
                     )  # fmt: skip
             except Exception:
                 # Its lease expires and Beat puts the step back; stop taking work over.
@@ -177,7 +179,12 @@ def _claim_named(
     semaphore = get_semaphore()
     lease = LeaseId(str(job_id), step_index, fence, named.queue)
     ttl, limit = service.lease_ttl_s, service.concurrency
-    taken = semaphore.acquire(service.name, lease, ttl, limit, wait=False)
+    if named.handed_here:
+        # This process's release made the lease a moment ago, for a full lease_ttl_s:
+        # taking it again would only renew it, one Redis round trip on the slot's turn.
+        taken = LeaseSemaphore.ALREADY_HELD
+    else:
+        taken = semaphore.acquire(service.name, lease, ttl, limit, wait=False)
     if taken == LeaseSemaphore.FULL:
         if not _park_named(job_id, step_index, fence, named, limit):
             return None
