@@ -282,6 +282,17 @@ class LeaseSemaphore:
         in_use, waiting = self._count(keys=self.keys(service))
         return Usage(int(in_use), int(waiting))
 
+    def usages(self, services: list[str]) -> dict[str, Usage]:
+        """`usage` of every service in one round trip (a catalog may hold dozens)."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for service in services:
+                self._count(keys=self.keys(service), client=pipe)
+            counts = pipe.execute()
+        return {
+            service: Usage(int(in_use), int(waiting))
+            for service, (in_use, waiting) in zip(services, counts, strict=True)
+        }
+
     def state(self, service: str, lease: LeaseId) -> LeaseState:
         """Whether `lease` is held (unexpired), on the wait list, or neither."""
         return LeaseState(int(self._state(keys=self.keys(service), args=[str(lease)])))

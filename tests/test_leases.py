@@ -41,6 +41,23 @@ def lease(n: int, fence: int = 1) -> LeaseId:
     return LeaseId(f"00000000-0000-0000-0000-{n:012d}", 0, fence, "default")
 
 
+def test_usages_of_many_services_in_one_round_trip_match_each_usage(semaphore, client):
+    """What GET /services and /metrics read for the whole catalog at once."""
+    names = [f"svc-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    try:
+        for taken, name in enumerate(names):  # 0, 1 and 2 slots of a limit of 1
+            for n in range(taken):
+                semaphore.acquire(name, lease(n), TTL_S, limit=1)
+        expected = {name: semaphore.usage(name) for name in names}
+        assert expected == {names[0]: Usage(0, 0), names[1]: Usage(1, 0), names[2]: Usage(1, 1)}
+        client.script_flush()  # a fresh Redis: the pipeline loads its script first
+        assert semaphore.usages(names) == expected
+        assert semaphore.usages([]) == {}
+    finally:
+        for name in names:
+            client.delete(*LeaseSemaphore.keys(name))
+
+
 def test_limit_is_exact_and_full_steps_queue_in_arrival_order(semaphore, service):
     acquired = [semaphore.acquire(service, lease(i), TTL_S, limit=2) for i in range(5)]
     assert acquired == [LeaseSemaphore.ACQUIRED] * 2 + [LeaseSemaphore.FULL] * 3

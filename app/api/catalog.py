@@ -45,15 +45,16 @@ def list_services(catalog: CatalogDep) -> dict[str, Any]:
     except RedisError as exc:
         log.warning("queue depth unavailable", error=str(exc))
         depths = {}
+    try:
+        usages = semaphore.usages(list(catalog.services))
+    except RedisError as exc:
+        log.warning("lease usage unavailable", error=str(exc))
+        usages = {}
     services = []
     for service in catalog.services.values():
-        in_use: int | None = None
-        waiting: int | None = None
-        try:
-            usage = semaphore.usage(service.name)
-            in_use, waiting = usage.in_use, usage.waiting
-        except RedisError:
-            pass
+        usage = usages.get(service.name)
+        in_use = usage.in_use if usage is not None else None
+        waiting = usage.waiting if usage is not None else None
         services.append(
             {
                 "name": service.name,

@@ -42,9 +42,9 @@ class GatewayCollector(Collector):
         try:
             for queue, count in queue_depths(catalog.queues).items():
                 depth.add_metric([queue], count)
-            semaphore = get_semaphore()
+            usages = get_semaphore().usages(list(catalog.services))
             for service in catalog.services.values():
-                usage = semaphore.usage(service.name)
+                usage = usages[service.name]
                 in_use.add_metric([service.name], usage.in_use)
                 waiting.add_metric([service.name], usage.waiting)
                 limit.add_metric([service.name], service.concurrency)
