@@ -62,8 +62,8 @@ def metered_workers(
             proc.stop()
 
 
-# The test's own client shares the machine's two cores with everything it measures:
-# beyond two connections, its threads add their CPU and GIL contention, not throughput
+# The test's own client shares the machine's two cores with everything it measures,
+# and its threads' CPU and GIL contention slow the hand-overs while the jobs are created
 # (overall utilisation in AC1, interleaved runs: 0.920-0.925 with 4, 0.934-0.940 with 2).
 SUBMITTING_CONNECTIONS = 2
 
