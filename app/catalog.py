@@ -233,10 +233,11 @@ class _LiveCatalog:
                     self._mtime = mtime
                     if previous is not None:
                         structlog.get_logger().info(
-                            "catalog reloaded", source=self._catalog.source,
+                            "catalog reloaded",
+                            source=self._catalog.source,
                             services=len(self._catalog.services),
                             features=len(self._catalog.features),
-                        )  # fmt: skip
+                        )
                 except CatalogError:
                     if self._catalog is None:
                         raise

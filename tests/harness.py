@@ -185,9 +185,14 @@ def step_call(**input_data: Any) -> Any:
     from app.services import StepCall
 
     return StepCall(
-        job_id="job", feature_name="f", step_index=0, step_name="s", attempt=1,
-        input_data=input_data, context={},
-    )  # fmt: skip
+        job_id="job",
+        feature_name="f",
+        step_index=0,
+        step_name="s",
+        attempt=1,
+        input_data=input_data,
+        context={},
+    )
 
 
 def wait_for_job(

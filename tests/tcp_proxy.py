@@ -125,6 +125,8 @@ class TcpProxy:
                     upstream.close()
                     return
                 self._sockets += [client, upstream]
-            for source, sink, passes in ((client, upstream, self._request),
-                                         (upstream, client, self._reply)):  # fmt: skip
+            for source, sink, passes in (
+                (client, upstream, self._request),
+                (upstream, client, self._reply),
+            ):
                 threading.Thread(target=_pump, args=(source, sink, passes), daemon=True).start()

@@ -56,7 +56,7 @@ BAD_CREATES = [
             "validation_error",
         )
         for number in (b"NaN", b"Infinity", b"-Infinity", b"1e999")
-    ),  # fmt: skip
+    ),
     (
         "oversized body",
         json.dumps(
@@ -165,8 +165,11 @@ def test_create_answers_contract_and_lists_newest_first_with_cursor(client):
 def test_features_and_health(client):
     features = {f["name"]: f for f in client.get("/api/v1/features").json()["features"]}
     assert [s["service"] for s in features["business_plan"]["steps"]] == [
-        "prompt_enhancer", "fast_chat_llm", "summarizer_pro", "email_notifier",
-    ]  # fmt: skip
+        "prompt_enhancer",
+        "fast_chat_llm",
+        "summarizer_pro",
+        "email_notifier",
+    ]
     assert client.get("/api/v1/health").json() == {"ok": True}
     assert "cao_queue_depth" in client.get("/metrics").text
     assert client.get("/docs").status_code == 200

@@ -20,11 +20,16 @@ from tests.harness import CAO, free_port
 def test_default_catalog_ships_both_features():
     catalog = load_catalog()
     assert catalog.features["business_plan"].steps == [
-        "prompt_enhancer", "fast_chat_llm", "summarizer_pro", "email_notifier",
-    ]  # fmt: skip
+        "prompt_enhancer",
+        "fast_chat_llm",
+        "summarizer_pro",
+        "email_notifier",
+    ]
     assert catalog.features["viral_video"].steps == [
-        "prompt_enhancer", "video_gen_v2", "email_notifier",
-    ]  # fmt: skip
+        "prompt_enhancer",
+        "video_gen_v2",
+        "email_notifier",
+    ]
     assert catalog.services["video_gen_v2"].queue == "heavy"
     assert set(catalog.queues) == {"heavy", "medium", "default"}
 

@@ -29,8 +29,9 @@ def _edit(catalog: Path) -> None:
     text = catalog.read_text()
     text = re.sub(r"^  edited: .*\n", "", text, flags=re.M)
     text = re.sub(r"^  edited_job: .*\n", "", text, flags=re.M)
-    text = re.sub(r'(^  edited_after: \{kind: http, url: )"[^"]*"', rf'\g<1>"{DEAD_URL}"', text,
-                  flags=re.M)  # fmt: skip
+    text = re.sub(
+        r'(^  edited_after: \{kind: http, url: )"[^"]*"', rf'\g<1>"{DEAD_URL}"', text, flags=re.M
+    )
     assert "edited:" not in text
     assert DEAD_URL in text
     catalog.write_text(text)
@@ -49,8 +50,12 @@ def test_editing_the_catalog_never_breaks_a_job_in_flight(
 ):
     catalog = tmp_path / "catalog.yaml"
     shutil.copy(CATALOG, catalog)
-    worker = Proc("worker-edited", [*CAO, "worker", "-Q", "edited", "-c", "2"],
-                  {**env, "CAO_CATALOG": str(catalog)}, log_dir)  # fmt: skip
+    worker = Proc(
+        "worker-edited",
+        [*CAO, "worker", "-Q", "edited", "-c", "2"],
+        {**env, "CAO_CATALOG": str(catalog)},
+        log_dir,
+    )
     try:
         worker.wait_for_log("ready.", timeout=60)
         sim.behave("edited", latency_ms=3000)

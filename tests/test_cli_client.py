@@ -25,8 +25,15 @@ def cao(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_submit_watch_exits_zero_on_completion_and_non_zero_on_failure(stack, api_server):
     api, sim = stack["api"], stack["sim"]
-    done = cao("submit", "business_plan", "--input", '{"prompt": "a bakery"}', "--watch",
-               "--url", api_server)  # fmt: skip
+    done = cao(
+        "submit",
+        "business_plan",
+        "--input",
+        '{"prompt": "a bakery"}',
+        "--watch",
+        "--url",
+        api_server,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stdout.splitlines()[0]
     job = api.get(f"/api/v1/jobs/{job_id}").json()
@@ -89,8 +96,12 @@ def test_api_key_comes_from_the_option_or_the_environment(env, log_dir, migrated
         assert cao("jobs", "--url", url, "--api-key", key_of("operator")).returncode == 0
         by_env = cao("jobs", CAO_URL=url, CAO_API_KEY=key_of("client_a"))
         assert by_env.returncode == 0, by_env.stderr
-        forbidden = cao("cancel", "00000000-0000-4000-8000-000000000000", CAO_URL=url,
-                        CAO_API_KEY=key_of("client_a"))  # fmt: skip
+        forbidden = cao(
+            "cancel",
+            "00000000-0000-4000-8000-000000000000",
+            CAO_URL=url,
+            CAO_API_KEY=key_of("client_a"),
+        )
         assert "403 operator_required" in forbidden.stderr
     unreachable = cao("jobs", "--url", url)
     assert unreachable.returncode == 2

@@ -46,9 +46,13 @@ def test_next_step_runs_in_the_worker_without_a_broker_message(sim, api, workers
     second = _step(job_id, 1)
     assert second.queued_at == second.started_at, "started with the previous commit"
     assert event_types(job_id) == [
-        "JOB_CREATED", "STEP_STARTED", "STEP_COMPLETED", "STEP_STARTED", "STEP_COMPLETED",
+        "JOB_CREATED",
+        "STEP_STARTED",
+        "STEP_COMPLETED",
+        "STEP_STARTED",
+        "STEP_COMPLETED",
         "JOB_COMPLETED",
-    ]  # fmt: skip
+    ]
 
 
 def test_worker_killed_in_a_continued_step_loses_nothing(sim, api, workers, env, log_dir, db):

@@ -92,11 +92,21 @@ def test_a_silent_database_fails_waiting_queries_and_new_connections_in_time(
         proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432), host=address)
         through_link = url.set(host=address, port=proxy.port)
         client = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, sys.executable, "-c", CLIENT,
-             through_link.render_as_string(hide_password=False)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                namespace,
+                sys.executable,
+                "-c",
+                CLIENT,
+                through_link.render_as_string(hide_password=False),
+            ],
             env={**env, "DATABASE_TCP_TIMEOUT_S": str(TCP_TIMEOUT_S)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             assert client.stdout is not None
             assert client.stdout.readline().strip() == "connected"

@@ -92,11 +92,16 @@ def test_api_answers_503_while_the_database_is_gone_then_serves_again(
     time.sleep(2.5)  # past the event hub's once-a-second run: it meets the outage too
 
     proxy.restore()
-    again = wait_until(lambda: (r := _create(api)).status_code == 201 and r, 15, 0.2,
-                       "the API to create jobs again")  # fmt: skip
+    again = wait_until(
+        lambda: (r := _create(api)).status_code == 201 and r,
+        15,
+        0.2,
+        "the API to create jobs again",
+    )
     assert api.get(f"/api/v1/jobs/{again.json()['job_id']}").json()["status"] in {
-        "PENDING", "RUNNING",
-    }  # fmt: skip
+        "PENDING",
+        "RUNNING",
+    }
     assert _jobs_in(private_postgres) == 2
     # The event hub lived through it: a new socket gets both jobs' events from the log.
     url = str(api.base_url).replace("http://", "ws://") + "/ws?after=0"
@@ -104,8 +109,9 @@ def test_api_answers_503_while_the_database_is_gone_then_serves_again(
         messages = [json.loads(socket.recv(timeout=10)) for _ in range(3)]
     assert messages[0]["type"] == "WS_CONNECTED"
     assert [(m["type"], m["job_id"]) for m in messages[1:]] == [
-        ("JOB_CREATED", job_id), ("JOB_CREATED", again.json()["job_id"]),
-    ]  # fmt: skip
+        ("JOB_CREATED", job_id),
+        ("JOB_CREATED", again.json()["job_id"]),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -182,8 +188,7 @@ def _new_job(feature: str) -> Any:
     from app.jobs.service import create_job
 
     with session_scope() as session:
-        job_id = create_job(session, current_catalog(), feature_name=feature,
-                            input_data={}).job.id  # fmt: skip
+        job_id = create_job(session, current_catalog(), feature_name=feature, input_data={}).job.id
     queued_deliveries(current_catalog().recipe(feature)[0].queue)
     return job_id
 

@@ -296,9 +296,16 @@ def test_an_event_is_published_only_after_its_transaction_commits(backend):
 
 def test_event_types_are_the_documented_ones():
     assert {t.value for t in EventType} == {
-        "JOB_CREATED", "WAITING_FOR_SLOT", "STEP_STARTED", "STEP_RETRYING", "STEP_COMPLETED",
-        "JOB_COMPLETED", "JOB_ERROR", "JOB_CANCELLED", "JOB_RESUMED",
-    }  # fmt: skip
+        "JOB_CREATED",
+        "WAITING_FOR_SLOT",
+        "STEP_STARTED",
+        "STEP_RETRYING",
+        "STEP_COMPLETED",
+        "JOB_COMPLETED",
+        "JOB_ERROR",
+        "JOB_CANCELLED",
+        "JOB_RESUMED",
+    }
 
 
 def test_retention_never_lets_global_ids_start_again(backend):
@@ -342,22 +349,26 @@ def test_retention_deletes_finished_jobs_past_it_with_their_steps_and_events(bac
 
     long_ago, lately = utcnow() - timedelta(days=40), utcnow() - timedelta(hours=1)
     ages = {
-        ("COMPLETED", long_ago): "deleted", ("FAILED", long_ago): "deleted",
-        ("CANCELLED", long_ago): "deleted", ("COMPLETED", lately): "kept",
-        ("RUNNING", None): "kept", ("PENDING", None): "kept",
-    }  # fmt: skip
+        ("COMPLETED", long_ago): "deleted",
+        ("FAILED", long_ago): "deleted",
+        ("CANCELLED", long_ago): "deleted",
+        ("COMPLETED", lately): "kept",
+        ("RUNNING", None): "kept",
+        ("PENDING", None): "kept",
+    }
     jobs = {new_job(): key for key in ages}
     keeper = new_job()  # holds the newest event, which retention never deletes
     sequence_all()
     with session_scope() as session:
         for job_id, (status, finished_at) in jobs.items():
             session.execute(
-                update(Job).where(Job.id == job_id).values(
-                    status=status, finished_at=finished_at, created_at=long_ago
-                )
-            )  # fmt: skip
-        session.execute(update(Job).where(Job.id == keeper).values(
-            status="COMPLETED", finished_at=long_ago))  # fmt: skip
+                update(Job)
+                .where(Job.id == job_id)
+                .values(status=status, finished_at=finished_at, created_at=long_ago)
+            )
+        session.execute(
+            update(Job).where(Job.id == keeper).values(status="COMPLETED", finished_at=long_ago)
+        )
 
     assert delete_old_jobs(retention_days=30) == 3
 
@@ -462,10 +473,18 @@ def test_wake_ups_beyond_the_queue_limit_are_dropped_not_waited_for(silent_redis
 
     bounded = publisher.Publisher(max_queued=3)
     event = PublishedEvent(
-        id=None, job_id=str(uuid.uuid4()), seq=1, type="JOB_CREATED", feature_name="f",
-        step_index=None, step_name=None, attempt=None, progress=0, ts="2026-01-01T00:00:00Z",
+        id=None,
+        job_id=str(uuid.uuid4()),
+        seq=1,
+        type="JOB_CREATED",
+        feature_name="f",
+        step_index=None,
+        step_name=None,
+        attempt=None,
+        progress=0,
+        ts="2026-01-01T00:00:00Z",
         data={},
-    )  # fmt: skip
+    )
     bounded.submit([event])  # taken by the thread, which then waits on the silent server
     wait_until(lambda: bounded.queued == 0, 5, 0.01, "the thread to take the first")
     started = time.monotonic()

@@ -136,8 +136,12 @@ def test_positions_outside_the_logs_range_are_refused_at_the_handshake(stack, ap
         except websockets.InvalidStatus as refused:
             return refused.response.status_code, json.loads(refused.response.body)
 
-    for path in (f"/ws/{job_id}?after=2147483648", f"/ws/{job_id}?after=-1",
-                 f"/ws/{job_id}?after=seven", "/ws?after=9223372036854775808"):  # fmt: skip
+    for path in (
+        f"/ws/{job_id}?after=2147483648",
+        f"/ws/{job_id}?after=-1",
+        f"/ws/{job_id}?after=seven",
+        "/ws?after=9223372036854775808",
+    ):
         status, body = run(handshake(path))
         assert status == 422, path
         assert body["success"] is False, body

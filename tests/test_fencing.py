@@ -107,9 +107,11 @@ def test_a_continuation_locks_its_steps_in_step_order_as_a_cancel_does(
         with ThreadPoolExecutor(1) as pool:
             continued = pool.submit(continue_run)
             wait_until(
-                lambda: watcher.execute(waiting).fetchone()[0] > 0, 10, 0.02,
+                lambda: watcher.execute(waiting).fetchone()[0] > 0,
+                10,
+                0.02,
                 "the continuation to wait for the step the cancel holds",
-            )  # fmt: skip
+            )
             canceller.execute(lock, (job_id, 1))  # at once: the continuation holds nothing
             canceller.rollback()
             assert continued.result(timeout=10) is not None
@@ -243,9 +245,14 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
         pubsub.close()
 
     expected = [
-        (1, "JOB_CREATED"), (2, "STEP_STARTED"), (3, "STEP_COMPLETED"), (4, "WAITING_FOR_SLOT"),
-        (5, "STEP_STARTED"), (6, "STEP_COMPLETED"), (7, "JOB_COMPLETED"),
-    ]  # fmt: skip
+        (1, "JOB_CREATED"),
+        (2, "STEP_STARTED"),
+        (3, "STEP_COMPLETED"),
+        (4, "WAITING_FOR_SLOT"),
+        (5, "STEP_STARTED"),
+        (6, "STEP_COMPLETED"),
+        (7, "JOB_COMPLETED"),
+    ]
     assert _stored(job_id) == expected
     # Subscribed after the job was created. SQLite publishes the events themselves;
     # PostgreSQL only wakes the hubs, which read them from the log.
@@ -263,8 +270,9 @@ def test_each_step_change_commits_its_job_update_and_events_at_once_under_its_fe
     assert (job.status, job.progress, job.last_seq) == ("COMPLETED", 100, 7)
     assert job.context == {"one": {"ok": True}, "two": {"two": 2}}
     assert [(s.status, s.output) for s in steps] == [
-        ("COMPLETED", {"ok": True}), ("COMPLETED", {"two": 2})
-    ]  # fmt: skip
+        ("COMPLETED", {"ok": True}),
+        ("COMPLETED", {"two": 2}),
+    ]
     assert events[2].data == {"output": {"ok": True}}
     assert (events[3].step_name, events[3].attempt, events[3].data) == ("two", 1, {"limit": 1})
     assert (events[4].step_name, events[4].attempt, events[4].data) == ("two", 1, {})

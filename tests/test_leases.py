@@ -165,8 +165,9 @@ def test_a_duplicate_delivery_after_a_cancel_leaves_the_running_calls_slot(db, s
     from tests.lease_support import queued_deliveries
 
     with session_scope() as session:
-        job_id = create_job(session, current_catalog(), feature_name="solo_job",
-                            input_data={}).job.id  # fmt: skip
+        job_id = create_job(
+            session, current_catalog(), feature_name="solo_job", input_data={}
+        ).job.id
     queued_deliveries("solo")  # driven by hand
     running = LeaseId(str(job_id), 0, 1, "solo")
     try:
@@ -202,10 +203,12 @@ def test_a_broker_failing_to_wake_a_waiter_does_not_lose_the_result(db, semaphor
     from worker.celery_app import celery_app
 
     with session_scope() as session:
-        running = create_job(session, current_catalog(), feature_name="solo_then_next",
-                             input_data={}).job.id  # fmt: skip
-        waiting = create_job(session, current_catalog(), feature_name="solo_job",
-                             input_data={}).job.id  # fmt: skip
+        running = create_job(
+            session, current_catalog(), feature_name="solo_then_next", input_data={}
+        ).job.id
+        waiting = create_job(
+            session, current_catalog(), feature_name="solo_job", input_data={}
+        ).job.id
     queued_deliveries("solo")  # driven by hand
     held, waiter = (LeaseId(str(job_id), 0, 1, "solo") for job_id in (running, waiting))
     try:

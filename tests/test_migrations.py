@@ -70,10 +70,15 @@ def _event_ids_survive_0002(url: str) -> None:
     def add_event(connection: sa.Connection, seq: int) -> None:
         connection.execute(
             sa.insert(_EVENT).values(
-                job_id=job_id, seq=seq, type="JOB_RESUMED", feature_name="f", progress=0,
-                ts=sa.func.current_timestamp(), data="{}",
+                job_id=job_id,
+                seq=seq,
+                type="JOB_RESUMED",
+                feature_name="f",
+                progress=0,
+                ts=sa.func.current_timestamp(),
+                data="{}",
             )
-        )  # fmt: skip
+        )
 
     def stored(*columns: str) -> list[tuple[object, ...]]:
         with engine.connect() as connection:
@@ -85,11 +90,21 @@ def _event_ids_survive_0002(url: str) -> None:
             now = sa.func.current_timestamp()
             connection.execute(
                 sa.insert(_JOB).values(
-                    id=job_id, tenant="t", feature_name="f", status="RUNNING", progress=0,
-                    current_step=0, total_steps=1, input_data="{}", context="{}", recipe="{}",
-                    last_seq=0, created_at=now, updated_at=now,
+                    id=job_id,
+                    tenant="t",
+                    feature_name="f",
+                    status="RUNNING",
+                    progress=0,
+                    current_step=0,
+                    total_steps=1,
+                    input_data="{}",
+                    context="{}",
+                    recipe="{}",
+                    last_seq=0,
+                    created_at=now,
+                    updated_at=now,
                 )
-            )  # fmt: skip
+            )
             for seq in (1, 2, 3):
                 add_event(connection, seq)
             connection.execute(sa.delete(_EVENT).where(_EVENT.c.seq == 2))

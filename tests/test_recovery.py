@@ -199,9 +199,14 @@ def test_concurrent_sweeps_requeue_each_stuck_step_once(db):
     _set_step(retry_later, status="RETRYING", queued_at=long_ago)
     with session_scope() as session:
         append_event(
-            session, retry_later, EventType.STEP_RETRYING,
-            step_index=0, step_name="stalled", attempt=1, data={"delay_s": 3600},
-        )  # fmt: skip
+            session,
+            retry_later,
+            EventType.STEP_RETRYING,
+            step_index=0,
+            step_name="stalled",
+            attempt=1,
+            data={"delay_s": 3600},
+        )
     client = build_redis()
     semaphore = LeaseSemaphore(client)
     semaphore.acquire("stalled", LeaseId(str(lease_expired), 0, 1, "stalled"), 0.05, limit=1)

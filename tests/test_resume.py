@@ -55,8 +55,11 @@ def test_resume_reruns_only_the_failed_step_with_a_fresh_budget(stack, db):
     done = wait_for_job(api, job_id)
     assert done["status"] == "COMPLETED", done
     assert _calls(sim, job_id) == {
-        "prompt_enhancer": 1, "fast_chat_llm": 1, "flaky": 4, "email_notifier": 1,
-    }  # fmt: skip
+        "prompt_enhancer": 1,
+        "fast_chat_llm": 1,
+        "flaky": 4,
+        "email_notifier": 1,
+    }
     for index in (0, 1):  # the earlier steps' records are the originals, not reruns
         assert done["steps"][index] == failed["steps"][index]
     flaky_calls = sim.requests("flaky", job_id)
@@ -83,8 +86,11 @@ def test_resume_from_an_earlier_step_keeps_what_came_before(stack):
     done = wait_for_job(api, job_id)
     assert done["status"] == "COMPLETED", done
     assert _calls(sim, job_id) == {
-        "prompt_enhancer": 1, "fast_chat_llm": 2, "flaky": 4, "email_notifier": 1,
-    }  # fmt: skip
+        "prompt_enhancer": 1,
+        "fast_chat_llm": 2,
+        "flaky": 4,
+        "email_notifier": 1,
+    }
     assert done["steps"][0] == failed["steps"][0]
     rerun = sim.requests("fast_chat_llm", job_id)[-1]
     assert rerun["context"] == {"prompt_enhancer": failed["outputs"]["prompt_enhancer"]}
@@ -144,8 +150,12 @@ def test_bulk_resume_dry_run_reports_exactly_what_the_real_run_resumes(stack, db
     for job_id in [*wanted, other]:
         assert wait_for_job(api, job_id)["status"] == "FAILED"
     logs_before = {job_id: event_types(job_id) for job_id in [*wanted, other]}
-    selection = {"feature_name": "flaky_then_mail", "failed_step": 0, "error": "http_400",
-                 "created_after": since}  # fmt: skip
+    selection = {
+        "feature_name": "flaky_then_mail",
+        "failed_step": 0,
+        "error": "http_400",
+        "created_after": since,
+    }
 
     dry = api.post("/api/v1/jobs/resume", json={**selection, "dry_run": True})
     assert dry.status_code == 200, dry.text

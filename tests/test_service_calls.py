@@ -23,10 +23,14 @@ def _service(url: str) -> Service:
 
 def _call(attempt: int = 1) -> StepCall:
     return StepCall(
-        job_id="0b4c5a8e-5c2f-4f4e-9a59-3f1f0c1d2e3f", feature_name="f", step_index=2,
-        step_name="flaky", attempt=attempt, input_data={"prompt": "p"},
+        job_id="0b4c5a8e-5c2f-4f4e-9a59-3f1f0c1d2e3f",
+        feature_name="f",
+        step_index=2,
+        step_name="flaky",
+        attempt=attempt,
+        input_data={"prompt": "p"},
         context={"earlier": {"x": 1}},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -62,9 +66,21 @@ def test_without_an_internal_key_none_is_sent(sim):
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(408, True), (429, True), (500, True), (502, True), (503, True), (504, True),
-     (400, False), (401, False), (404, False), (409, False), (422, False), (501, False)],
-)  # fmt: skip
+    [
+        (408, True),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (504, True),
+        (400, False),
+        (401, False),
+        (404, False),
+        (409, False),
+        (422, False),
+        (501, False),
+    ],
+)
 def test_error_statuses_are_retryable_exactly_as_the_contract_lists(sim, status, retryable):
     sim.behave("flaky", script=[{"status": status, "body": {"error": "no"}}])
     with pytest.raises(StepError) as failed:
@@ -106,8 +122,9 @@ def test_an_answer_trickling_past_timeout_s_is_a_timeout():
     sending a byte now and then would hold the call, its slot and its job for ever."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    service = Service(name="trickle", kind="http", url=f"http://127.0.0.1:{server.server_port}/",
-                      timeout_s=1)  # fmt: skip
+    service = Service(
+        name="trickle", kind="http", url=f"http://127.0.0.1:{server.server_port}/", timeout_s=1
+    )
     started = time.monotonic()
     try:
         with pytest.raises(StepError) as failed:

@@ -52,9 +52,12 @@ def upgrade() -> None:
     with op.batch_alter_table("job_event", schema=None) as batch_op:
         batch_op.create_unique_constraint(batch_op.f("uq_job_event_id"), ["id"])
         batch_op.create_index(
-            "ix_job_event_unsequenced", ["ingest_id"], unique=False,
-            postgresql_where=_UNSEQUENCED, sqlite_where=_UNSEQUENCED,
-        )  # fmt: skip
+            "ix_job_event_unsequenced",
+            ["ingest_id"],
+            unique=False,
+            postgresql_where=_UNSEQUENCED,
+            sqlite_where=_UNSEQUENCED,
+        )
 
 
 def downgrade() -> None:
@@ -80,7 +83,10 @@ def downgrade() -> None:
     with op.batch_alter_table("job_event", schema=None, recreate="always") as batch_op:
         batch_op.drop_column("ingest_id")
         batch_op.alter_column(
-            "id", existing_type=sa.BigInteger(), type_=_BIG_ID, nullable=False,
+            "id",
+            existing_type=sa.BigInteger(),
+            type_=_BIG_ID,
+            nullable=False,
             autoincrement=True,
-        )  # fmt: skip
+        )
         batch_op.create_primary_key("pk_job_event", ["id"])

@@ -37,9 +37,13 @@ def _swap(create: str, drop: str, where: sa.TextClause | None) -> None:
         return
     with op.get_context().autocommit_block():
         op.create_index(
-            create, "job_step", ["status", "queued_at"],
-            postgresql_where=where, postgresql_concurrently=True, if_not_exists=True,
-        )  # fmt: skip
+            create,
+            "job_step",
+            ["status", "queued_at"],
+            postgresql_where=where,
+            postgresql_concurrently=True,
+            if_not_exists=True,
+        )
         op.drop_index(drop, table_name="job_step", postgresql_concurrently=True, if_exists=True)
 
 

@@ -22,9 +22,11 @@ from app.models import INTEGER_MAX, TEXT_WITHOUT_NUL, Job
 
 # Every action here is an operator's: a client key gets 403, no key 401.
 router = APIRouter(
-    prefix="/jobs", tags=["operations"], dependencies=[Depends(require_operator)],
+    prefix="/jobs",
+    tags=["operations"],
+    dependencies=[Depends(require_operator)],
     responses=errors(400, 401, 403, 413, 422, 503),
-)  # fmt: skip
+)
 
 MAX_BULK_RESUME = 10_000
 
@@ -33,9 +35,11 @@ class ResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     from_step: int | None = Field(
-        None, ge=0, le=INTEGER_MAX,
+        None,
+        ge=0,
+        le=INTEGER_MAX,
         description="Restart here (≤ the failed step); steps before it are kept.",
-    )  # fmt: skip
+    )
 
 
 class BulkResumeRequest(BaseModel):
@@ -97,9 +101,12 @@ def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeRespo
     result = operations.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
     session.commit()  # in this thread: see app/api/jobs.py create_job
     return BulkResumeResponse(
-        dry_run=result.dry_run, count=len(result.job_ids), job_ids=result.job_ids,
-        matched=result.matched, more=result.matched > body.limit,
-    )  # fmt: skip
+        dry_run=result.dry_run,
+        count=len(result.job_ids),
+        job_ids=result.job_ids,
+        matched=result.matched,
+        more=result.matched > body.limit,
+    )
 
 
 @router.post("/{job_id}/resume", response_model=JobDetail, responses=errors(404, 409))

@@ -33,10 +33,12 @@ Url = Annotated[str, typer.Option("--url", envvar="CAO_URL", help="The gateway's
 ApiKey = Annotated[
     str | None,
     typer.Option(
-        "--api-key", envvar="CAO_API_KEY", help="An API key (sent as a bearer token).",
+        "--api-key",
+        envvar="CAO_API_KEY",
+        help="An API key (sent as a bearer token).",
         show_default=False,
     ),
-]  # fmt: skip
+]
 JobId = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
 Watch = Annotated[bool, typer.Option("--watch", help="Show live progress until it finishes.")]
 Timeout = Annotated[
@@ -155,10 +157,14 @@ def jobs(
     table = Table("job_id", "feature", "status", "progress", "step", "created_at", "error")
     for item in page["items"]:
         table.add_row(
-            item["job_id"], item["feature_name"], item["status"], f"{item['progress']}%",
+            item["job_id"],
+            item["feature_name"],
+            item["status"],
+            f"{item['progress']}%",
             f"{item['current_step']} {item['current_step_name'] or ''}".strip(),
-            item["created_at"], item["error_code"] or "",
-        )  # fmt: skip
+            item["created_at"],
+            item["error_code"] or "",
+        )
     _console().print(table)
     if page["next_cursor"]:
         typer.echo("(more jobs: raise --limit, up to 500)")
@@ -194,16 +200,21 @@ def show(
     )
     console.print(f"created {job['created_at']}  finished {job['finished_at'] or '-'}")
     if job["error"]:
-        console.print(f"[red]error ({job['error_code']}, retryable={job['retryable']}): "
-                      f"{job['error']}[/]")  # fmt: skip
+        console.print(
+            f"[red]error ({job['error_code']}, retryable={job['retryable']}): {job['error']}[/]"
+        )
     table = Table("#", "step", "status", "attempt", "started_at", "duration", "output / error")
     for step in job["steps"]:
         result = step["error"] or _short(step["output"])
         table.add_row(
-            str(step["step_index"]), step["step_name"], step["status"],
-            f"{step['attempt']}/{step['max_attempts']}", step["started_at"] or "",
-            _seconds(step["duration_s"]), result,
-        )  # fmt: skip
+            str(step["step_index"]),
+            step["step_name"],
+            step["status"],
+            f"{step['attempt']}/{step['max_attempts']}",
+            step["started_at"] or "",
+            _seconds(step["duration_s"]),
+            result,
+        )
     console.print(table)
 
 

@@ -47,8 +47,11 @@ def resize(
     for result in results:
         if result.error:
             # A shrink refused half-way may have removed some processes: `cao pool show`.
-            typer.secho(f"{result.pool.worker}: not resized to {result.size} ({result.error})",
-                        fg="red", err=True)  # fmt: skip
+            typer.secho(
+                f"{result.pool.worker}: not resized to {result.size} ({result.error})",
+                fg="red",
+                err=True,
+            )
         else:
             typer.echo(f"{result.pool.worker}: {result.pool.processes} -> {result.size} processes")
     if any(result.error for result in results):

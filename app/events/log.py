@@ -89,9 +89,17 @@ def append_event(
         session.connection().execute(_RESERVE_SEQ, {"p_job": job_id}).one()
     )
     record_event(
-        session, job_id, event_type, seq=seq, feature_name=feature_name, progress=progress,
-        step_index=step_index, step_name=step_name, attempt=attempt, data=data,
-    )  # fmt: skip
+        session,
+        job_id,
+        event_type,
+        seq=seq,
+        feature_name=feature_name,
+        progress=progress,
+        step_index=step_index,
+        step_name=step_name,
+        attempt=attempt,
+        data=data,
+    )
 
 
 class EventDraft(TypedDict, total=False):
@@ -131,9 +139,13 @@ def record_event(
     """Insert an event whose seq was reserved on the job row by the caller's update;
     it is published after the transaction commits (without an id on PostgreSQL)."""
     event = NewEvent(
-        type=event_type, seq=seq, step_index=step_index, step_name=step_name, attempt=attempt,
+        type=event_type,
+        seq=seq,
+        step_index=step_index,
+        step_name=step_name,
+        attempt=attempt,
         data=data or {},
-    )  # fmt: skip
+    )
     record_events(session, job_id, [event], feature_name=feature_name, progress=progress)
 
 
@@ -225,8 +237,18 @@ def inserted_after(reserving: Any, count: int, *, attempt: Any = None) -> Any:
         )
         for index in range(count)
     ]
-    columns = ["job_id", "seq", "type", "feature_name", "step_index", "step_name", "attempt",
-               "progress", "ts", "data"]  # fmt: skip
+    columns = [
+        "job_id",
+        "seq",
+        "type",
+        "feature_name",
+        "step_index",
+        "step_name",
+        "attempt",
+        "progress",
+        "ts",
+        "data",
+    ]
     if count == 1:
         ordered: Any = selects[0]
     else:

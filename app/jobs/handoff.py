@@ -170,9 +170,13 @@ class HandoffChain(Generic[_Claimed]):
             lease = taken.lease
             try:
                 enqueue_step(
-                    lease.job_id, lease.step_index, lease.fence, lease.queue,
-                    holds_slot=True, service=taken.service,
-                )  # fmt: skip
+                    lease.job_id,
+                    lease.step_index,
+                    lease.fence,
+                    lease.queue,
+                    holds_slot=True,
+                    service=taken.service,
+                )
             except Exception:
                 log.exception("hand-off enqueue failed; Beat reaps the lease", lease=str(lease))
         for recording in self._started:

@@ -118,8 +118,9 @@ class Heartbeats:
             self._to_record[lease] = beat
         self._record_wakeup.set()
         if not renewed:
-            beat.log.warning("lease lost while the step runs; its result will be fenced",
-                             lease=str(lease))  # fmt: skip
+            beat.log.warning(
+                "lease lost while the step runs; its result will be fenced", lease=str(lease)
+            )
 
     def _record_loop(self) -> None:
         """Write the heartbeat of each renewed step, the latest renewal once."""
@@ -142,8 +143,7 @@ class Heartbeats:
                 repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
         except OperationalError as exc:
             # Expected while the database is away; the next beat tries again.
-            beat.log.warning("heartbeat not recorded: database unreachable",
-                             error=first_line(exc))  # fmt: skip
+            beat.log.warning("heartbeat not recorded: database unreachable", error=first_line(exc))
         except Exception:
             beat.log.exception("heartbeat failed", lease=str(lease))
 

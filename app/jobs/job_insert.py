@@ -46,9 +46,12 @@ def insert_job(
     connection.execute(_INSERT_JOB, values)
     connection.execute(_INSERT_STEP, steps)
     record_events(
-        session, job.id, numbered([created], 1),
-        feature_name=job.feature_name, progress=job.progress,
-    )  # fmt: skip
+        session,
+        job.id,
+        numbered([created], 1),
+        feature_name=job.feature_name,
+        progress=job.progress,
+    )
 
 
 _INSERT_JOB = insert(job_table)
@@ -74,6 +77,7 @@ def _insert_job_at_once(step_keys: tuple[str, ...]) -> Any:
         new_job, rows, true()
     )
     new_steps = insert(_STEP).from_select(["job_id", *step_keys], step_rows).cte("new_steps")
-    first_event = select(new_job.c.id, literal(1).label("last_seq"), new_job.c.feature_name,
-                         new_job.c.progress).cte("first_event")  # fmt: skip
+    first_event = select(
+        new_job.c.id, literal(1).label("last_seq"), new_job.c.feature_name, new_job.c.progress
+    ).cte("first_event")
     return select(first_event.c.last_seq).add_cte(new_steps, inserted_after(first_event, 1))

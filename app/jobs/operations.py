@@ -104,11 +104,19 @@ def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None
     repo.reset_steps_from(session, job_id, restart)
     queue, fence = repo.queue_step(session, job_id, restart)
     append_event(
-        session, job_id, EventType.JOB_RESUMED,
-        step_index=restart, step_name=steps[restart].step_name, attempt=1,
-        data={"from_step": restart, "failed_step": failed_step,
-              "previous_error": error, "previous_error_code": error_code},
-    )  # fmt: skip
+        session,
+        job_id,
+        EventType.JOB_RESUMED,
+        step_index=restart,
+        step_name=steps[restart].step_name,
+        attempt=1,
+        data={
+            "from_step": restart,
+            "failed_step": failed_step,
+            "previous_error": error,
+            "previous_error_code": error_code,
+        },
+    )
     service = steps[restart].step_name
     on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue, service=service))
     session.refresh(job)
@@ -161,9 +169,13 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     _forget_waiters(session, job, steps)
     repo.cancel_live_steps(session, job_id)
     append_event(
-        session, job_id, EventType.JOB_CANCELLED,
-        step_index=current.step_index, step_name=current.step_name, attempt=current.attempt,
+        session,
+        job_id,
+        EventType.JOB_CANCELLED,
+        step_index=current.step_index,
+        step_name=current.step_name,
+        attempt=current.attempt,
         data=previous,
-    )  # fmt: skip
+    )
     session.refresh(job)
     return job

@@ -125,25 +125,47 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
     )
     if new_fence is not None:
         append_event(
-            session, step.job_id, EventType.STEP_RETRYING,
-            step_index=step.step_index, step_name=step.service, attempt=step.attempt,
-            data={"error": error, "code": WORKER_LOST, "delay_s": 0,
-                  "next_attempt": step.attempt + 1},
-        )  # fmt: skip
+            session,
+            step.job_id,
+            EventType.STEP_RETRYING,
+            step_index=step.step_index,
+            step_name=step.service,
+            attempt=step.attempt,
+            data={
+                "error": error,
+                "code": WORKER_LOST,
+                "delay_s": 0,
+                "next_attempt": step.attempt + 1,
+            },
+        )
         on_commit(session, lambda: _send(step, new_fence))
-        log.warning("lost attempt restarted", job_id=str(step.job_id), step=step.step_index,
-                    reason=reason, next_attempt=step.attempt + 1)  # fmt: skip
+        log.warning(
+            "lost attempt restarted",
+            job_id=str(step.job_id),
+            step=step.step_index,
+            reason=reason,
+            next_attempt=step.attempt + 1,
+        )
         return Action.RESTARTED
     if not repo.fail_step(
-        session, step.job_id, step.step_index, step.fence,
-        error=error, code=WORKER_LOST, retryable=True,
-    ):  # fmt: skip
+        session,
+        step.job_id,
+        step.step_index,
+        step.fence,
+        error=error,
+        code=WORKER_LOST,
+        retryable=True,
+    ):
         return Action.NONE
     append_event(
-        session, step.job_id, EventType.JOB_ERROR,
-        step_index=step.step_index, step_name=step.service, attempt=step.attempt,
+        session,
+        step.job_id,
+        EventType.JOB_ERROR,
+        step_index=step.step_index,
+        step_name=step.service,
+        attempt=step.attempt,
         data={"error": error, "code": WORKER_LOST, "retryable": True},
-    )  # fmt: skip
+    )
     log.warning("worker lost on the last attempt; job failed", job_id=str(step.job_id))
     return Action.FAILED
 
@@ -192,12 +214,14 @@ def fail_if_stuck(job_id: uuid.UUID, stuck_s: float) -> Action:
         ):
             return Action.NONE
         append_event(
-            session, job_id, EventType.JOB_ERROR,
+            session,
+            job_id,
+            EventType.JOB_ERROR,
             step_index=job.current_step,
             step_name=step.step_name if step is not None else None,
             attempt=step.attempt if step is not None else None,
             data={"error": error, "code": JOB_STUCK, "retryable": True},
-        )  # fmt: skip
+        )
     log.warning("stuck job failed", job_id=str(job_id), error=error)
     return Action.FAILED
 

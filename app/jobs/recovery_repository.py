@@ -117,14 +117,23 @@ def restart_lost_attempt(
     None when the step moved on, or when its attempts are spent."""
     new_fence = fence + 1
     restarted = update_fenced_step(
-        session, job_id, step_index, fence,
+        session,
+        job_id,
+        step_index,
+        fence,
         JobStep.status == StepStatus.RUNNING,
         JobStep.attempt < JobStep.max_attempts,
         job_is_active(job_id),
-        status=StepStatus.QUEUED, attempt=JobStep.attempt + 1, fence=new_fence,
-        queued_at=utcnow(), started_at=None, heartbeat_at=None,
-        error=error, error_code=code, retryable=True,
-    )  # fmt: skip
+        status=StepStatus.QUEUED,
+        attempt=JobStep.attempt + 1,
+        fence=new_fence,
+        queued_at=utcnow(),
+        started_at=None,
+        heartbeat_at=None,
+        error=error,
+        error_code=code,
+        retryable=True,
+    )
     return new_fence if restarted else None
 
 
@@ -133,12 +142,15 @@ def touch_idle_step(
 ) -> bool:
     """Mark a still-idle step as queued now; True for exactly one of concurrent callers."""
     return update_fenced_step(
-        session, job_id, step_index, fence,
+        session,
+        job_id,
+        step_index,
+        fence,
         JobStep.status.in_(CLAIMABLE_STEP),
         or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
         job_is_active(job_id),
         queued_at=utcnow(),
-    )  # fmt: skip
+    )
 
 
 def last_retry_delay_s(session: Session, job_id: uuid.UUID, step_index: int) -> float:

@@ -246,10 +246,16 @@ def step_run_of(
 # What a step's previous run leaves behind, cleared whenever a new run is set up.
 RUN_COLUMNS_CLEARED: dict[str, Any] = dict.fromkeys(
     (
-        "error", "error_code", "retryable", "queued_at", "started_at", "heartbeat_at",
-        "finished_at", "claim_token",
+        "error",
+        "error_code",
+        "retryable",
+        "queued_at",
+        "started_at",
+        "heartbeat_at",
+        "finished_at",
+        "claim_token",
     )
-)  # fmt: skip
+)
 
 QUEUE_STEP_VALUES: dict[str, Any] = {
     "status": StepStatus.QUEUED,
@@ -290,11 +296,19 @@ def retry_step(
 ) -> int | None:
     """Give up on this attempt; returns the fence of the next one (None when stale)."""
     if not update_running_step(
-        session, job_id, step_index, fence,
-        status=StepStatus.RETRYING, attempt=JobStep.attempt + 1, fence=fence + 1,
-        error=error, error_code=code,
-        retryable=True, queued_at=utcnow(), heartbeat_at=None,
-    ):  # fmt: skip
+        session,
+        job_id,
+        step_index,
+        fence,
+        status=StepStatus.RETRYING,
+        attempt=JobStep.attempt + 1,
+        fence=fence + 1,
+        error=error,
+        error_code=code,
+        retryable=True,
+        queued_at=utcnow(),
+        heartbeat_at=None,
+    ):
         return None
     return fence + 1
 
@@ -305,10 +319,16 @@ def requeue_unstarted(
     """RUNNING under `fence`, but its service never called → QUEUED under a new fence,
     the same attempt; returns that fence (None when the step moved on)."""
     if not update_running_step(
-        session, job_id, step_index, fence,
-        status=StepStatus.QUEUED, fence=fence + 1,
-        queued_at=utcnow(), started_at=None, heartbeat_at=None,
-    ):  # fmt: skip
+        session,
+        job_id,
+        step_index,
+        fence,
+        status=StepStatus.QUEUED,
+        fence=fence + 1,
+        queued_at=utcnow(),
+        started_at=None,
+        heartbeat_at=None,
+    ):
         return None
     return fence + 1
 
@@ -325,10 +345,16 @@ def fail_step(
 ) -> bool:
     now = utcnow()
     if not update_running_step(
-        session, job_id, step_index, fence,
-        status=StepStatus.FAILED, error=error, error_code=code, retryable=retryable,
+        session,
+        job_id,
+        step_index,
+        fence,
+        status=StepStatus.FAILED,
+        error=error,
+        error_code=code,
+        retryable=retryable,
         finished_at=now,
-    ):  # fmt: skip
+    ):
         return False
     fail_job(session, job_id, error=error, code=code, retryable=retryable)
     return True
@@ -343,9 +369,12 @@ def fail_job(
 def job_failure(error: str, code: str, retryable: bool, now: datetime) -> dict[str, Any]:
     """The job columns a failure sets."""
     return {
-        "status": JobStatus.FAILED, "error": error, "error_code": code,
-        "retryable": retryable, "finished_at": now,
-    }  # fmt: skip
+        "status": JobStatus.FAILED,
+        "error": error,
+        "error_code": code,
+        "retryable": retryable,
+        "finished_at": now,
+    }
 
 
 @dataclass(frozen=True)
@@ -411,10 +440,18 @@ def reopen_failed_job(
 ) -> bool:
     """FAILED → PENDING at `step_index`; False when the job is no longer FAILED."""
     return _move_job(
-        session, job_id, (JobStatus.FAILED,),
-        status=JobStatus.PENDING, current_step=step_index, progress=progress, context=context,
-        error=None, error_code=None, retryable=None, finished_at=None,
-    )  # fmt: skip
+        session,
+        job_id,
+        (JobStatus.FAILED,),
+        status=JobStatus.PENDING,
+        current_step=step_index,
+        progress=progress,
+        context=context,
+        error=None,
+        error_code=None,
+        retryable=None,
+        finished_at=None,
+    )
 
 
 def reset_steps_from(session: Session, job_id: uuid.UUID, step_index: int) -> None:

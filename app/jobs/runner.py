@@ -65,9 +65,13 @@ def wake(woken: list[LeaseId], service: str) -> None:
     deliveries."""
     for lease in woken:
         enqueue_step(
-            lease.job_id, lease.step_index, lease.fence, lease.queue,
-            holds_slot=True, service=service,
-        )  # fmt: skip
+            lease.job_id,
+            lease.step_index,
+            lease.fence,
+            lease.queue,
+            holds_slot=True,
+            service=service,
+        )
 
 
 def _wake_or_log(woken: list[LeaseId], service: str) -> None:
@@ -133,9 +137,12 @@ def run_step(
                 else:
                     lease = taken.lease
                     _run_delivery(
-                        uuid.UUID(lease.job_id), lease.step_index, lease.fence, chain,
+                        uuid.UUID(lease.job_id),
+                        lease.step_index,
+                        lease.fence,
+                        chain,
                         NamedSlot(taken.service, lease.queue, holds_slot=True, handed_here=True),
-                    )  # fmt: skip
+                    )
             except Exception:
                 # Its lease expires and Beat puts the step back; stop taking work over.
                 log.exception("step taken over in-process failed", taken=str(taken))
@@ -244,8 +251,10 @@ def _claim_once(
             if run is None:
                 return claim(session)
         if not keep_slot():
-            bound.warning("claim landed while its answer was lost, but its slot lapsed "
-                          "meanwhile; Beat puts the step back")  # fmt: skip
+            bound.warning(
+                "claim landed while its answer was lost, but its slot lapsed "
+                "meanwhile; Beat puts the step back"
+            )
             return None
         _found_earlier_try(bound, "claim")
         return run
@@ -254,8 +263,11 @@ def _claim_once(
 
 
 def _claiming_again(bound: Any, error: BaseException, wait_s: float) -> None:
-    bound.warning("database unreachable; claiming the step again",
-                  in_s=round(wait_s, 2), error=first_line(error))  # fmt: skip
+    bound.warning(
+        "database unreachable; claiming the step again",
+        in_s=round(wait_s, 2),
+        error=first_line(error),
+    )
 
 
 def _claimed_run(
@@ -284,9 +296,14 @@ def _park_named(
     if attempt is None:
         return False
     log.info(
-        "waiting for a slot", job_id=str(job_id), step=step_index, attempt=attempt,
-        queue=named.queue, service=named.service, limit=limit,
-    )  # fmt: skip
+        "waiting for a slot",
+        job_id=str(job_id),
+        step=step_index,
+        attempt=attempt,
+        queue=named.queue,
+        service=named.service,
+        limit=limit,
+    )
     return True
 
 
@@ -492,8 +509,11 @@ def _kept_until_recorded(record: Callable[..., Outcome]) -> Callable[..., Outcom
         bound = args[-1]
 
         def retrying(error: BaseException, wait_s: float) -> None:
-            bound.warning("database unreachable; recording the result again",
-                          in_s=round(wait_s, 2), error=first_line(error))  # fmt: skip
+            bound.warning(
+                "database unreachable; recording the result again",
+                in_s=round(wait_s, 2),
+                error=first_line(error),
+            )
 
         try:
             return record(*args)  # as a rule: without the retry machinery's 30-40 µs
@@ -521,9 +541,13 @@ def _record_success(
         if queue is not None and fence is not None:
             # The next step's delivery goes out before the events are published.
             enqueue = partial(
-                enqueue_step, run.job_id, run.step_index + 1, fence, queue,
+                enqueue_step,
+                run.job_id,
+                run.step_index + 1,
+                fence,
+                queue,
                 service=run.next_spec()["name"],
-            )  # fmt: skip
+            )
             on_commit(session, enqueue, first=True)
     bound.info("step completed", job_finished=finished.job_finished)
     return Outcome.COMPLETED
@@ -535,18 +559,27 @@ def _record_failure(run: StepRun, service: Service, error: StepError, bound: Any
         if error.retryable and run.attempt < run.max_attempts:
             return _schedule_retry(session, run, service, error, bound)
         if not repo.fail_step(
-            session, run.job_id, run.step_index, run.fence,
-            error=error.message, code=error.code, retryable=error.retryable,
-        ):  # fmt: skip
+            session,
+            run.job_id,
+            run.step_index,
+            run.fence,
+            error=error.message,
+            code=error.code,
+            retryable=error.retryable,
+        ):
             if not changes.failed_earlier(session, run):
                 return _late_failure(bound, error)
             _found_earlier_try(bound, "failure")
             return Outcome.FAILED
         append_event(
-            session, run.job_id, EventType.JOB_ERROR,
-            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
+            session,
+            run.job_id,
+            EventType.JOB_ERROR,
+            step_index=run.step_index,
+            step_name=run.step_name,
+            attempt=run.attempt,
             data={"error": error.message, "code": error.code, "retryable": error.retryable},
-        )  # fmt: skip
+        )
     bound.warning("step failed; job failed", error=error.message, retryable=error.retryable)
     return Outcome.FAILED
 
@@ -556,8 +589,9 @@ def _found_earlier_try(bound: Any, what: str) -> None:
 
 
 def _late_failure(bound: Any, error: StepError) -> Outcome:
-    bound.warning("late failure discarded: the step moved on without this attempt",
-                  error=error.message)  # fmt: skip
+    bound.warning(
+        "late failure discarded: the step moved on without this attempt", error=error.message
+    )
     return Outcome.DISCARDED
 
 
@@ -575,11 +609,19 @@ def _schedule_retry(
         _found_earlier_try(bound, "retry")  # the enqueue below is what its answer held back
     else:
         append_event(
-            session, run.job_id, EventType.STEP_RETRYING,
-            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt,
-            data={"error": error.message, "code": error.code, "delay_s": round(delay, 3),
-                  "next_attempt": run.attempt + 1},
-        )  # fmt: skip
+            session,
+            run.job_id,
+            EventType.STEP_RETRYING,
+            step_index=run.step_index,
+            step_name=run.step_name,
+            attempt=run.attempt,
+            data={
+                "error": error.message,
+                "code": error.code,
+                "delay_s": round(delay, 3),
+                "next_attempt": run.attempt + 1,
+            },
+        )
     # The retry waits in the broker (an ETA message), not in a worker slot.
     on_commit(
         session,

@@ -70,9 +70,12 @@ def claim_step(
     claimed_by), reserving the seq of its STEP_STARTED event; None when the delivery is
     stale or a duplicate."""
     params = {
-        "p_job": job_id, "index": step_index, "p_fence": fence, "now": utcnow(),
+        "p_job": job_id,
+        "index": step_index,
+        "p_fence": fence,
+        "now": utcnow(),
         "p_claim_token": claim_token,
-    }  # fmt: skip
+    }
     if rows_changed(session, sql.CLAIM_STEP, params) != 1:
         return None
     seq, feature_name, progress = session.connection().execute(sql.START_JOB, params).one()
@@ -127,9 +130,13 @@ def complete_and_start_next(
     next_fence = run.next_step_fence + 1
     drafts = completed_events(run, output, next_started=True)
     params = {
-        "p_job": run.job_id, "index": run.step_index, "p_fence": fence, "p_output": output,
-        "p_next_index": run.step_index + 1, "p_next_fence": next_fence,
-    }  # fmt: skip
+        "p_job": run.job_id,
+        "index": run.step_index,
+        "p_fence": fence,
+        "p_output": output,
+        "p_next_index": run.step_index + 1,
+        "p_next_fence": next_fence,
+    }
     if single_statements(session):
         current_step = run.step_index + 1
         params.update(_advance_params(run, output, current_step, len(drafts), utcnow()))
@@ -154,9 +161,12 @@ def complete_and_start_next(
 
 def _complete(session: Session, run: StepRun, fence: int, output: dict[str, Any]) -> bool:
     params = {
-        "p_job": run.job_id, "index": run.step_index, "p_fence": fence, "now": utcnow(),
+        "p_job": run.job_id,
+        "index": run.step_index,
+        "p_fence": fence,
+        "now": utcnow(),
         "p_output": output,
-    }  # fmt: skip
+    }
     return rows_changed(session, sql.COMPLETE_STEP, params) == 1
 
 
@@ -214,17 +224,23 @@ def _at_once(
 
 def _record(session: Session, job_id: uuid.UUID, slot: EventSlot, drafts: list[EventDraft]) -> None:
     record_events(
-        session, job_id, numbered(drafts, slot.first_seq),
-        feature_name=slot.feature_name, progress=slot.progress,
-    )  # fmt: skip
+        session,
+        job_id,
+        numbered(drafts, slot.first_seq),
+        feature_name=slot.feature_name,
+        progress=slot.progress,
+    )
 
 
 def _about(run: StepRun, event_type: EventType, data: dict[str, Any] | None = None) -> EventDraft:
     """An event about `run`'s step and attempt."""
     return EventDraft(
-        type=event_type, step_index=run.step_index, step_name=run.step_name,
-        attempt=run.attempt, data=data or {},
-    )  # fmt: skip
+        type=event_type,
+        step_index=run.step_index,
+        step_name=run.step_name,
+        attempt=run.attempt,
+        data=data or {},
+    )
 
 
 def start_step(
@@ -240,9 +256,11 @@ def start_step(
             _record(session, run.job_id, slot, drafts)
         return slot
     params = {
-        "p_job": run.job_id, "index": run.step_index, "p_fence": fence,
+        "p_job": run.job_id,
+        "index": run.step_index,
+        "p_fence": fence,
         "p_claim_token": claim_token,
-    }  # fmt: skip
+    }
     row = _at_once(session, sql.START_STEP_AT_ONCE, params, drafts)
     return None if row is None else EventSlot(row.last_seq, row.feature_name, row.progress)
 
@@ -298,9 +316,15 @@ def _named_change(
     job_id, step_index, fence, service, queue = named
     now = utcnow()
     params = {
-        "p_job": job_id, "index": step_index, "p_fence": fence, "p_service": service,
-        "p_queue": queue, "now": now, **inserted_params([draft]), **(extra or {}),
-    }  # fmt: skip
+        "p_job": job_id,
+        "index": step_index,
+        "p_fence": fence,
+        "p_service": service,
+        "p_queue": queue,
+        "now": now,
+        **inserted_params([draft]),
+        **(extra or {}),
+    }
     row = session.connection().execute(statement, params).one_or_none()
     if row is not None and row.last_seq is not None:
         wake_on_commit(session)
@@ -325,9 +349,14 @@ def park_step(session: Session, run: StepRun, data: dict[str, Any]) -> bool:
         if not mark_waiting(session, run.job_id, run.step_index, run.fence):
             return False
         append_event(
-            session, run.job_id, EventType.WAITING_FOR_SLOT,
-            step_index=run.step_index, step_name=run.step_name, attempt=run.attempt, data=data,
-        )  # fmt: skip
+            session,
+            run.job_id,
+            EventType.WAITING_FOR_SLOT,
+            step_index=run.step_index,
+            step_name=run.step_name,
+            attempt=run.attempt,
+            data=data,
+        )
         return True
     params = {"p_job": run.job_id, "index": run.step_index, "p_fence": run.fence}
     return _at_once(session, sql.PARK_STEP_AT_ONCE, params, [draft]) is not None
@@ -353,9 +382,11 @@ def park_named_step(session: Session, named: NamedStep, data: dict[str, Any]) ->
         run = _named_run(session, named)
         return run.attempt if run is not None and park_step(session, run, data) else None
     parked = EventDraft(
-        type=EventType.WAITING_FOR_SLOT, step_index=named.step_index, step_name=named.service,
+        type=EventType.WAITING_FOR_SLOT,
+        step_index=named.step_index,
+        step_name=named.service,
         data=data,
-    )  # fmt: skip
+    )
     row = _named_change(session, sql.PARK_NAMED_STEP_AT_ONCE, named, parked)
     return None if row is None else int(row.attempt)
 
@@ -386,7 +417,7 @@ def completed_events(
                 step_name=spec["name"],
                 attempt=1,
                 data={},
-            )  # fmt: skip
+            )
         )
     return drafts
 
@@ -410,9 +441,11 @@ def finish_step(
     current_step = run.step_index if run.is_last else run.step_index + 1
     params = {
         **_advance_params(run, output, current_step, len(drafts), utcnow()),
-        "index": run.step_index, "p_fence": fence, "p_output": output,
+        "index": run.step_index,
+        "p_fence": fence,
+        "p_output": output,
         "p_next_index": run.step_index + 1,
-    }  # fmt: skip
+    }
     statement = sql.FINISH_LAST_STEP_AT_ONCE if run.is_last else sql.FINISH_STEP_AT_ONCE
     row = _at_once(session, statement, params, drafts)
     if row is None:

@@ -176,7 +176,7 @@ _NAMED_STEP = (
         _STEP.c.attempt,
         _STEP.c.fence,
         _STEP.c.max_attempts,
-    )  # fmt: skip
+    )
     .cte("named_step")
 )
 _NAMED_JOB = (
@@ -191,7 +191,7 @@ _NAMED_JOB = (
         _JOB.c.input_data,
         _JOB.c.context,
         _JOB.c.recipe,
-    )  # fmt: skip
+    )
     .cte("named_job")
 )
 START_NAMED_STEP_AT_ONCE = (
@@ -208,7 +208,7 @@ START_NAMED_STEP_AT_ONCE = (
         _NAMED_STEP.c.fence,
         _NAMED_STEP.c.max_attempts,
         fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
-    )  # fmt: skip
+    )
     .join_from(_NAMED_JOB, _NAMED_STEP, true())
     .add_cte(inserted_after(_NAMED_JOB, 1, attempt=select(_NAMED_STEP.c.attempt).scalar_subquery()))
 )

@@ -130,9 +130,10 @@ def _read_within(
             break
     # The body as read (decoded), without the headers that described its transfer.
     headers = [
-        (name, value) for name, value in streamed.headers.multi_items()
+        (name, value)
+        for name, value in streamed.headers.multi_items()
         if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
-    ]  # fmt: skip
+    ]
     return httpx.Response(
         streamed.status_code, headers=headers, content=bytes(body), request=streamed.request
     )
