@@ -1,4 +1,5 @@
-"""Job creation and reads: the domain operations the API calls."""
+"""Job creation and reads: the domain operations the API calls, and the counts of jobs
+that /metrics reports."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
 from app.events.log import EventDraft
 from app.events.types import EventType
 from app.jobs import repository as repo
+from app.jobs import stats_repository
 from app.jobs.dispatch import enqueue_step
 from app.jobs.job_insert import insert_job
 from app.jobs.states import JobStatus, StepStatus
@@ -147,6 +149,21 @@ def get_job_or_404(session: Session, job_id: uuid.UUID, tenant: str | None = Non
     if job is None or (tenant is not None and job.tenant != tenant):
         raise JobNotFound(job_id)
     return job
+
+
+@dataclass(frozen=True)
+class JobStats:
+    jobs_by_status: dict[str, int]
+    mean_step_seconds: dict[str, float]  # per step name, over the recent finished steps
+
+
+def read_job_stats(recent_steps: int = 1000) -> JobStats:
+    """What /metrics reports from the database, in a transaction of its own."""
+    with session_scope() as session:
+        return JobStats(
+            jobs_by_status=stats_repository.count_jobs_by_status(session),
+            mean_step_seconds=stats_repository.mean_step_seconds(session, recent_steps),
+        )
 
 
 def encode_cursor(job: Job) -> str:
