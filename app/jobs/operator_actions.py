@@ -1,5 +1,5 @@
 """Operator actions on jobs: resume (from the failed step or an earlier one), bulk
-resume by filter, and cancel.
+resume by filter, and cancel. The routes are in app/api/operator_routes.py.
 
 Each action claims the job with one conditional update, so concurrent callers
 cannot both act: the loser gets a 409 and changes nothing. Everything an action

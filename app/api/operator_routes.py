@@ -1,6 +1,6 @@
 """/api/v1/jobs operator actions: resume one job, resume many by filter, cancel.
 
-The domain logic is in app/jobs/operations.py.
+The domain logic is in app/jobs/operator_actions.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, require_operator
 from app.api.responses import errors
-from app.jobs import operations
+from app.jobs import operator_actions
 from app.jobs import repository as repo
 from app.jobs.repository import FailedJobFilter
 from app.jobs.schemas import JobDetail
@@ -98,7 +98,7 @@ def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeRespo
         error_code=body.error,
         created_after=body.created_after,
     )
-    result = operations.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
+    result = operator_actions.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
     session.commit()  # in this thread: see app/api/jobs.py create_job
     return BulkResumeResponse(
         dry_run=result.dry_run,
@@ -114,12 +114,12 @@ def resume_job(
     job_id: uuid.UUID, session: SessionDep, body: ResumeRequest | None = None
 ) -> JobDetail:
     """Resume a FAILED job from its failed step, or from an earlier `from_step`."""
-    job = operations.resume_job(session, job_id, body.from_step if body else None)
+    job = operator_actions.resume_job(session, job_id, body.from_step if body else None)
     return _commit(session, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail, responses=errors(404, 409))
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
     """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
-    job = operations.cancel_job(session, job_id)
+    job = operator_actions.cancel_job(session, job_id)
     return _commit(session, job)
