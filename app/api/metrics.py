@@ -12,8 +12,7 @@ from prometheus_client.registry import Collector
 
 from app.catalog import Catalog, current_catalog
 from app.jobs.service import read_job_stats
-from app.leases import get_semaphore
-from app.queues import queue_depths
+from app.jobs.service_load import ServiceLoad, read_service_load
 
 router = APIRouter(tags=["metrics"])
 log = structlog.get_logger(__name__)
@@ -37,16 +36,18 @@ class GatewayCollector(Collector):
             "cao_steps_waiting", "Steps waiting for a slot", labels=["service"]
         )
         try:
-            for queue, count in queue_depths(catalog.queues).items():
-                depth.add_metric([queue], count)
-            usages = get_semaphore().usages(list(catalog.services))
+            load = read_service_load(catalog)  # a part Redis cannot give comes back None
+        except Exception as exc:  # a scrape answers whatever else fails
+            log.warning("redis metrics unavailable", error=str(exc))
+            load = ServiceLoad(queue_depths=None, usages=None)
+        for queue, count in (load.queue_depths or {}).items():
+            depth.add_metric([queue], count)
+        if load.usages is not None:
             for service in catalog.services.values():
-                usage = usages[service.name]
+                usage = load.usages[service.name]
                 in_use.add_metric([service.name], usage.in_use)
                 waiting.add_metric([service.name], usage.waiting)
                 limit.add_metric([service.name], service.concurrency)
-        except Exception as exc:
-            log.warning("redis metrics unavailable", error=str(exc))
         yield from (depth, in_use, limit, waiting)
 
     def _database_metrics(self) -> Iterator[GaugeMetricFamily]:
