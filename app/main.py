@@ -10,7 +10,7 @@ from functools import partial
 import structlog
 from fastapi import FastAPI
 
-from app.api import catalog, events, health, jobs, metrics, operations, ws
+from app.api import catalog, events, health, jobs, metrics, operator_routes, ws
 from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.head import HeadAsGet
@@ -60,7 +60,8 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)
-    for router in (jobs.router, operations.router, catalog.router, health.router, events.router):
+    routers = (jobs.router, operator_routes.router, catalog.router, health.router, events.router)
+    for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=ANY_ROUTE)
     app.include_router(ws.router)  # WebSockets live at /ws/..., outside the prefix
     app.include_router(metrics.router)

@@ -9,7 +9,7 @@ import pytest
 
 from app.catalog import parse_catalog
 from app.db import session_scope
-from app.jobs import operations
+from app.jobs import operator_actions
 from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.runner import Outcome, run_step
@@ -87,7 +87,7 @@ def _parked_job() -> tuple[uuid.UUID, int]:
 
 def _cancel(job_id: uuid.UUID) -> None:
     with session_scope() as session:
-        operations.cancel_job(session, job_id)
+        operator_actions.cancel_job(session, job_id)
 
 
 def test_a_queued_delivery_arriving_after_cancel_is_dropped(db):

@@ -159,7 +159,7 @@ def test_a_duplicate_delivery_after_a_cancel_leaves_the_running_calls_slot(db, s
     from app.catalog import current_catalog
     from app.db import session_scope, statement_scope
     from app.jobs import step_changes as changes
-    from app.jobs.operations import cancel_job
+    from app.jobs.operator_actions import cancel_job
     from app.jobs.runner import NamedSlot, Outcome, run_step
     from app.jobs.service import create_job
     from tests.lease_support import queued_deliveries

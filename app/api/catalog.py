@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from fastapi import APIRouter, Depends
-from redis.exceptions import RedisError
 
 from app.api.deps import CatalogDep, get_principal, require_operator
 from app.api.responses import errors
-from app.leases import get_semaphore
-from app.queues import queue_depths
+from app.jobs.service_load import read_service_load
 
 router = APIRouter(tags=["catalog"])
-log = structlog.get_logger(__name__)
 
 
 # With keys configured: any key lists the features (what a client may submit); only an
@@ -39,30 +35,20 @@ def list_features(catalog: CatalogDep) -> dict[str, Any]:
 
 @router.get("/services", dependencies=[Depends(require_operator)], responses=errors(401, 403))
 def list_services(catalog: CatalogDep) -> dict[str, Any]:
-    semaphore = get_semaphore()
-    try:
-        depths = queue_depths(catalog.queues)
-    except RedisError as exc:
-        log.warning("queue depth unavailable", error=str(exc))
-        depths = {}
-    try:
-        usages = semaphore.usages(list(catalog.services))
-    except RedisError as exc:
-        log.warning("lease usage unavailable", error=str(exc))
-        usages = {}
+    load = read_service_load(catalog)
+    depths = load.queue_depths or {}
+    usages = load.usages or {}
     services = []
     for service in catalog.services.values():
         usage = usages.get(service.name)
-        in_use = usage.in_use if usage is not None else None
-        waiting = usage.waiting if usage is not None else None
         services.append(
             {
                 "name": service.name,
                 "kind": service.kind,
                 "queue": service.queue,
                 "limit": service.concurrency,
-                "leases_in_use": in_use,
-                "waiting": waiting,
+                "leases_in_use": usage.in_use if usage is not None else None,
+                "waiting": usage.waiting if usage is not None else None,
                 "queue_depth": depths.get(service.queue),
                 "timeout_s": service.timeout_s,
                 "lease_ttl_s": service.lease_ttl_s,

@@ -1,13 +1,16 @@
-"""Request dependencies as Annotated aliases, including who the caller is.
+"""Request dependencies as Annotated aliases: the request's transaction, who the caller
+is, the settings and catalog, and the job the caller names.
 
-HTTP callers present a key as `Authorization: Bearer <key>` or `X-API-Key`; a
-WebSocket takes the same headers or `?api_key=` (browsers cannot set headers).
-A refused WebSocket is accepted and closed with a policy code (4401 no or unknown
-key, 4403 not allowed), so clients see why rather than a bare handshake failure.
+The request's session commits when the endpoint returns (rolls back when it raises),
+so routers never commit. HTTP callers present a key as `Authorization: Bearer <key>`
+or `X-API-Key`; a WebSocket takes the same headers or `?api_key=` (browsers cannot
+set headers). A WebSocket with no or an unknown key is accepted and closed with 4401,
+so clients see why rather than a bare handshake failure.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -20,15 +23,18 @@ from app.catalog import Catalog, current_catalog
 from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import Forbidden, Unauthorized
+from app.jobs.service import get_job_or_404
+from app.models import Job
 
 WS_UNAUTHORIZED = 4401
-WS_FORBIDDEN = 4403
 
 _bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
 
 
 def get_session() -> Iterator[Session]:
+    """The request's transaction: committed once the endpoint returns, rolled back if
+    it raises (see SessionDep for when)."""
     with session_scope() as session:
         yield session
 
@@ -96,5 +102,13 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-OperatorDep = Annotated[Principal, Depends(require_operator)]
 WsPrincipalDep = Annotated[Principal, Depends(get_ws_principal)]
+
+
+def job_for_principal(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> Job:
+    """The job at `{job_id}` if the caller may see it (a client: its own tenant's);
+    404 job_not_found otherwise, the same for another tenant's job as for none."""
+    return get_job_or_404(session, job_id, principal.tenant_scope)
+
+
+JobForPrincipalDep = Annotated[Job, Depends(job_for_principal)]

@@ -1,14 +1,14 @@
-"""/api/v1/health and /api/v1/health/services."""
+"""/api/v1/health and /api/v1/health/services (the probe is app/services/reachability.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Depends
 
 from app.api.deps import CatalogDep, SettingsDep, require_operator
 from app.api.responses import errors
+from app.services.reachability import probe_services
 
 router = APIRouter(tags=["health"])
 
@@ -25,22 +25,7 @@ def health() -> dict[str, bool]:
 )
 async def health_services(catalog: CatalogDep, settings: SettingsDep) -> dict[str, Any]:
     """Reachability per service: any HTTP answer counts as reachable."""
-    results: dict[str, Any] = {}
-    timeout = httpx.Timeout(settings.http_connect_timeout_s)
-    async with httpx.AsyncClient(timeout=timeout) as client:
-        for service in catalog.services.values():
-            if service.kind != "http" or service.url is None:
-                results[service.name] = {"kind": service.kind, "reachable": True}
-                continue
-            try:
-                response = await client.request("HEAD", service.url)
-                results[service.name] = {
-                    "kind": "http",
-                    "reachable": True,
-                    "status": response.status_code,
-                }
-            except httpx.HTTPError as exc:
-                results[service.name] = {"kind": "http", "reachable": False, "error": str(exc)}
+    results = await probe_services(catalog, settings.http_connect_timeout_s)
     return {
         "success": True,
         "ok": all(r["reachable"] for r in results.values()),

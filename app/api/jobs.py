@@ -1,4 +1,4 @@
-"""/api/v1/jobs: create, read and list jobs."""
+"""/api/v1/jobs: create, read and list jobs; the domain is app/jobs/service.py."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from app.api.deps import CatalogDep, PrincipalDep, SessionDep
+from app.api.deps import CatalogDep, JobForPrincipalDep, PrincipalDep, SessionDep
 from app.api.responses import errors
-from app.jobs import repository as repo
 from app.jobs import service
-from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage, JobSummary
+from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage
 from app.jobs.states import JobStatus
 from app.models import TEXT_WITHOUT_NUL
 
@@ -61,9 +60,8 @@ def create_job(
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses=errors(404))
-def get_job(job_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> JobDetail:
-    job = service.get_job_or_404(session, job_id, principal.tenant_scope)
-    return JobDetail.of(job, list(repo.get_steps(session, job_id)))
+def get_job(job: JobForPrincipalDep, session: SessionDep) -> JobDetail:
+    return service.job_detail(session, job)
 
 
 @router.get("", response_model=JobPage, responses=errors(400))
@@ -75,13 +73,11 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JobPage:
-    before = service.decode_cursor(cursor) if cursor else None
-    filters = repo.JobFilter(
-        status=status_, feature_name=feature_name, tenant=principal.tenant_scope
-    )
-    jobs = repo.list_jobs(session, filters, limit + 1, before)
-    page = list(jobs[:limit])
-    next_cursor = service.encode_cursor(page[-1]) if len(jobs) > limit and page else None
-    return JobPage(
-        items=[JobSummary(**JobSummary.fields_of(j)) for j in page], next_cursor=next_cursor
+    return service.list_jobs(
+        session,
+        status=status_,
+        feature_name=feature_name,
+        tenant=principal.tenant_scope,
+        limit=limit,
+        cursor=cursor,
     )

@@ -1,4 +1,6 @@
-"""Job creation and reads: the domain operations the API calls."""
+"""Job creation and reads: the domain operations the API calls to create a job, read
+one as its caller may see it, list a page of them, and count them for /metrics.
+Operator actions (resume, cancel) are in app/jobs/operator_actions.py."""
 
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
 from app.events.log import EventDraft
 from app.events.types import EventType
 from app.jobs import repository as repo
+from app.jobs import stats_repository
 from app.jobs.dispatch import enqueue_step
 from app.jobs.job_insert import insert_job
+from app.jobs.schemas import JobDetail, JobPage, JobSummary
 from app.jobs.states import JobStatus, StepStatus
 from app.models import Job, utcnow
 
@@ -142,11 +146,53 @@ def submit_job(catalog: Catalog, **request: Any) -> CreateResult:
 
 
 def get_job_or_404(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job:
+    """The job, if `tenant` (None: any tenant) may see it; raises JobNotFound otherwise."""
     job = repo.get_job(session, job_id)
     # Another tenant's job is reported as missing, not forbidden: no existence leak.
     if job is None or (tenant is not None and job.tenant != tenant):
         raise JobNotFound(job_id)
     return job
+
+
+def job_detail(session: Session, job: Job) -> JobDetail:
+    """The job with its steps, as GET /jobs/{job_id} shows it."""
+    return JobDetail.of(job, list(repo.get_steps(session, job.id)))
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None,
+    feature_name: str | None,
+    tenant: str | None,
+    limit: int,
+    cursor: str | None,
+) -> JobPage:
+    """One page of jobs, newest first, after `cursor` (the `next_cursor` of the page
+    before); `tenant` None lists every tenant's."""
+    before = decode_cursor(cursor) if cursor else None
+    filters = repo.JobFilter(status=status, feature_name=feature_name, tenant=tenant)
+    jobs = repo.list_jobs(session, filters, limit + 1, before)  # one more: is there a next?
+    page = list(jobs[:limit])
+    next_cursor = encode_cursor(page[-1]) if len(jobs) > limit and page else None
+    return JobPage(
+        items=[JobSummary(**JobSummary.fields_of(job)) for job in page], next_cursor=next_cursor
+    )
+
+
+@dataclass(frozen=True)
+class JobStats:
+    jobs_by_status: dict[str, int]
+    mean_step_seconds: dict[str, float]  # per step name, over the recent finished steps
+
+
+def read_job_stats(recent_steps: int = 1000) -> JobStats:
+    """What /metrics reports from the database, in a transaction of its own."""
+    with session_scope() as session:
+        return JobStats(
+            jobs_by_status=stats_repository.count_jobs_by_status(session),
+            mean_step_seconds=stats_repository.mean_step_seconds(session, recent_steps),
+        )
 
 
 def encode_cursor(job: Job) -> str:

@@ -1,6 +1,7 @@
 """/api/v1/jobs operator actions: resume one job, resume many by filter, cancel.
 
-The domain logic is in app/jobs/operations.py.
+The domain logic is in app/jobs/operator_actions.py; the request's session commits
+what an action changed once the route returns (app/api/deps.py SessionDep).
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy.orm import Session
 
 from app.api.deps import SessionDep, require_operator
 from app.api.responses import errors
-from app.jobs import operations
-from app.jobs import repository as repo
-from app.jobs.repository import FailedJobFilter
+from app.jobs import operator_actions
 from app.jobs.schemas import JobDetail
-from app.models import INTEGER_MAX, TEXT_WITHOUT_NUL, Job
+from app.models import INTEGER_MAX, TEXT_WITHOUT_NUL
 
 # Every action here is an operator's: a client key gets 403, no key 401.
 router = APIRouter(
@@ -77,29 +75,18 @@ class BulkResumeResponse(BaseModel):
     )
 
 
-def _commit(session: Session, job: Job) -> JobDetail:
-    """Commit an action on `job` (in this thread: see app/api/jobs.py create_job) and
-    answer with the job as the action left it. It is read before the commit: a step the
-    commit enqueues may be claimed by a worker at once, and the answer must not show
-    that instead of what this action did."""
-    # The action changed rows with bulk UPDATEs; read them back from the transaction.
-    session.expire_all()
-    detail = JobDetail.of(job, list(repo.get_steps(session, job.id)))
-    session.commit()
-    return detail
-
-
 @router.post("/resume", response_model=BulkResumeResponse)
 def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeResponse:
     """Resume every FAILED job matching all given filters, oldest first."""
-    filters = FailedJobFilter(
+    result = operator_actions.bulk_resume(
+        session,
         feature_name=body.feature_name,
         failed_step=body.failed_step,
         error_code=body.error,
         created_after=body.created_after,
+        dry_run=body.dry_run,
+        limit=body.limit,
     )
-    result = operations.bulk_resume(session, filters, dry_run=body.dry_run, limit=body.limit)
-    session.commit()  # in this thread: see app/api/jobs.py create_job
     return BulkResumeResponse(
         dry_run=result.dry_run,
         count=len(result.job_ids),
@@ -114,12 +101,10 @@ def resume_job(
     job_id: uuid.UUID, session: SessionDep, body: ResumeRequest | None = None
 ) -> JobDetail:
     """Resume a FAILED job from its failed step, or from an earlier `from_step`."""
-    job = operations.resume_job(session, job_id, body.from_step if body else None)
-    return _commit(session, job)
+    return operator_actions.resume_job(session, job_id, body.from_step if body else None)
 
 
 @router.post("/{job_id}/cancel", response_model=JobDetail, responses=errors(404, 409))
 def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
     """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
-    job = operations.cancel_job(session, job_id)
-    return _commit(session, job)
+    return operator_actions.cancel_job(session, job_id)

@@ -1,9 +1,10 @@
 """Operator actions on jobs: resume (from the failed step or an earlier one), bulk
-resume by filter, and cancel.
+resume by filter, and cancel. The routes are in app/api/operator_routes.py.
 
 Each action claims the job with one conditional update, so concurrent callers
 cannot both act: the loser gets a 409 and changes nothing. Everything an action
-changes (job, steps, the event) commits together; the step is enqueued after commit.
+changes (job, steps, the event) commits together when the caller's transaction
+does; the step is enqueued after that commit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 from sqlalchemy.orm import Session
@@ -22,6 +24,8 @@ from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.dispatch import enqueue_step
 from app.jobs.repository import FailedJobFilter
+from app.jobs.schemas import JobDetail
+from app.jobs.service import job_detail
 from app.jobs.states import JobStatus, StepStatus, progress_for
 from app.leases import LeaseId, get_semaphore
 from app.models import Job, JobStep
@@ -80,12 +84,26 @@ def _forget_waiters(session: Session, job: Job, steps: Sequence[JobStep]) -> Non
         on_commit(session, partial(_forget_waiter, service, lease))
 
 
-def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None) -> Job:
-    """FAILED → PENDING at the failed step (or at `from_step` ≤ it) and enqueue that step.
+def _answer(session: Session, job: Job) -> JobDetail:
+    """The job as the action left it, read in the action's transaction, before it
+    commits: the commit enqueues a step that a worker may claim at once, and the
+    answer must show what this action did, not what the worker did next."""
+    # The action changed rows with bulk UPDATEs; read them back from the transaction.
+    session.expire_all()
+    return job_detail(session, job)
+
+
+def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None) -> JobDetail:
+    """FAILED → PENDING at the failed step (or at `from_step` ≤ it), its step enqueued
+    once the caller commits; answers with the job as the resume left it.
 
     Outputs of the steps before the restart point stay and are never called again;
     the restarted step gets a fresh attempt budget under a new fence.
     """
+    return _answer(session, _resume(session, job_id, from_step))
+
+
+def _resume(session: Session, job_id: uuid.UUID, from_step: int | None) -> Job:
     job = _job(session, job_id)
     if job.status != JobStatus.FAILED:
         raise _not_resumable(job)
@@ -119,14 +137,27 @@ def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None
     )
     service = steps[restart].step_name
     on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue, service=service))
-    session.refresh(job)
     return job
 
 
 def bulk_resume(
-    session: Session, filters: FailedJobFilter, *, dry_run: bool, limit: int
+    session: Session,
+    *,
+    feature_name: str | None = None,
+    failed_step: int | None = None,
+    error_code: str | None = None,
+    created_after: datetime | None = None,
+    dry_run: bool,
+    limit: int,
 ) -> BulkResumeResult:
-    """Resume every FAILED job matching `filters` (or, with `dry_run`, only list them)."""
+    """Resume every FAILED job matching all given filters, oldest first, at most `limit`
+    of them (or, with `dry_run`, only list them)."""
+    filters = FailedJobFilter(
+        feature_name=feature_name,
+        failed_step=failed_step,
+        error_code=error_code,
+        created_after=created_after,
+    )
     candidates = list(repo.find_failed_job_ids(session, filters, limit))
     matched = len(candidates)
     if matched == limit:  # more may match than the limit let this call take
@@ -136,7 +167,7 @@ def bulk_resume(
     resumed = []
     for job_id in candidates:
         try:
-            resume_job(session, job_id)
+            _resume(session, job_id, None)
         except Conflict:
             continue  # resumed by someone else meanwhile: it is running again either way
         resumed.append(job_id)
@@ -151,8 +182,9 @@ def _not_cancellable(job: Job) -> Conflict:
     )
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
-    """PENDING/RUNNING → CANCELLED at once, with its live step.
+def cancel_job(session: Session, job_id: uuid.UUID) -> JobDetail:
+    """PENDING/RUNNING → CANCELLED at once, with its live step, when the caller commits;
+    answers with the job as the cancel left it.
 
     A queued delivery of that step is dropped when picked up, a running one's result
     is discarded when it returns (its lease is released by its worker either way).
@@ -177,5 +209,4 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
         attempt=current.attempt,
         data=previous,
     )
-    session.refresh(job)
-    return job
+    return _answer(session, job)
