@@ -10,18 +10,11 @@ which starts it with its `-c` again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from celery import Celery
+from app.broker import get_celery
 
 REPLY_TIMEOUT_S = 2.0
-
-
-def _celery() -> Celery:
-    from worker.celery_app import celery_app  # the one Celery app, as dispatch uses it
-
-    return celery_app
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,7 @@ class NoWorkerForQueue(LookupError):
 
 def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
     """Every worker that answers within `timeout`, by name."""
-    inspect = _celery().control.inspect(timeout=timeout)
+    inspect = get_celery().control.inspect(timeout=timeout)
     queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
     stats: dict[str, dict[str, Any]] = inspect.stats() or {}
     return [
@@ -80,7 +73,7 @@ def _resize(pool: WorkerPool, size: int, timeout: float) -> Resized:
     change = size - pool.processes
     if change == 0:
         return Resized(pool, size)
-    control = _celery().control
+    control = get_celery().control
     command = control.pool_grow if change > 0 else control.pool_shrink
     replies = command(abs(change), destination=[pool.worker], reply=True, timeout=timeout)
     answer = next((reply[pool.worker] for reply in replies if pool.worker in reply), None)
