@@ -1,5 +1,5 @@
-"""Worker pools, changed live: which workers consume which queue with how many
-processes, and resizing the pool of every worker of a queue without a restart.
+"""Control of the running workers' pools: which workers consume which queue with how
+many processes, and resizing the pool of every worker of a queue without a restart.
 
 An SRE sizes one pool per queue (`cao worker -Q heavy -c N`); this is the same knob
 at run time, through Celery's remote control (`pool_grow` / `pool_shrink`, which
