@@ -9,6 +9,7 @@ which starts it with its `-c` again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,8 @@ class NoWorkerForQueue(LookupError):
 def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
     """Every worker that answers within `timeout`, by name."""
     inspect = get_celery().control.inspect(timeout=timeout)
-    queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
-    stats: dict[str, dict[str, Any]] = inspect.stats() or {}
+    queues = inspect.active_queues() or {}
+    stats = inspect.stats() or {}
     return [
         WorkerPool(
             worker=name,
@@ -50,7 +51,7 @@ def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
     ]
 
 
-def _processes(stats: dict[str, Any] | None) -> int | None:
+def _processes(stats: Mapping[str, Any] | None) -> int | None:
     processes = (stats or {}).get("pool", {}).get("processes")
     return len(processes) if isinstance(processes, list) and processes else None
 
@@ -76,7 +77,7 @@ def _resize(pool: WorkerPool, size: int, timeout: float) -> Resized:
     control = get_celery().control
     command = control.pool_grow if change > 0 else control.pool_shrink
     replies = command(abs(change), destination=[pool.worker], reply=True, timeout=timeout)
-    answer = next((reply[pool.worker] for reply in replies if pool.worker in reply), None)
+    answer = next((reply[pool.worker] for reply in replies or [] if pool.worker in reply), None)
     if answer is None:
         return Resized(pool, size, error="no answer")
     if "ok" not in answer:
