@@ -39,8 +39,8 @@ celery_app.conf.update(
 
 
 def task(name: str, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """`celery_app.task(name=name, **options)` for a function, typed: the task is called
-    as the function is (Celery's own decorator carries no types)."""
+    """`celery_app.task(name=name, **options)`, typed: the task is called as the
+    function is (Celery's own decorator loses the function's signature)."""
     return cast("Callable[[Callable[P, R]], Callable[P, R]]", celery_app.task(name=name, **options))
 
 
