@@ -31,5 +31,8 @@ fi
 
 echo "==> ruff"
 "$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+echo "==> import layers"
+"$VENV/bin/lint-imports"
 echo "==> pytest"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from app.jobs.states import LIVE_STEP
+from app.statuses import LIVE_STEP
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

@@ -98,7 +98,7 @@ def python() -> str:
     return sys.executable
 
 
-# What a plain Celery baseline shares with the gateway's worker (worker/celery_app.py):
+# What a plain Celery baseline shares with the gateway's (app/broker.py, worker/celery_app.py):
 # at-least-once delivery, one message per process at a time, no result backend.
 BASELINE_CELERY_CONF = {
     "task_serializer": "json",

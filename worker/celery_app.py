@@ -1,74 +1,60 @@
-"""The Celery instance, configured from Settings for at-least-once delivery.
+"""The worker side of the one Celery instance, configured for at-least-once delivery.
+
+app/broker.py builds the instance from Settings (broker, transport options,
+serialisation) and sends through it; this module adds what only workers and Beat need:
+the task modules, the per-process set-up on Celery's signals, Beat's schedule and the
+worker settings. `celery -A worker.celery_app worker -Q heavy` and `cao worker` load it.
 
 Reliability: acks_late + reject_on_worker_lost (a killed worker's message comes
 back), prefetch 1 (a long step never hoards messages), and a broker visibility
-timeout longer than any step so a slow step is not redelivered while it runs.
-Routing is per message: each step is sent to its service's queue.
+timeout longer than any step (checked at start) so a slow step is not redelivered
+while it runs. Routing is per message: each step is sent to its service's queue.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from celery import Celery, signals
+from celery import Task, signals
 
-from app.catalog import current_catalog
+from app.broker import check_visibility_timeout, get_celery
 from app.config import get_settings
 from worker.schedule import beat_schedule
 
-settings = get_settings()
+P = ParamSpec("P")
+R = TypeVar("R")
 
-celery_app = Celery(
-    "cao", broker=settings.redis_url, include=["worker.tasks", "worker.maintenance"]
-)
+celery_app = get_celery()
 celery_app.conf.update(
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
+    include=["worker.tasks", "worker.maintenance"],
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_default_queue="default",
-    task_create_missing_queues=True,
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout_s,
-        # A hung broker (not down: connections accepted, nothing answered) must not
-        # hold an enqueue forever; the committed step is found again by Beat.
-        "socket_connect_timeout": 3,
-        "socket_timeout": 5,
-    },
     broker_connection_retry_on_startup=True,
-    beat_schedule=beat_schedule(settings),
+    beat_schedule=beat_schedule(get_settings()),
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
-    timezone="UTC",
-    enable_utc=True,
 )
 
 
-class UnsafeVisibilityTimeout(RuntimeError):
-    pass
+def task(name: str, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """`celery_app.task(name=name, **options)`, typed: the task is called as the
+    function is (Celery's own decorator loses the function's signature)."""
+    return cast("Callable[[Callable[P, R]], Callable[P, R]]", celery_app.task(name=name, **options))
 
 
-# A call runs for at most about twice its timeout_s (an answer trickling in is checked
-# as it arrives: app/services/http.py).
-LONGEST_CALL_PER_TIMEOUT = 2
+def bound_task(
+    name: str, **options: Any
+) -> Callable[[Callable[Concatenate[Task[P, R], P], R]], Callable[P, R]]:
+    """`task` for a function that takes the task itself first (Celery's `bind=True`),
+    to read its request: the task is called without it."""
+    return cast(
+        "Callable[[Callable[Concatenate[Task[P, R], P], R]], Callable[P, R]]",
+        celery_app.task(name=name, bind=True, **options),
+    )
 
 
-def check_visibility_timeout() -> None:
-    """Refuse to run when a step could outlive the broker's visibility timeout."""
-    longest = current_catalog().longest_timeout_s * LONGEST_CALL_PER_TIMEOUT
-    timeout = settings.broker_visibility_timeout_s
-    if timeout <= longest:
-        raise UnsafeVisibilityTimeout(
-            f"BROKER_VISIBILITY_TIMEOUT_S={timeout} must be longer than the longest step "
-            f"could run, twice the longest timeout_s in the catalog ({longest:g}s), or "
-            "running steps would be redelivered"
-        )
-
-
-@signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     from app.db import preload_driver
     from app.logs import configure_logging
@@ -81,7 +67,6 @@ def _on_worker_init(**_: Any) -> None:
     prepare_tls()
 
 
-@signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     # Engine, Redis and httpx clients are per process: build them after fork.
     from app.db import init_db
@@ -99,7 +84,6 @@ def _on_process_init(**_: Any) -> None:
     warm_up_in_background(prepare_statements, lambda: get_redis().ping())
 
 
-@signals.worker_process_shutdown.connect
 def _on_process_shutdown(**_: Any) -> None:
     from app.db import dispose_db
     from app.events.publisher import drain_publishes
@@ -110,3 +94,8 @@ def _on_process_shutdown(**_: Any) -> None:
     drain_publishes()
     close_redis()
     dispose_db()
+
+
+signals.worker_init.connect(_on_worker_init)
+signals.worker_process_init.connect(_on_process_init)
+signals.worker_process_shutdown.connect(_on_process_shutdown)

@@ -16,13 +16,13 @@ import structlog
 from app.config import get_settings
 from app.db import init_db
 from app.jobs import recovery
-from worker.celery_app import celery_app
+from worker.celery_app import task
 from worker.schedule import CLEANUP_TASK, REAP_LEASES_TASK, SANITY_CHECK_TASK, WAKE_WAITERS_TASK
 
 log = structlog.get_logger(__name__)
 
 
-@celery_app.task(name=SANITY_CHECK_TASK)
+@task(SANITY_CHECK_TASK)
 def sanity_check_stuck_jobs(
     requeue_after_s: float | None = None, job_stuck_s: float | None = None
 ) -> dict[str, dict[str, int]]:
@@ -41,20 +41,20 @@ def sanity_check_stuck_jobs(
     return summary
 
 
-@celery_app.task(name=REAP_LEASES_TASK)
+@task(REAP_LEASES_TASK)
 def reap_expired_leases() -> dict[str, int]:
     """Free leases whose worker died, put their steps back, wake waiting steps."""
     init_db()
     return asdict(recovery.reap_expired_leases())
 
 
-@celery_app.task(name=WAKE_WAITERS_TASK)
+@task(WAKE_WAITERS_TASK)
 def wake_waiters() -> int:
     """The bounded safety re-check for steps waiting on a service slot."""
     return recovery.wake_all_waiters()
 
 
-@celery_app.task(name=CLEANUP_TASK)
+@task(CLEANUP_TASK)
 def cleanup_old_jobs(retention_days: float | None = None) -> int:
     """Delete finished jobs, with their steps and events, past retention."""
     init_db()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from celery import Task
 from celery.app.task import Context
@@ -12,19 +13,18 @@ from sqlalchemy.exc import OperationalError
 from app.db import init_db
 from app.jobs import runner
 from app.jobs.dispatch import HOLDS_SLOT_HEADER, QUEUE_HEADER, RUN_STEP_TASK, SERVICE_HEADER
-from worker.celery_app import celery_app
+from worker.celery_app import bound_task, celery_app
 
 
-@celery_app.task(
-    bind=True,
-    name=RUN_STEP_TASK,
+@bound_task(
+    RUN_STEP_TASK,
     # A database or Redis blip re-runs the same delivery; the step fence makes it safe.
     autoretry_for=(OperationalError, RedisConnectionError),
     retry_backoff=0.5,
     retry_backoff_max=30,
     max_retries=20,
 )
-def run_step(self: Task, job_id: str, step_index: int, fence: int) -> str:
+def run_step(self: Task[Any, Any], job_id: str, step_index: int, fence: int) -> str:
     init_db()
     named = named_slot(self.request)
     return str(runner.run_step(uuid.UUID(job_id), step_index, fence, consumed_queues(), named))

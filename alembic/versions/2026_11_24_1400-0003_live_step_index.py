@@ -25,7 +25,7 @@ down_revision: str | None = "0002_event_sequencer"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The live statuses as of this revision (app/jobs/states.py LIVE_STEP).
+# The live statuses as of this revision (app/statuses.py LIVE_STEP).
 _LIVE = sa.text("status IN ('QUEUED', 'WAITING_FOR_SLOT', 'RETRYING', 'RUNNING')")
 _OLD, _NEW = "ix_job_step_status_queued_at", "ix_job_step_live_status_queued_at"
 

@@ -43,7 +43,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker for one queue (one pool per queue)."""
-    from worker.celery_app import celery_app, check_visibility_timeout
+    from app.broker import check_visibility_timeout, run_celery_command
 
     try:
         check_visibility_timeout()
@@ -55,19 +55,19 @@ def worker(
     if concurrency:
         argv += ["-c", str(concurrency)]
     argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    celery_app.worker_main(argv)
+    run_celery_command(argv)
 
 
 def beat(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run Celery Beat: stuck-job sanity checks, lease reaping, retention."""
-    from worker.celery_app import celery_app
+    from app.broker import run_celery_command
 
     # Beat's schedule state is disposable: the schedule itself lives in worker/schedule.py.
     with tempfile.TemporaryDirectory(prefix="cao-beat-") as state:
         schedule = os.path.join(state, "schedule")
-        celery_app.start(["beat", "--loglevel", loglevel, "--schedule", schedule])
+        run_celery_command(["beat", "--loglevel", loglevel, "--schedule", schedule])
 
 
 def migrate(

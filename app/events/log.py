@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Required, TypedDict
+from typing import Any, NamedTuple, Required, TypedDict
 
 from sqlalchemy import (
     JSON,
@@ -303,3 +303,18 @@ def events_after_id(
 def latest_event_id(session: Session) -> int:
     """The newest global event id (0 for an empty log): where a live tail starts."""
     return session.scalar(select(func.max(JobEvent.id))) or 0
+
+
+class JobHeadRow(NamedTuple):
+    """Whose a job is, and where its stream stands."""
+
+    tenant: str
+    status: str
+    last_seq: int
+
+
+def job_head(session: Session, job_id: uuid.UUID) -> JobHeadRow | None:
+    """The job's tenant, status and last seq, or None when there is no such job."""
+    query = select(job_table.c.tenant, job_table.c.status, job_table.c.last_seq)
+    row = session.execute(query.where(job_table.c.id == job_id)).one_or_none()
+    return None if row is None else JobHeadRow(*row)

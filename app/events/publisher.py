@@ -16,8 +16,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any, cast
 
 import structlog
 from redis.connection import parse_url
@@ -27,6 +28,8 @@ from app.events.types import PublishedEvent
 from app.redis_client import get_redis
 
 log = structlog.get_logger(__name__)
+# redis-py leaves parse_url unannotated: it maps a URL to the connection's keyword arguments.
+_connection_kwargs = cast(Callable[[str], dict[str, Any]], parse_url)
 
 
 def events_channel(redis_url: str | None = None) -> str:
@@ -40,7 +43,7 @@ def events_channel(redis_url: str | None = None) -> str:
 
 @lru_cache(maxsize=8)
 def _channel_for(redis_url: str) -> str:
-    return f"cao:events:{parse_url(redis_url).get('db', 0)}"
+    return f"cao:events:{_connection_kwargs(redis_url).get('db', 0)}"
 
 
 # A payload with no id, as the hubs read it (app/events/wire.py): read the log.

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
+from app.errors import JobNotFound
 from app.events import log, sequencer
 from app.events.types import TERMINAL_EVENTS, EventOut
-from app.jobs import repository as repo
-from app.jobs.service import get_job_or_404
-from app.jobs.states import FINISHED_JOB
+from app.statuses import FINISHED_JOB
 
 # Rows per log read; a longer back-fill reads page after page.
 LOG_PAGE = 500
@@ -81,8 +80,11 @@ class JobHead:
 
 def _job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:
     with session_scope() as session:
-        job = get_job_or_404(session, job_id, tenant)
-        return JobHead(job.id, job.status, job.last_seq)
+        head = log.job_head(session, job_id)
+    # Another tenant's job is reported as missing, not forbidden: no existence leak.
+    if head is None or (tenant is not None and head.tenant != tenant):
+        raise JobNotFound(job_id)
+    return JobHead(job_id, head.status, head.last_seq)
 
 
 def _job_page(job_id: uuid.UUID, after_seq: int, limit: int) -> list[WireEvent]:
@@ -109,8 +111,8 @@ def _latest_id() -> int:
 
 def _tenant_of(job_id: uuid.UUID) -> str | None:
     with session_scope() as session:
-        job = repo.get_job(session, job_id)
-        return None if job is None else job.tenant
+        head = log.job_head(session, job_id)
+    return None if head is None else head.tenant
 
 
 async def read_job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:

@@ -1,37 +1,21 @@
-"""Job and step statuses, and which transitions the domain allows."""
+"""Job and step statuses as the domain uses them, and a job's progress.
+
+The statuses are stored values, defined with the tables they fill (app/statuses.py);
+they are named here too so that the domain reads them from its own package."""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from app.statuses import ACTIVE_JOB, CLAIMABLE_STEP, FINISHED_JOB, LIVE_STEP, JobStatus, StepStatus
 
-
-class JobStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-class StepStatus(StrEnum):
-    PENDING = "PENDING"
-    QUEUED = "QUEUED"
-    WAITING_FOR_SLOT = "WAITING_FOR_SLOT"
-    RUNNING = "RUNNING"
-    RETRYING = "RETRYING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-ACTIVE_JOB = (JobStatus.PENDING, JobStatus.RUNNING)
-FINISHED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-# A delivery may start a step only from these; anything else means it is stale.
-CLAIMABLE_STEP = (StepStatus.QUEUED, StepStatus.WAITING_FOR_SLOT, StepStatus.RETRYING)
-# Steps that sit in a queue or wait list and belong to a live job.
-WAITING_STEP = CLAIMABLE_STEP
-# Steps Beat looks after and a cancel stops: waiting to start, or running.
-LIVE_STEP = (*CLAIMABLE_STEP, StepStatus.RUNNING)
+__all__ = [
+    "ACTIVE_JOB",
+    "CLAIMABLE_STEP",
+    "FINISHED_JOB",
+    "LIVE_STEP",
+    "JobStatus",
+    "StepStatus",
+    "progress_for",
+]
 
 
 def progress_for(completed_steps: int, total_steps: int) -> int:

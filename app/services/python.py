@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from app.catalog import Service
 from app.config import get_settings
@@ -29,7 +29,7 @@ def resolve_target(target: str) -> StepFunction:
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{target} is not callable")
-    return obj
+    return cast(StepFunction, obj)
 
 
 class _PastTimeout(BaseException):

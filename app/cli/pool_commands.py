@@ -19,7 +19,7 @@ pool_cli = typer.Typer(
 @pool_cli.command("show")
 def show() -> None:
     """Every running worker: its queues and its pool's processes."""
-    from app.pools import worker_pools
+    from app.pool_control import worker_pools
 
     pools = worker_pools()
     if not pools:
@@ -37,7 +37,7 @@ def resize(
 ) -> None:
     """Grow or shrink the pool of every worker consuming QUEUE to SIZE processes, now
     (until the worker restarts with its -c)."""
-    from app.pools import NoWorkerForQueue, resize_queue_pools
+    from app.pool_control import NoWorkerForQueue, resize_queue_pools
 
     try:
         results = resize_queue_pools(queue, size)

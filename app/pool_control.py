@@ -1,5 +1,5 @@
-"""Worker pools, changed live: which workers consume which queue with how many
-processes, and resizing the pool of every worker of a queue without a restart.
+"""Control of the running workers' pools: which workers consume which queue with how
+many processes, and resizing the pool of every worker of a queue without a restart.
 
 An SRE sizes one pool per queue (`cao worker -Q heavy -c N`); this is the same knob
 at run time, through Celery's remote control (`pool_grow` / `pool_shrink`, which
@@ -9,19 +9,13 @@ which starts it with its `-c` again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from celery import Celery
+from app.broker import get_celery
 
 REPLY_TIMEOUT_S = 2.0
-
-
-def _celery() -> Celery:
-    from worker.celery_app import celery_app  # the one Celery app, as dispatch uses it
-
-    return celery_app
 
 
 @dataclass(frozen=True)
@@ -44,9 +38,9 @@ class NoWorkerForQueue(LookupError):
 
 def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
     """Every worker that answers within `timeout`, by name."""
-    inspect = _celery().control.inspect(timeout=timeout)
-    queues: dict[str, list[dict[str, Any]]] = inspect.active_queues() or {}
-    stats: dict[str, dict[str, Any]] = inspect.stats() or {}
+    inspect = get_celery().control.inspect(timeout=timeout)
+    queues = inspect.active_queues() or {}
+    stats = inspect.stats() or {}
     return [
         WorkerPool(
             worker=name,
@@ -57,7 +51,7 @@ def worker_pools(timeout: float = REPLY_TIMEOUT_S) -> list[WorkerPool]:
     ]
 
 
-def _processes(stats: dict[str, Any] | None) -> int | None:
+def _processes(stats: Mapping[str, Any] | None) -> int | None:
     processes = (stats or {}).get("pool", {}).get("processes")
     return len(processes) if isinstance(processes, list) and processes else None
 
@@ -80,10 +74,10 @@ def _resize(pool: WorkerPool, size: int, timeout: float) -> Resized:
     change = size - pool.processes
     if change == 0:
         return Resized(pool, size)
-    control = _celery().control
+    control = get_celery().control
     command = control.pool_grow if change > 0 else control.pool_shrink
     replies = command(abs(change), destination=[pool.worker], reply=True, timeout=timeout)
-    answer = next((reply[pool.worker] for reply in replies if pool.worker in reply), None)
+    answer = next((reply[pool.worker] for reply in replies or [] if pool.worker in reply), None)
     if answer is None:
         return Resized(pool, size, error="no answer")
     if "ok" not in answer:

@@ -1,0 +1,113 @@
+"""The broker: the one Celery instance of every process, and sending through it.
+
+Built from Settings once per process, on first use: the broker URL and its transport
+options, serialisation, and the settings a sender's messages depend on. The worker
+side (task modules, process signals, Beat's schedule, worker settings) is added to
+this same instance by worker/celery_app.py. app/ never imports worker/: it names the
+worker's app as a string when it starts Celery's own command, as `celery -A` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from app.catalog import current_catalog
+from app.config import get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+# The module that adds the worker side: `celery -A worker.celery_app worker -Q heavy`.
+WORKER_APP = "worker.celery_app"
+# Fail fast when the broker is down: a committed step is found again by Beat.
+SEND_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2}
+# A call runs for at most about twice its timeout_s (an answer trickling in is checked
+# as it arrives: app/services/http.py).
+LONGEST_CALL_PER_TIMEOUT = 2
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    """The process's Celery instance. Celery is imported here, not with this module:
+    a process that never sends (the `cao` client commands) does not pay for it."""
+    from celery import Celery
+
+    settings = get_settings()
+    celery = Celery("cao", broker=settings.redis_url)
+    celery.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue="default",
+        task_create_missing_queues=True,
+        broker_transport_options={
+            # Longer than any step, or a running step's message would be delivered again.
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            # A hung broker (not down: connections accepted, nothing answered) must not
+            # hold an enqueue forever; the committed step is found again by Beat.
+            "socket_connect_timeout": 3,
+            "socket_timeout": 5,
+        },
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return celery
+
+
+def send(
+    task: str,
+    args: Sequence[Any],
+    *,
+    queue: str,
+    priority: int,
+    headers: dict[str, str] | None = None,
+    countdown: float | None = None,
+) -> None:
+    """Put one message for `task` on `queue`, retrying once, briefly, if the broker
+    does not answer (then the broker's error is raised)."""
+    get_celery().send_task(
+        task,
+        args=args,
+        headers=headers,
+        queue=queue,
+        countdown=countdown,
+        priority=priority,
+        retry=True,
+        retry_policy=SEND_RETRY_POLICY,
+    )
+
+
+def connect() -> None:
+    """Load the broker transport and open the connection sends use, now rather than on
+    the first send (lazy imports and set-up: about 100 ms on the 2-core dev machine)."""
+    celery = get_celery()
+    celery.backend  # noqa: B018 (every send consults it; it is loaded on first use)
+    with celery.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=1)
+
+
+class UnsafeVisibilityTimeout(RuntimeError):
+    pass
+
+
+def check_visibility_timeout() -> None:
+    """Refuse to run when a step could outlive the broker's visibility timeout."""
+    longest = current_catalog().longest_timeout_s * LONGEST_CALL_PER_TIMEOUT
+    timeout = get_settings().broker_visibility_timeout_s
+    if timeout <= longest:
+        raise UnsafeVisibilityTimeout(
+            f"BROKER_VISIBILITY_TIMEOUT_S={timeout} must be longer than the longest step "
+            f"could run, twice the longest timeout_s in the catalog ({longest:g}s), or "
+            "running steps would be redelivered"
+        )
+
+
+def run_celery_command(argv: Sequence[str]) -> None:
+    """Run Celery's own command line on the worker's app, in this process: what
+    `celery -A worker.celery_app ARGV...` does (e.g. ARGV `worker -Q heavy`)."""
+    from celery.bin.celery import celery
+
+    celery.main(args=["--app", WORKER_APP, *argv], standalone_mode=False)
