@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from app.catalog import parse_catalog
-from app.embedded import free_port, port_open
+from app.embedded_stack import free_port, port_open
 
 __all__ = ["free_port", "port_open"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import client, embedded, pools, server
+from app.cli import client, dev_commands, pools, server
 
 cli = typer.Typer(
     name="cao",
@@ -12,7 +12,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for _commands in (server, embedded, client, pools):
+for _commands in (server, dev_commands, client, pools):
     _commands.register(cli)
 
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.operator_support import service_usage, submit
 from tests.harness import CAO, Proc, Simulators, wait_until
-from tests.operator_support import service_usage, submit
 
 pytestmark = pytest.mark.slow
 
 SERVICE = "metered"
 FEATURE = "metered_job"
-CATALOG = Path(__file__).with_name("catalog.yaml")
+CATALOG = Path(__file__).parents[1] / "catalog.yaml"
 
 
 class TunableCatalog:
