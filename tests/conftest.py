@@ -26,8 +26,6 @@ from tests.harness import (
     Simulators,
     Workers,
     free_port,
-    port_open,
-    wait_until,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +219,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def simulators(env: dict[str, str], log_dir: Path) -> Iterator[Simulators]:
     port = _state["sim_port"]
     proc = Proc("simulators", [*CAO, "simulators", "--port", str(port)], env, log_dir)
-    wait_until(lambda: port_open(port), 30, message="simulators to listen")
+    proc.wait_for_port(port, 30)
     sims = Simulators(f"http://127.0.0.1:{port}")
     yield sims
     proc.stop()
@@ -244,8 +242,7 @@ def workers(env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[Worke
 def api_server(env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[str]:
     port = free_port()
     proc = Proc("api", [*CAO, "api", "--port", str(port)], env, log_dir)
-    wait_until(lambda: port_open(port) or not proc.alive(), 30, message="api to listen")
-    assert proc.alive(), proc.log_text()
+    proc.wait_for_port(port, 30)
     yield f"http://127.0.0.1:{port}"
     proc.stop()
 

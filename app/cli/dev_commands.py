@@ -82,7 +82,8 @@ def _supervised(
     stack: EmbeddedStack, console: Console, run: Callable[[], dict[str, dict[str, Any]]]
 ) -> dict[str, dict[str, Any]]:
     """Start the stack, call `run()`, and always stop the stack; map failures to exits."""
-    from app.embedded_stack import StackError, sigterm_as_interrupt
+    from app.embedded_stack import StackError
+    from app.supervisor import sigterm_as_interrupt
 
     with sigterm_as_interrupt():
         try:
