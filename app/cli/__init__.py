@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import client, embedded, pool_commands, server
+from app.cli import client, dev_commands, pool_commands, server
 
 cli = typer.Typer(
     name="cao",
@@ -12,7 +12,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for _commands in (server, embedded, client, pool_commands):
+for _commands in (server, dev_commands, client, pool_commands):
     _commands.register(cli)
 
 

@@ -24,8 +24,8 @@ from app.auth import (
     parse_api_keys,
 )
 from app.config import Settings
+from tests.e2e.operator_support import KEYS, key_of, keyed_client, secured_api, submit
 from tests.harness import CAO, Proc, free_port, wait_for_job, wait_until
-from tests.operator_support import KEYS, key_of, keyed_client, secured_api, submit
 
 # --- configuration ---------------------------------------------------------------------
 

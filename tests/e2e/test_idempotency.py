@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from app.config import get_settings
 from app.db import session_scope
 from app.models import Job, utcnow
-from tests.operator_support import (
+from tests.e2e.operator_support import (
     assert_error,
     concurrently,
     keyed_client,

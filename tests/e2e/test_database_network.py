@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.tcp_proxy import TcpProxy
+from tests.e2e.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from tests.e2e.operator_support import submit
 from tests.harness import CAO, Proc, wait_for_job, wait_until
-from tests.operator_support import submit
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
+from tests.e2e.operator_support import key_of, secured_api, submit, wait_for_step
 from tests.harness import CAO, wait_for_job
-from tests.operator_support import key_of, secured_api, submit, wait_for_step
 
 pytestmark = pytest.mark.slow
 

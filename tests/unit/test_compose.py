@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from app.catalog import DEFAULT_CATALOG, load_catalog
 from app.config import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker-entrypoint.sh"
 DESIGN_SERVICES = {"redis", "db", "api", "worker_heavy", "worker_medium", "worker_default", "beat"}
 # Read by docker-entrypoint.sh or by the postgres image, not by the gateway's Settings.

@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from app.leases import LeaseId, LeaseSemaphore
 from app.redis_client import build_redis
+from tests.e2e.operator_support import event_types, submit
 from tests.harness import (
     CAO,
     Proc,
@@ -27,7 +28,6 @@ from tests.harness import (
     wait_until,
 )
 from tests.lease_support import beat_running, queued_deliveries
-from tests.operator_support import event_types, submit
 
 pytestmark = pytest.mark.slow
 

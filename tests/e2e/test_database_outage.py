@@ -24,9 +24,9 @@ from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 from websockets.sync.client import connect
 
+from tests.e2e.tcp_proxy import TcpProxy
 from tests.harness import CAO, Proc, Simulators, serving_api, wait_for_job, wait_until
 from tests.lease_support import queued_deliveries
-from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 

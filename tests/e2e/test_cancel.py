@@ -15,8 +15,7 @@ from app.jobs import step_changes as changes
 from app.jobs.runner import Outcome, run_step
 from app.jobs.service import create_job
 from app.leases import LeaseId, LeaseSemaphore, get_semaphore
-from tests.harness import wait_for_job, wait_until
-from tests.operator_support import (
+from tests.e2e.operator_support import (
     assert_error,
     event_types,
     service_usage,
@@ -24,6 +23,7 @@ from tests.operator_support import (
     submit,
     wait_for_step,
 )
+from tests.harness import wait_for_job, wait_until
 
 # A queue no worker consumes: deliveries are made by hand, after the cancel.
 _CATALOG = parse_catalog(

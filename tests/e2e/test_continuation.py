@@ -11,10 +11,10 @@ import pytest
 from app.db import session_scope
 from app.jobs.repository import get_step
 from app.queues import queue_depths
+from tests.e2e.operator_support import event_types, submit
+from tests.e2e.test_recovery import start_victim
 from tests.harness import wait_for_job, wait_until
 from tests.lease_support import beat_running
-from tests.operator_support import event_types, submit
-from tests.test_recovery import start_victim
 
 pytestmark = pytest.mark.slow
 

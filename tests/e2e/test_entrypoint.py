@@ -24,10 +24,10 @@ from sqlalchemy.engine import make_url
 from app.db import build_engine
 from app.migrate import alembic_config
 from app.models import Base
+from tests.e2e.tcp_proxy import TcpProxy
 from tests.harness import Proc, free_port, port_open, wait_until
-from tests.tcp_proxy import TcpProxy
 
-ENTRYPOINT = Path(__file__).resolve().parent.parent / "docker-entrypoint.sh"
+ENTRYPOINT = Path(__file__).resolve().parents[2] / "docker-entrypoint.sh"
 CAO_BIN = Path(sys.executable).with_name("cao")
 RETRY_WARNING = "database not reachable yet"
 

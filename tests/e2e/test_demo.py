@@ -27,7 +27,7 @@ from tests.harness import CAO, Proc, free_port, port_open, running, wait_until
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_MARKER = "<!-- demo-command -->"
 # What each default feature's outputs must show in the demo's stdout.
 EXPECTED_OUTPUT_KEYS = ("enhanced_prompt", "text", "summary", "video_url", "message_id")

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.harness import wait_for_job
-from tests.operator_support import (
+from tests.e2e.operator_support import (
     assert_error,
     concurrently,
     event_types,
     step_fence,
     submit,
 )
+from tests.harness import wait_for_job
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.api.responses import ErrorEnvelope
-from tests.operator_support import keyed_client, secured_api, submit
+from tests.e2e.operator_support import keyed_client, secured_api, submit
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
 UNKNOWN_JOB = str(uuid.uuid4())

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.operator_support import assert_error, submit
 from tests.event_clients import read_sse
 from tests.harness import wait_for_job
-from tests.operator_support import assert_error, submit
 
 pytestmark = pytest.mark.slow
 

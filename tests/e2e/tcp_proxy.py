@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from app.embedded import free_port
+from app.embedded_stack import free_port
 
 
 def _pump(source: socket.socket, sink: socket.socket, passes: Callable[[bytes], bool]) -> None:

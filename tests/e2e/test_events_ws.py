@@ -24,6 +24,7 @@ import uvloop
 from app.db import session_scope
 from app.events.hub import HUB_CLIENT_NAME, MAX_SEND_STALL_S, POLL_INTERVAL_S
 from app.events.log import latest_event_id
+from tests.e2e.operator_support import key_of, secured_api, submit
 from tests.event_clients import (
     EVENT_FIELDS,
     TERMINAL,
@@ -36,7 +37,6 @@ from tests.event_clients import (
     ws_url,
 )
 from tests.harness import CAO, Proc, free_port, port_open, wait_for_job, wait_until
-from tests.operator_support import key_of, secured_api, submit
 
 pytestmark = pytest.mark.slow
 

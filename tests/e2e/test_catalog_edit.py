@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.operator_support import submit
 from tests.harness import CAO, Proc, wait_for_job, wait_until
-from tests.operator_support import submit
 
 pytestmark = pytest.mark.slow
 
-CATALOG = Path(__file__).with_name("catalog.yaml")
+CATALOG = Path(__file__).parents[1] / "catalog.yaml"
 DEAD_URL = "http://127.0.0.1:9/nowhere"  # the discard port: nothing answers there
 
 

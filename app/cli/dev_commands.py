@@ -1,4 +1,4 @@
-"""`cao demo` and `cao dev`: the embedded stack (app/embedded.py) from the command line.
+"""`cao demo` and `cao dev`: the embedded stack (app/embedded_stack.py) from the command line.
 
 `demo` starts the stack, runs each default feature end to end with live progress,
 prints the outputs and stops; `dev` starts it and serves until Ctrl-C. Heavy imports
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.embedded import DEFAULT_STATE_DIR
+from app.embedded_stack import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
     import httpx
     from rich.console import Console
 
-    from app.embedded import EmbeddedStack
+    from app.embedded_stack import EmbeddedStack
 
 DEMO_FEATURES = ("business_plan", "viral_video")
 DEMO_INPUT = {"prompt": "a neighbourhood bakery", "email": "owner@example.com"}
@@ -42,7 +42,7 @@ def demo(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
 
     from rich.console import Console
 
-    from app.embedded import EmbeddedStack
+    from app.embedded_stack import EmbeddedStack
 
     console = Console()
     # The demo's own operator key: a user's API_KEYS must not lock the demo out.
@@ -64,7 +64,7 @@ def dev(
     """Start the embedded stack (API, workers, Beat, simulators) and serve until Ctrl-C."""
     from rich.console import Console
 
-    from app.embedded import EmbeddedStack
+    from app.embedded_stack import EmbeddedStack
 
     console = Console()
     stack = EmbeddedStack(state_dir, api_port=port)
@@ -82,7 +82,8 @@ def _supervised(
     stack: EmbeddedStack, console: Console, run: Callable[[], dict[str, dict[str, Any]]]
 ) -> dict[str, dict[str, Any]]:
     """Start the stack, call `run()`, and always stop the stack; map failures to exits."""
-    from app.embedded import StackError, sigterm_as_interrupt
+    from app.embedded_stack import StackError
+    from app.supervisor import sigterm_as_interrupt
 
     with sigterm_as_interrupt():
         try:

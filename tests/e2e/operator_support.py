@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness import CAO, Proc, free_port, port_open, wait_until
+from tests.harness import CAO, Proc, free_port, wait_until
 
 # name -> (key, role, tenant)
 KEYS: dict[str, tuple[str, str, str]] = {
@@ -35,8 +35,7 @@ def secured_api(env: dict[str, str], log_dir: Path) -> Iterator[str]:
         "api-secured", [*CAO, "api", "--port", str(port)], {**env, "API_KEYS": API_KEYS}, log_dir
     )
     try:
-        wait_until(lambda: port_open(port) or not proc.alive(), 30, message="secured api")
-        assert proc.alive(), proc.log_text()
+        proc.wait_for_port(port, 30)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
