@@ -246,18 +246,9 @@ class _LiveCatalog:
                     self._mtime = mtime
             return self._catalog
 
-    def reset(self) -> None:
-        with self._lock:
-            self._catalog = None
-            self._mtime = None
-
 
 _live = _LiveCatalog()
 
 
 def current_catalog() -> Catalog:
     return _live.get()
-
-
-def reset_catalog_cache() -> None:
-    _live.reset()

@@ -58,8 +58,3 @@ class Unauthorized(GatewayError):
 class Forbidden(GatewayError):
     status_code = 403
     code = "forbidden"
-
-
-class PayloadTooLarge(GatewayError):
-    status_code = 413
-    code = "payload_too_large"

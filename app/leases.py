@@ -315,8 +315,3 @@ def get_semaphore() -> LeaseSemaphore:
     if _semaphore is None:
         _semaphore = LeaseSemaphore(get_redis())
     return _semaphore
-
-
-def reset_semaphore() -> None:
-    global _semaphore
-    _semaphore = None
