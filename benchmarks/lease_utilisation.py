@@ -206,7 +206,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     # Two workers sized, together, to the service's limit: the pool an SRE gives a queue
     # whose one service allows 16 calls. A larger pool still never exceeds the limit,
-    # but its extra processes park steps that then wait for a slot (see README).
+    # but its extra processes park steps that then wait for a slot (docs/operations.md).
     parser.add_argument("--worker-concurrency", type=int, default=8)
     parser.add_argument(
         "--backlog",
