@@ -24,11 +24,15 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from benchmarks.results import Results, write_results
+
+GATEWAY = "gateway workers"
+BASELINE = "baseline workers"
 # First match wins: (class, a substring of the command line or the process name).
 CLASSES = (
     ("simulators", "simulators"),
-    ("gateway workers", "app.cli worker"),
-    ("baseline workers", "celery -A benchmarks."),
+    (GATEWAY, "app.cli worker"),
+    (BASELINE, "celery -A benchmarks."),
     ("benchmark", "benchmarks."),
     ("postgres", "postgres"),
     ("redis", "redis-server"),
@@ -77,7 +81,8 @@ class Sampler:
         self.samples.append((time.monotonic(), dict(used)))
 
 
-def print_report(sampler: Sampler, window: float) -> None:
+def print_report(sampler: Sampler, window: float) -> dict[str, float]:
+    """Print the timeline and the totals; return the CPU seconds per class."""
     labels = [label for label, _ in CLASSES] + [OTHER]
     print("\nCPU in use (cores), per class and window; quiet windows left out")
     print(f"{'t s':>7}" + "".join(f"{label:>17}" for label in labels) + f"{'total':>8}")
@@ -100,6 +105,25 @@ def print_report(sampler: Sampler, window: float) -> None:
     for label in labels:
         print(f"  {label:<18}{totals[label]:>8.2f}")
     print(f"  {'all':<18}{sum(totals.values()):>8.2f}")
+    return {label: totals[label] for label in labels}
+
+
+def results(command: list[str], args: argparse.Namespace, totals: dict[str, float]) -> Results:
+    """The workers' CPU as the gateway's and the baseline's figures; the rest (the
+    database, Redis, the submitting benchmark) served both and belongs to the run."""
+    gateway, baseline = totals[GATEWAY], totals[BASELINE]
+    return Results(
+        benchmark="cpu_by_process",
+        parameters={"command": " ".join(command), "interval": args.interval, "window": args.window},
+        gateway={"worker CPU s": gateway},
+        baselines={BASELINE: {"worker CPU s": baseline}} if baseline else {},
+        ratios={"worker CPU s, gateway / baseline": gateway / baseline} if baseline else {},
+        whole_run={
+            f"{label} CPU s": seconds
+            for label, seconds in totals.items()
+            if label not in (GATEWAY, BASELINE)
+        },
+    )
 
 
 def main() -> None:
@@ -120,7 +144,8 @@ def main() -> None:
         while benchmark.poll() is None:
             time.sleep(args.interval)
             sampler.sample()
-    print_report(sampler, args.window)
+    totals = print_report(sampler, args.window)
+    write_results(results(command, args, totals))
     sys.exit(benchmark.returncode)
 
 

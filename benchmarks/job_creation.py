@@ -30,6 +30,7 @@ from benchmarks.common import (
     scratch_environment,
     wait_until_idle,
 )
+from benchmarks.results import Results, server_versions, write_results
 from tests.harness import Proc, free_port, port_open, wait_until
 
 CATALOG = """\
@@ -131,6 +132,7 @@ def main() -> None:
         from app.migrate import upgrade_head
 
         upgrade_head()
+        servers = server_versions(env)
         runs = {
             "plain": lambda env: run_plain(args, env, logs),
             "gateway": lambda env: run_gateway(args, env, logs),
@@ -147,6 +149,26 @@ def main() -> None:
     cost = statistics.median(rs["gateway"].cpu_ms / rs["plain"].cpu_ms for rs in rounds)
     print(f"gateway / plain: {rate:.2f}x the requests per second, {cost:.2f}x the CPU per request")
     print(f"logs: {logs}")
+
+    def medians(key: str) -> dict[str, float]:
+        return {
+            "requests/s (median of rounds)": statistics.median(rs[key].per_s for rs in rounds),
+            "server CPU ms/request (median of rounds)": statistics.median(
+                rs[key].cpu_ms for rs in rounds
+            ),
+        }
+
+    write_results(
+        Results(
+            benchmark="job_creation",
+            parameters=vars(args),
+            gateway=medians("gateway"),
+            baselines={names["plain"]: medians("plain")},
+            ratios={"requests/s, gateway / plain": rate, "CPU per request, gateway / plain": cost},
+            servers=servers,
+            detail=[{key: vars(r) for key, r in rs.items()} for rs in rounds],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from benchmarks.common import (
     run_rounds,
     scratch_environment,
 )
+from benchmarks.results import Results, server_versions, write_results
 from benchmarks.throughput import _worker
 from tests.harness import Proc, Simulators, free_port, port_open, wait_until
 
@@ -205,7 +206,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     # Two workers sized, together, to the service's limit: the pool an SRE gives a queue
     # whose one service allows 16 calls. A larger pool still never exceeds the limit,
-    # but its extra processes park steps that then wait for a slot (see README).
+    # but its extra processes park steps that then wait for a slot (docs/operations.md).
     parser.add_argument("--worker-concurrency", type=int, default=8)
     parser.add_argument(
         "--backlog",
@@ -223,6 +224,7 @@ def main() -> None:
         from app.migrate import upgrade_head
 
         upgrade_head()
+        servers = server_versions(env)
         simulators = Proc(
             "simulators", [python(), "-m", "app.cli", "simulators", "--port", str(port)], env, logs
         )
@@ -258,6 +260,31 @@ def main() -> None:
     verdict = "met" if ratios["gateway"] <= 1.10 and most <= args.limit else "MISSED"
     print(f"target <= 1.10 x ideal, in flight <= {args.limit} (most seen: {most}): {verdict}")
     print(f"logs: {logs}")
+    write_results(
+        Results(
+            benchmark="lease_utilisation",
+            parameters=vars(args),
+            gateway=_figures(rounds, "gateway"),
+            baselines={f"plain Celery prefork {args.limit}": _figures(rounds, "plain")},
+            ratios={
+                "wall time, gateway / plain": statistics.median(
+                    rs["gateway"].wall_s / rs["plain"].wall_s for rs in rounds
+                )
+            },
+            servers=servers,
+            detail=[{key: vars(r) for key, r in rs.items()} for rs in rounds],
+        )
+    )
+
+
+def _figures(rounds: list[dict[str, Result]], key: str) -> dict[str, float]:
+    """One run's figures over the rounds: medians, and the most calls ever in flight."""
+    return {
+        "wall ÷ ideal (median of rounds)": statistics.median(rs[key].ratio for rs in rounds),
+        "slots busy (median of rounds)": statistics.median(rs[key].utilisation for rs in rounds),
+        "submission s (median of rounds)": statistics.median(rs[key].submit_s for rs in rounds),
+        "most calls in flight": max(rs[key].max_in_flight for rs in rounds),
+    }
 
 
 if __name__ == "__main__":

@@ -22,12 +22,14 @@ from functools import partial
 from typing import Any
 
 from benchmarks.common import (
+    add_run_options,
     percentile,
     python,
     run_rounds,
     scratch_environment,
     wait_until_idle,
 )
+from benchmarks.results import Results, server_versions, write_results
 from tests.harness import Proc, wait_until
 
 
@@ -232,7 +234,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sequential", type=int, default=50, help="jobs for the hand-off")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each running all three")
+    add_run_options(parser, redis_db=12)
     args = parser.parse_args()
 
     import tempfile
@@ -250,10 +252,11 @@ def main() -> None:
             args.jobs, args.concurrency, env, log_dir, args.sequential
         ),
     }
-    with scratch_environment() as env:
+    with scratch_environment(args.redis_db) as env:
         from app.migrate import upgrade_head
 
         upgrade_head()
+        servers = server_versions(env)
         _settle_database(args.concurrency, env, log_dir)
         rounds = run_rounds(runs, args.rounds, env)
 
@@ -276,6 +279,7 @@ def main() -> None:
         f"sequential hand-off, commit -> the next step's work runs, "
         f"{args.sequential} jobs one at a time per round:"
     )
+    gateway = {"jobs/s (median of rounds)": _median_rate(rounds, "CAO gateway")}
     for label, key in (
         ("same queue (in the worker)", "handoff_same_queue_ms"),
         ("across queues (via broker)", "handoff_across_queues_ms"),
@@ -283,7 +287,31 @@ def main() -> None:
         samples = [ms for results in rounds for ms in results["CAO gateway"][key]]
         p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"  {label:<28} p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p50 <= 5 ms)")
+        gateway[f"hand-off {label} p50 ms"] = p50
+        gateway[f"hand-off {label} p99 ms"] = p99
     print(f"logs: {log_dir}")
+    write_results(
+        Results(
+            benchmark="throughput",
+            parameters=vars(args),
+            gateway=gateway,
+            baselines={
+                name: {"jobs/s (median of rounds)": _median_rate(rounds, name)}
+                for name in runs
+                if name != "CAO gateway"
+            },
+            ratios={
+                "jobs/s, gateway / Celery chain + row/step": statistics.median(vs_db),
+                "jobs/s, gateway / plain Celery chain": statistics.median(vs_plain),
+            },
+            servers=servers,
+            detail=[{name: r["jobs_per_s"] for name, r in results.items()} for results in rounds],
+        )
+    )
+
+
+def _median_rate(rounds: list[dict[str, dict[str, Any]]], name: str) -> float:
+    return statistics.median(results[name]["jobs_per_s"] for results in rounds)
 
 
 if __name__ == "__main__":
