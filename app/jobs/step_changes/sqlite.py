@@ -2,7 +2,8 @@
 for SQLite, whose writers the database serialises (BEGIN IMMEDIATE, app/db.py), so a
 change's statements see no one else's in between. Implements `StepChanges`
 (app/jobs/step_changes/interface.py) with the one-table statements of
-app/jobs/step_changes/per_table.py.
+app/jobs/step_changes/per_table.py; each function does what its namesake in
+app/jobs/step_changes/__init__.py says.
 """
 
 from __future__ import annotations

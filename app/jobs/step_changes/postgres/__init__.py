@@ -1,8 +1,9 @@
 """The step changes on PostgreSQL: each change one statement of data-modifying WITH
 clauses (composed as compose.py says), so that in autocommit a change is one round trip
 and commits whole or not at all. This package implements `StepChanges`
-(app/jobs/step_changes/interface.py); each statement is documented where it is built,
-and docs/architecture.md shows the SQL they compile to (scripts/statements_doc.py)."""
+(app/jobs/step_changes/interface.py), each function doing what its namesake in
+app/jobs/step_changes/__init__.py says; each statement is documented where it is
+built, and docs/architecture.md shows the SQL they compile to (scripts/statements_doc.py)."""
 
 from __future__ import annotations
 
