@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
+_statement_sessionmaker: sessionmaker[Session] | None = None
 _HOOKS = "cao_on_commit"
 
 
@@ -97,19 +98,21 @@ def preload_driver(url: str | None = None) -> None:
 
 
 def init_db(url: str | None = None, *, pre_ping: bool = True) -> Engine:
-    global _engine, _sessionmaker
+    global _engine, _sessionmaker, _statement_sessionmaker
     if _engine is None:
         _engine = build_engine(url, pre_ping=pre_ping)
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
+        _statement_sessionmaker = _statement_sessions(_engine)
     return _engine
 
 
 def dispose_db() -> None:
-    global _engine, _sessionmaker
+    global _engine, _sessionmaker, _statement_sessionmaker
     if _engine is not None:
         _engine.dispose()
     _engine = None
     _sessionmaker = None
+    _statement_sessionmaker = None
 
 
 def get_engine() -> Engine:
@@ -149,42 +152,50 @@ def while_database_unreachable(on_retry: Callable[[BaseException, float], None])
 @contextmanager
 def session_scope() -> Iterator[Session]:
     """One transaction: commit on success, roll back on error, then run on_commit hooks."""
-    session = new_session()
-    try:
+    with _scope(new_session()) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 @contextmanager
 def statement_scope() -> Iterator[Session]:
     """A session for reads and for changes that are one statement each on PostgreSQL
-    (start_step, park_step and finish_step in app/jobs/step_changes.py). There each
-    statement commits on its own, which saves a BEGIN and a COMMIT round trip each
-    time, so a block must not rely on two of its changes committing together; elsewhere
-    (SQLite) the block is one transaction, as in session_scope. on_commit callbacks run
-    when the block ends, on PostgreSQL even when it fails."""
-    with session_scope() as session:
-        if not single_statements(session):
-            yield session
-            return
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        try:
-            yield session
-        except BaseException:
+    (app/jobs/step_changes/postgres/). There each statement commits on its own, which
+    saves a BEGIN and a COMMIT round trip each time, so a block must not rely on two of
+    its changes committing together; elsewhere (SQLite) the block is one transaction,
+    as in session_scope. on_commit callbacks run when the block ends, on PostgreSQL
+    even when it fails."""
+    if _statement_sessionmaker is None:
+        raise RuntimeError("database not initialised: call init_db() in this process first")
+    with _scope(_statement_sessionmaker()) as session:
+        yield session
+
+
+# Set on the sessions whose every statement commits on its own.
+_AUTOCOMMIT = "cao_autocommit"
+
+
+def _statement_sessions(engine: Engine) -> sessionmaker[Session]:
+    """The sessions of statement_scope, chosen once per engine: autocommitting where
+    each step change is one statement (PostgreSQL), else as session_scope's."""
+    if engine.dialect.name != "postgresql":
+        return sessionmaker(engine, expire_on_commit=False)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(autocommit, expire_on_commit=False, info={_AUTOCOMMIT: True})
+
+
+@contextmanager
+def _scope(session: Session) -> Iterator[Session]:
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        if session.info.get(_AUTOCOMMIT):
             # What was written is committed already: publish and enqueue it all the same.
             _run_hooks(session)
-            raise
-
-
-def single_statements(session: Session) -> bool:
-    """Whether this session's changes may be written as one statement each (PostgreSQL:
-    data-modifying WITH clauses), rather than statement by statement."""
-    return session.get_bind().dialect.name == "postgresql"
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def on_commit(session: Session, callback: Callable[[], None], *, first: bool = False) -> None:

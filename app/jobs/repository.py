@@ -1,7 +1,8 @@
 """Job and step SQL: reads, the fenced updates of retries, failures and recovery,
-listing, and operator actions. What a worker writes as a step runs (claim, park,
-result, continuation) is in app/jobs/step_changes.py, job creation in
-app/jobs/job_insert.py. State changes are conditional updates: a zero row count means
+listing, and operator actions. A step as a delivery sees it (`StepRun`, its load, its
+queueing) is in app/jobs/step_repository.py and named here too; what a worker writes as
+a step runs (claim, park, result, continuation) and job creation are in
+app/jobs/step_changes/. State changes are conditional updates: a zero row count means
 another delivery, a cancel or a newer attempt won, which is a normal outcome.
 
 Each step row carries a `fence`: a token that rises with every new attempt, recovery
@@ -11,16 +12,17 @@ people and services see; it restarts at 1 on resume, so it cannot fence.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    ColumnElement,
     CursorResult,
-    Integer,
+    Executable,
+    Exists,
     and_,
-    bindparam,
     exists,
     func,
     or_,
@@ -29,86 +31,31 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from app.jobs.states import (
-    ACTIVE_JOB,
-    CLAIMABLE_STEP,
-    LIVE_STEP,
-    JobStatus,
-    StepStatus,
-)
-from app.models import Job, JobStep, UTCDateTime, job_step_table, job_table, utcnow
+from app.jobs.states import ACTIVE_JOB, LIVE_STEP, JobStatus, StepStatus
+
+# Named here for the callers that read and queue steps through this module.
+from app.jobs.step_repository import RUN_COLUMNS_CLEARED
+from app.jobs.step_repository import StepRun as StepRun
+from app.jobs.step_repository import load_step_run as load_step_run
+from app.jobs.step_repository import queue_step as queue_step
+from app.models import Job, JobStep, utcnow
 
 
-@dataclass(frozen=True)
-class StepRun:
-    """What a delivery needs to know about its step before it runs."""
-
-    job_id: uuid.UUID
-    feature_name: str
-    job_status: str
-    input_data: dict[str, Any]
-    context: dict[str, Any]
-    recipe_steps: list[dict[str, Any]]
-    step_index: int
-    step_name: str
-    queue: str
-    status: str
-    attempt: int
-    fence: int
-    max_attempts: int
-    # The fence the next step carries now (None after the last step): a run started
-    # straight from this one takes the fence after it (see step_changes.complete_and_start_next).
-    next_step_fence: int | None = None
-
-    @property
-    def service_spec(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self.recipe_steps[self.step_index]["service"])
-
-    @property
-    def is_last(self) -> bool:
-        return self.step_index + 1 >= len(self.recipe_steps)
-
-    def next_spec(self) -> dict[str, Any]:
-        return cast(dict[str, Any], self.recipe_steps[self.step_index + 1]["service"])
-
-    def successor(self, output: dict[str, Any], fence: int, next_step_fence: int | None) -> StepRun:
-        """The next step's first attempt, as step_changes.complete_and_start_next leaves it."""
-        index = self.step_index + 1
-        spec = self.recipe_steps[index]
-        return StepRun(
-            job_id=self.job_id,
-            feature_name=self.feature_name,
-            job_status=JobStatus.RUNNING,
-            input_data=self.input_data,
-            context={**self.context, self.step_name: output},
-            recipe_steps=self.recipe_steps,
-            step_index=index,
-            step_name=spec["name"],
-            queue=spec["service"]["queue"],
-            status=StepStatus.RUNNING,
-            attempt=1,
-            fence=fence,
-            max_attempts=spec["service"]["max_attempts"],
-            next_step_fence=next_step_fence,
-        )
-
-    def accepts(self, fence: int) -> bool:
-        return (
-            self.job_status in ACTIVE_JOB and self.fence == fence and self.status in CLAIMABLE_STEP
-        )
-
-
-def rows_changed(session: Session, statement: Any, params: dict[str, Any] | None = None) -> int:
+def rows_changed(
+    session: Session, statement: Executable, params: Mapping[str, object] | None = None
+) -> int:
     """Run an UPDATE (or DELETE) and return how many rows it changed."""
     result = session.execute(statement, params)
-    return cast(CursorResult[Any], result).rowcount
+    return cast("CursorResult[*tuple[Any, ...]]", result).rowcount
 
 
-def step_where(job_id: uuid.UUID, step_index: int) -> Any:
+def step_where(job_id: uuid.UUID, step_index: int) -> ColumnElement[bool]:
     return and_(JobStep.job_id == job_id, JobStep.step_index == step_index)
 
 
-def fenced_step(job_id: uuid.UUID, step_index: int, fence: int, *conditions: Any) -> Any:
+def fenced_step(
+    job_id: uuid.UUID, step_index: int, fence: int, *conditions: ColumnElement[bool]
+) -> ColumnElement[bool]:
     """This step, only while it still carries `fence` (and meets `conditions`)."""
     return and_(step_where(job_id, step_index), JobStep.fence == fence, *conditions)
 
@@ -119,7 +66,7 @@ def update_fenced_step(
     step_index: int,
     fence: int,
     /,
-    *conditions: Any,
+    *conditions: ColumnElement[bool],
     **values: Any,
 ) -> bool:
     """Change the step only while it carries `fence` and meets `conditions`; True if
@@ -139,7 +86,7 @@ def update_running_step(
     )
 
 
-def job_is_active(job_id: uuid.UUID) -> Any:
+def job_is_active(job_id: uuid.UUID) -> Exists:
     return exists().where(Job.id == job_id, Job.status.in_(ACTIVE_JOB))
 
 
@@ -161,119 +108,6 @@ def find_by_idempotency_key(session: Session, tenant: str, key: str) -> Job | No
     return session.scalars(
         select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
     ).one_or_none()
-
-
-# The hot path (load, claim, complete, queue) runs per step: its statements are built
-# once with bind parameters and executed at the Core level, skipping the ORM's
-# per-call statement building and identity-map work. The public fragments below are
-# shared with app/jobs/step_changes.py.
-_JOB = job_table
-_STEP = job_step_table
-NOW = bindparam("now", type_=UTCDateTime())
-THIS_STEP = and_(_STEP.c.job_id == bindparam("p_job"), _STEP.c.step_index == bindparam("index"))
-JOB_IS_ACTIVE = (
-    exists().where(_JOB.c.id == bindparam("p_job"), _JOB.c.status.in_(ACTIVE_JOB)).correlate(None)
-)
-
-
-def fence_after(step_index: Any) -> Any:
-    """The fence of the step after `step_index` (a bound parameter) of job `p_job`.
-    Read by parameters, not correlated to an outer step row: in an UPDATE's RETURNING
-    such a correlation is rendered unqualified on SQLite, where it then compares the
-    subquery's own columns and finds nothing."""
-    following = job_step_table.alias("following_step")
-    return (
-        select(following.c.fence)
-        .where(following.c.job_id == bindparam("p_job"), following.c.step_index == step_index + 1)
-        .scalar_subquery()
-    )
-
-
-_LOAD_STEP_RUN = (
-    select(
-        _JOB.c.feature_name,
-        _JOB.c.status.label("job_status"),
-        _JOB.c.input_data,
-        _JOB.c.context,
-        _JOB.c.recipe,
-        _STEP.c.step_name,
-        _STEP.c.queue,
-        _STEP.c.status,
-        _STEP.c.attempt,
-        _STEP.c.fence,
-        _STEP.c.max_attempts,
-        fence_after(bindparam("index", type_=Integer())).label("next_step_fence"),
-    )
-    .join_from(_STEP, _JOB, _STEP.c.job_id == _JOB.c.id)
-    .where(THIS_STEP)
-)
-
-
-def load_step_run(session: Session, job_id: uuid.UUID, step_index: int) -> StepRun | None:
-    row = (
-        session.connection()
-        .execute(_LOAD_STEP_RUN, {"p_job": job_id, "index": step_index})
-        .one_or_none()
-    )
-    if row is None:
-        return None
-    return step_run_of(row, job_id, step_index, job_status=row.job_status, status=row.status)
-
-
-def step_run_of(
-    row: Any, job_id: uuid.UUID, step_index: int, *, job_status: str, status: str
-) -> StepRun:
-    """The run a row of the step joined with its job describes (the columns of
-    `_LOAD_STEP_RUN`; the statuses given apart: a claim returns them changed)."""
-    return StepRun(
-        job_id=job_id,
-        feature_name=row.feature_name,
-        job_status=job_status,
-        input_data=row.input_data,
-        context=row.context or {},
-        recipe_steps=row.recipe["steps"],
-        step_index=step_index,
-        step_name=row.step_name,
-        queue=row.queue,
-        status=status,
-        attempt=row.attempt,
-        fence=row.fence,
-        max_attempts=row.max_attempts,
-        next_step_fence=row.next_step_fence,
-    )
-
-
-# What a step's previous run leaves behind, cleared whenever a new run is set up.
-RUN_COLUMNS_CLEARED: dict[str, Any] = dict.fromkeys(
-    (
-        "error",
-        "error_code",
-        "retryable",
-        "queued_at",
-        "started_at",
-        "heartbeat_at",
-        "finished_at",
-        "claim_token",
-    )
-)
-
-QUEUE_STEP_VALUES: dict[str, Any] = {
-    "status": StepStatus.QUEUED,
-    "attempt": 1,
-    "fence": _STEP.c.fence + 1,
-    **RUN_COLUMNS_CLEARED,
-    "queued_at": NOW,
-}
-_QUEUE_STEP = (
-    update(_STEP).where(THIS_STEP).values(QUEUE_STEP_VALUES).returning(_STEP.c.queue, _STEP.c.fence)
-)
-
-
-def queue_step(session: Session, job_id: uuid.UUID, step_index: int) -> tuple[str, int]:
-    """Put a step on its queue as a fresh attempt 1 under a new fence; returns (queue, fence)."""
-    params = {"p_job": job_id, "index": step_index, "now": utcnow()}
-    queue, fence = session.connection().execute(_QUEUE_STEP, params).one()
-    return queue, fence
 
 
 def is_running(session: Session, job_id: uuid.UUID, step_index: int, fence: int) -> bool:
@@ -486,9 +320,9 @@ class FailedJobFilter:
     created_after: datetime | None = None
 
 
-def _failed_job_conditions(filters: FailedJobFilter) -> list[Any]:
+def _failed_job_conditions(filters: FailedJobFilter) -> list[ColumnElement[bool]]:
     """The conditions of a FAILED job matching every given filter."""
-    conditions: list[Any] = [Job.status == JobStatus.FAILED]
+    conditions: list[ColumnElement[bool]] = [Job.status == JobStatus.FAILED]
     if filters.feature_name is not None:
         conditions.append(Job.feature_name == filters.feature_name)
     if filters.failed_step is not None:
