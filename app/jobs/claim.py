@@ -15,7 +15,8 @@ step in one of two ways:
   nothing, names a service unknown here, or did not match the step) reads the step,
   drops a stale delivery, and takes the slot in the session that read it.
 
-No transaction spans a lease call: each change is one statement on PostgreSQL.
+On PostgreSQL each change is one statement that commits on its own, so no transaction
+spans a lease call.
 """
 
 from __future__ import annotations
