@@ -130,7 +130,7 @@ class JobStep(Base):
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     # A random token of the delivery whose claim started the step's latest run: a worker
-    # that lost its claim's answer asks whether the claim is its own (app/jobs/runner.py).
+    # that lost its claim's answer asks whether the claim is its own (app/jobs/claim.py).
     claim_token: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (

@@ -9,7 +9,7 @@ Two kinds of work are taken over in-process:
   (recording is a database commit, and the slot should not wait for it);
 - a continuation: when the job's next step belongs to a queue this worker consumes,
   the runner starts it in the transaction that commits the current step's result and
-  runs it here (app/jobs/runner.py). The next step is still started only after the
+  runs it here (app/jobs/execute.py). The next step is still started only after the
   previous result is committed, by a worker of its queue.
 
 A chain is bounded in time so that its Celery task returns regularly (shutdown and

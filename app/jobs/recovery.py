@@ -38,7 +38,7 @@ from app.jobs import recovery_repository as recovery_repo
 from app.jobs import repository as repo
 from app.jobs.dispatch import enqueue_step
 from app.jobs.recovery_repository import LiveStep
-from app.jobs.runner import wake
+from app.jobs.slots import wake
 from app.jobs.states import StepStatus
 from app.leases import LeaseId, LeaseState, get_semaphore
 from app.models import utcnow

@@ -237,12 +237,13 @@ def test_a_result_whose_commit_lost_its_answer_still_sends_the_next_step(
     step waited for Beat's idle-step sweep)."""
     from app.db import session_scope
     from app.jobs import repository as repo
-    from app.jobs.runner import Outcome, _record_success
+    from app.jobs.record import record_success
+    from app.jobs.runner import Outcome
 
     run = _running_first_step()
     outcome = _with_the_answer_lost(
         worker_engine_via_proxy,
-        lambda: _record_success(run, {"done": True}, None, structlog.get_logger("test")),
+        lambda: record_success(run, {"done": True}, None, structlog.get_logger("test")),
     )
     assert outcome == Outcome.COMPLETED
     with session_scope() as session:
@@ -263,14 +264,15 @@ def test_a_failure_whose_commit_lost_its_answer_is_recorded_once(
     the retry finds what this very attempt wrote and goes on from there: a retryable
     failure's delayed delivery still goes out; a permanent one is the job's failure,
     not a "late failure". Either is recorded once."""
-    from app.jobs.runner import _record_failure, live_service
+    from app.jobs.record import record_failure
+    from app.jobs.slots import live_service
     from app.services import StepError
 
     run = _running_first_step()
     error = StepError("HTTP 5xx or 4xx", code="http_error", retryable=retryable)
     recorded = _with_the_answer_lost(
         worker_engine_via_proxy,
-        lambda: _record_failure(
+        lambda: record_failure(
             run, live_service(run.service_spec), error, structlog.get_logger("test")
         ),
         after=b"COMMIT\x00",  # that transaction's COMMIT query (not "COMMITTED")

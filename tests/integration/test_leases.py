@@ -443,8 +443,9 @@ def test_a_step_message_names_its_service_and_queue_to_the_worker(db):
 
     from app.catalog import current_catalog
     from app.db import session_scope
-    from app.jobs.runner import NamedSlot, wake
+    from app.jobs.runner import NamedSlot
     from app.jobs.service import create_job
+    from app.jobs.slots import wake
     from tests.lease_support import queued_deliveries, queued_messages
     from worker.celery_app import celery_app
     from worker.tasks import named_slot
