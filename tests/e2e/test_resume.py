@@ -245,6 +245,24 @@ def test_rerun_of_a_completed_job_is_new_work_with_new_keys_and_a_failed_step_ke
     assert resumed[2]["failed_step"] == 2
 
 
+def test_a_cancelled_job_reruns_from_a_step_it_reached(stack):
+    api = stack["api"]
+    job_id = submit(api, "stalled_job")  # its queue has no worker: it stays where it is
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    assert_error(
+        api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 1}), 422, "invalid_from_step"
+    )
+    response = api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 0})
+    assert response.status_code == 200, response.text
+    rerun = response.json()
+    assert (rerun["status"], rerun["current_step"], rerun["progress"]) == ("PENDING", 0, 0)
+    assert (rerun["steps"][0]["status"], rerun["steps"][0]["attempt"]) == ("QUEUED", 1)
+    assert _resumed_data(api, job_id) == [
+        {"from_step": 0, "rerun": True, "rerun_count": 1, "previous_status": "CANCELLED"}
+    ]
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+
+
 def test_rerun_refusals(stack):
     api = stack["api"]
     job_id = submit(api, "python_job")
