@@ -7,6 +7,7 @@ so that limits tune live; a job keeps the recipe snapshot it was created with.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -92,6 +93,19 @@ class Feature(BaseModel):
     name: str
     description: str = ""
     steps: Annotated[list[str], Field(min_length=1)]
+    # Each step's share of the progress: `progress` after a step is the weights so far
+    # over their total. A step written as a plain service name weighs 1.
+    weights: list[float] = []
+
+    @model_validator(mode="after")
+    def _weights(self) -> Feature:
+        if not self.weights:
+            object.__setattr__(self, "weights", [1.0] * len(self.steps))
+        if len(self.weights) != len(self.steps):
+            raise ValueError("weights: one per step")
+        if sum(self.weights) <= 0:
+            raise ValueError("steps: every weight is 0; at least one step must weigh more")
+        return self
 
 
 class Catalog(BaseModel):
@@ -102,6 +116,7 @@ class Catalog(BaseModel):
     features: dict[str, Feature]
 
     def recipe(self, feature_name: str) -> list[Service]:
+        """The services of the feature's steps, in order (their weights: `Feature.weights`)."""
         return [self.services[name] for name in self.features[feature_name].steps]
 
     @property
@@ -161,6 +176,53 @@ def _mapping(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
+def _weighed_steps(raw: list[Any], where: str) -> tuple[list[Any], list[float]]:
+    """A recipe's service names and weights: a step is a service name (weight 1) or
+    `{service: NAME, weight: N}` with N a number >= 0."""
+    names: list[Any] = []
+    weights: list[float] = []
+    for i, step in enumerate(raw):
+        if not isinstance(step, dict):
+            names.append(step)
+            weights.append(1.0)
+            continue
+        unknown = set(step) - {"service", "weight"}
+        if unknown:
+            raise CatalogError(
+                f"{where}[{i}]: unknown key(s) {sorted(unknown)} (a step takes service, weight)"
+            )
+        if "service" not in step:
+            raise CatalogError(f"{where}[{i}].service: required (the service the step calls)")
+        weight = step.get("weight", 1)
+        number = isinstance(weight, int | float) and not isinstance(weight, bool)
+        if not number or not math.isfinite(weight) or weight < 0:
+            raise CatalogError(f"{where}[{i}].weight: must be a number >= 0, got {weight!r}")
+        names.append(step["service"])
+        weights.append(float(weight))
+    return names, weights
+
+
+def _parse_features(raw: Any, source: str, services: dict[str, Service]) -> dict[str, Feature]:
+    features: dict[str, Feature] = {}
+    for name, spec_raw in _mapping(raw, f"{source}: features").items():
+        where = f"{source}: features.{name}"
+        spec = dict(_mapping(spec_raw, where))
+        if "weights" in spec:
+            raise CatalogError(
+                f"{where}.weights: unknown key (a step weighs {{service: NAME, weight: N}})"
+            )
+        if isinstance(spec.get("steps"), list):
+            spec["steps"], spec["weights"] = _weighed_steps(spec["steps"], f"{where}.steps")
+        try:
+            features[name] = Feature(name=name, **spec)
+        except ValidationError as exc:
+            raise CatalogError(_describe(exc, where)) from exc
+        for i, step in enumerate(features[name].steps):
+            if step not in services:
+                raise CatalogError(f"{where}.steps[{i}]: unknown service {step!r}")
+    return features
+
+
 def parse_catalog(text: str, source: str) -> Catalog:
     try:
         document = yaml.safe_load(text)
@@ -184,16 +246,7 @@ def parse_catalog(text: str, source: str) -> Catalog:
         except TypeError as exc:
             raise CatalogError(f"{where}: {exc}") from exc
 
-    features: dict[str, Feature] = {}
-    for name, raw in _mapping(document.get("features"), f"{source}: features").items():
-        where = f"{source}: features.{name}"
-        try:
-            features[name] = Feature(name=name, **_mapping(raw, where))
-        except ValidationError as exc:
-            raise CatalogError(_describe(exc, where)) from exc
-        for i, step in enumerate(features[name].steps):
-            if step not in services:
-                raise CatalogError(f"{where}.steps[{i}]: unknown service {step!r}")
+    features = _parse_features(document.get("features"), source, services)
     if not features:
         raise CatalogError(f"{source}: features: at least one feature is required")
     return Catalog(source=source, services=services, features=features)

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     migration_retry_sleep_seconds: float = Field(2, ge=0)
 
     cao_catalog: Path | None = None
+    # Where the reports example (app/examples/reports) writes and cleans up its files.
+    cao_reports_dir: Path = Path(".cao/reports")
     max_body_bytes: int = Field(1024 * 1024, gt=0)
     # The largest step output (a service's answer body, a python step's JSON): a step's
     # output is stored, sent to every later step in `context` and put in an event.

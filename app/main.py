@@ -1,4 +1,11 @@
-"""create_app(): routers, error handlers, body limit and the process lifespan."""
+"""create_app(): routers, error handlers, body limit and the process lifespan.
+
+`cao api` serves `create_app()`; so does the ordinary `uvicorn app.main:app` (the
+module's `app`, built when first asked for, from the same environment). Everything a
+server process needs at start-up (logging, the catalog and API-key checks, migrations
+when RUN_MIGRATIONS_ON_STARTUP is set, warm-up, the event hub) is in the lifespan, so
+both commands start the same gateway.
+"""
 
 from __future__ import annotations
 
@@ -68,3 +75,11 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app`: built on first access rather than at import, so that
+    # importing this module (tests, `cao api`) reads no settings and builds nothing.
+    if name == "app":
+        return create_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -80,7 +80,9 @@ class Job(Base):
     input_data: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Outputs of completed steps by step name: the `context` each step receives.
     context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # The recipe this job started with: a snapshot of each step's service spec.
+    # The recipe this job started with: a snapshot of each step's service spec and
+    # weight, `{"steps": [{"name", "service", "weight"}, ...]}`, plus `"rerun": N` once an
+    # operator has rerun the job N times (app/jobs/operator_actions.py).
     recipe: Mapped[dict[str, Any]] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(ERROR_CODE_LENGTH))

@@ -3,7 +3,10 @@
 app/broker.py builds the instance from Settings (broker, transport options,
 serialisation) and sends through it; this module adds what only workers and Beat need:
 the task modules, the per-process set-up on Celery's signals, Beat's schedule and the
-worker settings. `celery -A worker.celery_app worker -Q heavy` and `cao worker` load it.
+worker settings. `celery -A worker.celery_app worker -Q heavy` and `cao worker` load it,
+and `celery -A worker.celery_app beat` and `cao beat`: what a process needs at start-up
+(logging, the start-up checks, per-process clients) hangs on Celery's signals here, so
+the ordinary commands start the same worker and Beat as the `cao` ones.
 
 Reliability: acks_late + reject_on_worker_lost (a killed worker's message comes
 back), prefetch 1 (a long step never hoards messages), and a broker visibility
@@ -13,12 +16,13 @@ while it runs. Routing is per message: each step is sent to its service's queue.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar, cast
 
 from celery import Task, signals
 
-from app.broker import check_visibility_timeout, get_celery
+from app.broker import UnsafeVisibilityTimeout, check_visibility_timeout, get_celery
 from app.config import get_settings
 from worker.schedule import beat_schedule
 
@@ -55,13 +59,28 @@ def bound_task(
     )
 
 
+def _refuse_to_start(error: Exception) -> NoReturn:
+    """Stop a worker or Beat that must not run. Celery logs and swallows an Exception
+    raised by a signal handler; SystemExit is not one, so the command exits (code 1)
+    with the reason, as `cao worker` does."""
+    import structlog
+
+    structlog.get_logger(__name__).critical("refusing to start", error=str(error))
+    raise SystemExit(f"refusing to start: {error}")
+
+
 def _on_worker_init(**_: Any) -> None:
+    from app.catalog import CatalogError
     from app.db import preload_driver
     from app.logs import configure_logging
     from app.services.http import prepare_tls
 
     configure_logging("worker")
-    check_visibility_timeout()
+    try:
+        # Reads the catalog too: an invalid one stops the worker here, naming the key.
+        check_visibility_timeout()
+    except (CatalogError, UnsafeVisibilityTimeout) as exc:
+        _refuse_to_start(exc)
     # Fork-safe work done once here rather than in every pool process.
     preload_driver()
     prepare_tls()
@@ -96,6 +115,29 @@ def _on_process_shutdown(**_: Any) -> None:
     dispose_db()
 
 
+def _on_logging_set_up(logger: logging.Logger, **_: Any) -> None:
+    """LOG_LEVEL is the least a worker or Beat logs: `cao worker` and `cao beat` pass it
+    (INFO by default) as --loglevel, and the ordinary commands, whose --loglevel defaults
+    to WARNING, would otherwise hide the lines operators rely on (a worker's "ready.",
+    Beat's start). A lower --loglevel (DEBUG) still wins."""
+    level = logging.getLevelName(get_settings().log_level.upper())
+    if isinstance(level, int) and level < logger.level:
+        logger.setLevel(level)
+
+
+def _on_beat_init(**_: Any) -> None:
+    from app.catalog import CatalogError, current_catalog
+    from app.logs import configure_logging
+
+    configure_logging("beat")
+    try:
+        current_catalog()  # Beat's tasks read it: refuse an invalid one at start-up
+    except CatalogError as exc:
+        _refuse_to_start(exc)
+
+
 signals.worker_init.connect(_on_worker_init)
+signals.beat_init.connect(_on_beat_init)
+signals.after_setup_logger.connect(_on_logging_set_up)
 signals.worker_process_init.connect(_on_process_init)
 signals.worker_process_shutdown.connect(_on_process_shutdown)

@@ -24,8 +24,15 @@ def list_features(catalog: CatalogDep) -> dict[str, Any]:
                 "name": feature.name,
                 "description": feature.description,
                 "steps": [
-                    {"step_index": i, "service": name, "queue": catalog.services[name].queue}
-                    for i, name in enumerate(feature.steps)
+                    {
+                        "step_index": i,
+                        "service": name,
+                        "queue": catalog.services[name].queue,
+                        "weight": weight,
+                    }
+                    for i, (name, weight) in enumerate(
+                        zip(feature.steps, feature.weights, strict=True)
+                    )
                 ],
             }
             for feature in catalog.features.values()

@@ -36,7 +36,9 @@ class ResumeRequest(BaseModel):
         None,
         ge=0,
         le=INTEGER_MAX,
-        description="Restart here (≤ the failed step); steps before it are kept.",
+        description="Restart here (≤ the failed step); steps before it are kept. Required "
+        "to rerun a COMPLETED or CANCELLED job: the steps from here are new work, each "
+        "with a new Idempotency-Key (`<job_id>:<step_index>:r<N>` on the Nth rerun).",
     )
 
 
@@ -100,7 +102,8 @@ def bulk_resume(body: BulkResumeRequest, session: SessionDep) -> BulkResumeRespo
 def resume_job(
     job_id: uuid.UUID, session: SessionDep, body: ResumeRequest | None = None
 ) -> JobDetail:
-    """Resume a FAILED job from its failed step, or from an earlier `from_step`."""
+    """Resume a FAILED job from its failed step, or from an earlier `from_step`; with
+    `from_step`, rerun a COMPLETED or CANCELLED job from that step."""
     return operator_actions.resume_job(session, job_id, body.from_step if body else None)
 
 

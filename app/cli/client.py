@@ -222,14 +222,19 @@ def resume(
     job_id: JobId,
     from_step: Annotated[
         int | None,
-        typer.Option(min=0, help="Rerun from this earlier step (keeps outputs before it)."),
+        typer.Option(
+            min=0,
+            help="Restart at this step, keeping the outputs before it: a FAILED job from "
+            "an earlier step, a COMPLETED or CANCELLED one rerun from here.",
+        ),
     ] = None,
     watch: Watch = False,
     timeout: Timeout = None,
     url: Url = DEFAULT_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """Resume a FAILED job from its failed step, or from an earlier one."""
+    """Resume a FAILED job from its failed step or an earlier one; rerun a COMPLETED or
+    CANCELLED job with --from-step."""
     body = {"from_step": from_step} if from_step is not None else None
     with _gateway(url, api_key) as client:
         job = _call(client, "POST", f"/api/v1/jobs/{job_id}/resume", json=body)

@@ -10,6 +10,7 @@ goes to a file or pipe, rich prints only the final state.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -36,6 +37,8 @@ STATUS_STYLES = {
     "FAILED": "bold red",
     "CANCELLED": "red",
 }
+# How much of a completed step's output its line shows.
+OUTPUT_PREVIEW_CHARS = 60
 # How long the API may stay unreachable before watching gives up.
 UNREACHABLE_LIMIT_S = 30.0
 
@@ -142,8 +145,19 @@ def _step_cells(step: JobBody, now: datetime) -> list[RenderableType]:
         _status_text(step["status"]),
         Text(f"attempt {step['attempt']}/{step['max_attempts']}", style="dim"),
         Text(_format_seconds(duration)),
-        Text(step.get("error") or "", style="red"),
+        Text(step["error"], style="red") if step.get("error") else _output_text(step),
     ]
+
+
+def _output_text(step: JobBody) -> Text:
+    """A completed step's output, short: the partial result as soon as it lands."""
+    output = step.get("output")
+    if output is None:
+        return Text("")
+    compact = json.dumps(output, separators=(",", ":"), ensure_ascii=False)
+    if len(compact) > OUTPUT_PREVIEW_CHARS:
+        compact = compact[: OUTPUT_PREVIEW_CHARS - 1] + "…"
+    return Text(compact, style="dim", no_wrap=True, overflow="ellipsis")
 
 
 def _status_text(status: str) -> Text:

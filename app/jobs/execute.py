@@ -54,6 +54,7 @@ def execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Recordi
         attempt=run.attempt,
         input_data=run.input_data,
         context=run.context,
+        rerun=run.rerun,
     )
     released = False
     try:

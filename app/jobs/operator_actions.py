@@ -1,5 +1,6 @@
-"""Operator actions on jobs: resume (from the failed step or an earlier one), bulk
-resume by filter, and cancel. The routes are in app/api/operator_routes.py.
+"""Operator actions on jobs: resume (from the failed step or an earlier one), rerun (a
+COMPLETED or CANCELLED job from a step), bulk resume by filter, and cancel. The routes
+are in app/api/operator_routes.py.
 
 Each action claims the job with one conditional update, so concurrent callers
 cannot both act: the loser gets a 409 and changes nothing. Everything an action
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -50,22 +52,33 @@ def _job(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
+# What an operator may rerun from a step (with from_step): a job that ran to its end,
+# or was stopped. The steps from there on are new work.
+RERUNNABLE = (JobStatus.COMPLETED, JobStatus.CANCELLED)
+
+
 def _not_resumable(job: Job) -> Conflict:
     return Conflict(
-        f"job {job.id} is {job.status}; only a FAILED job can be resumed",
+        f"job {job.id} is {job.status}; only a FAILED job can be resumed, and a "
+        "COMPLETED or CANCELLED one rerun with from_step",
         code="job_not_resumable",
         details={"status": job.status},
     )
 
 
 def _restart_point(job: Job, from_step: int | None) -> int:
-    failed_step = job.current_step
+    """The step to restart at: the failed step, or `from_step` up to it; for a rerun,
+    `from_step` up to the step the job finished (or was cancelled) at."""
+    last = min(job.current_step, job.total_steps - 1)
     if from_step is None:
-        return failed_step
-    if not 0 <= from_step <= failed_step:
+        if job.status != JobStatus.FAILED:
+            raise _not_resumable(job)
+        return last
+    if not 0 <= from_step <= last:
+        where = "the failed step" if job.status == JobStatus.FAILED else "the last step run"
         raise InvalidFromStep(
-            f"from_step must be between 0 and the failed step {failed_step}, got {from_step}",
-            details={"failed_step": failed_step, "total_steps": job.total_steps},
+            f"from_step must be between 0 and {where} {last}, got {from_step}",
+            details={"last_step": last, "total_steps": job.total_steps},
         )
     return from_step
 
@@ -94,28 +107,44 @@ def _answer(session: Session, job: Job) -> JobDetail:
 
 
 def resume_job(session: Session, job_id: uuid.UUID, from_step: int | None = None) -> JobDetail:
-    """FAILED → PENDING at the failed step (or at `from_step` ≤ it), its step enqueued
-    once the caller commits; answers with the job as the resume left it.
+    """FAILED → PENDING at the failed step (or at `from_step` ≤ it); or, with
+    `from_step`, COMPLETED/CANCELLED → PENDING at that step (a rerun). The step is
+    enqueued once the caller commits; answers with the job as the action left it.
 
     Outputs of the steps before the restart point stay and are never called again;
-    the restarted step gets a fresh attempt budget under a new fence.
+    the restarted step gets a fresh attempt budget under a new fence. A resumed
+    failed step is the same work and keeps its Idempotency-Key; the steps of a rerun
+    are new work and get new ones (the rerun count in the recipe snapshot rises).
     """
     return _answer(session, _resume(session, job_id, from_step))
 
 
 def _resume(session: Session, job_id: uuid.UUID, from_step: int | None) -> Job:
     job = _job(session, job_id)
-    if job.status != JobStatus.FAILED:
+    if job.status != JobStatus.FAILED and job.status not in RERUNNABLE:
         raise _not_resumable(job)
     restart = _restart_point(job, from_step)
+    rerun = job.status in RERUNNABLE
     steps = repo.lock_steps(session, job_id)
     kept = {s.step_name: s.output for s in steps if s.step_index < restart and s.output is not None}
-    progress = min(job.progress, progress_for(restart, job.total_steps))
-    failed_step, error, error_code = job.current_step, job.error, job.error_code
-    if not repo.reopen_failed_job(
-        session, job_id, step_index=restart, progress=progress, context=kept
+    progress = progress_for(job.recipe["steps"], restart)
+    recipe = dict(job.recipe)
+    if rerun:
+        recipe["rerun"] = int(recipe.get("rerun", 0)) + 1
+    else:  # progress never goes down, except on an explicit rerun
+        progress = min(job.progress, progress)
+    previous_status, failed_step = job.status, job.current_step
+    error, error_code = job.error, job.error_code
+    if not repo.reopen_job(
+        session,
+        job_id,
+        previous_status,
+        step_index=restart,
+        progress=progress,
+        context=kept,
+        recipe=recipe,
     ):
-        # A concurrent resume won between our read and our update.
+        # A concurrent action won between our read and our update.
         session.refresh(job)
         raise _not_resumable(job)
     _forget_waiters(session, job, steps)
@@ -128,16 +157,36 @@ def _resume(session: Session, job_id: uuid.UUID, from_step: int | None) -> Job:
         step_index=restart,
         step_name=steps[restart].step_name,
         attempt=1,
-        data={
-            "from_step": restart,
-            "failed_step": failed_step,
-            "previous_error": error,
-            "previous_error_code": error_code,
-        },
+        data=_resumed_data(restart, previous_status, failed_step, error, error_code, recipe),
     )
     service = steps[restart].step_name
     on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue, service=service))
     return job
+
+
+def _resumed_data(
+    restart: int,
+    previous_status: str,
+    last_step: int,
+    error: str | None,
+    error_code: str | None,
+    recipe: dict[str, Any],
+) -> dict[str, Any]:
+    """What JOB_RESUMED says: where the job restarts, and whether it is a rerun."""
+    if previous_status == JobStatus.FAILED:
+        return {
+            "from_step": restart,
+            "rerun": False,
+            "failed_step": last_step,
+            "previous_error": error,
+            "previous_error_code": error_code,
+        }
+    return {
+        "from_step": restart,
+        "rerun": True,
+        "rerun_count": recipe["rerun"],
+        "previous_status": previous_status,
+    }
 
 
 def bulk_resume(

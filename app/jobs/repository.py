@@ -269,14 +269,22 @@ def _move_job(
     return result == 1
 
 
-def reopen_failed_job(
-    session: Session, job_id: uuid.UUID, *, step_index: int, progress: int, context: dict[str, Any]
+def reopen_job(
+    session: Session,
+    job_id: uuid.UUID,
+    from_status: str,
+    *,
+    step_index: int,
+    progress: int,
+    context: dict[str, Any],
+    recipe: dict[str, Any],
 ) -> bool:
-    """FAILED → PENDING at `step_index`; False when the job is no longer FAILED."""
+    """`from_status` → PENDING at `step_index`; False when the job is no longer in it."""
     return _move_job(
         session,
         job_id,
-        (JobStatus.FAILED,),
+        (from_status,),
+        recipe=recipe,
         status=JobStatus.PENDING,
         current_step=step_index,
         progress=progress,

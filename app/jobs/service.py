@@ -96,7 +96,12 @@ def create_job(
         total_steps=len(services),
         input_data=input_data,
         context={},
-        recipe={"steps": [{"name": s.name, "service": s.model_dump()} for s in services]},
+        recipe={
+            "steps": [
+                {"name": s.name, "service": s.model_dump(), "weight": weight}
+                for s, weight in zip(services, feature.weights, strict=True)
+            ]
+        },
         idempotency_key=idempotency_key,
         request_hash=digest,
         last_seq=1,  # JOB_CREATED, recorded below

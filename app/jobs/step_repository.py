@@ -59,6 +59,9 @@ class StepRun:
     # The fence the next step carries now (None after the last step): a run started
     # straight from this one takes the fence after it (see step_changes.complete_and_start_next).
     next_step_fence: int | None = None
+    # How many times an operator has rerun the job (its recipe snapshot counts them):
+    # a rerun step is new work, and its service sees a new Idempotency-Key.
+    rerun: int = 0
 
     @property
     def service_spec(self) -> dict[str, Any]:
@@ -90,6 +93,7 @@ class StepRun:
             fence=fence,
             max_attempts=spec["service"]["max_attempts"],
             next_step_fence=next_step_fence,
+            rerun=self.rerun,
         )
 
     def accepts(self, fence: int) -> bool:
@@ -163,6 +167,7 @@ def step_run_of(
         fence=row.fence,
         max_attempts=row.max_attempts,
         next_step_fence=row.next_step_fence,
+        rerun=int(row.recipe.get("rerun", 0)),
     )
 
 

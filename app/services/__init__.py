@@ -25,6 +25,7 @@ class StepCall:
         attempt: int,
         input_data: dict[str, Any],
         context: dict[str, Any],
+        rerun: int = 0,
     ) -> None:
         self.job_id = job_id
         self.feature_name = feature_name
@@ -33,11 +34,15 @@ class StepCall:
         self.attempt = attempt
         self.input_data = input_data
         self.context = context
+        self.rerun = rerun
 
     @property
     def idempotency_key(self) -> str:
-        # Identical on every attempt of a step, so a service can deduplicate.
-        return f"{self.job_id}:{self.step_index}"
+        """`<job_id>:<step_index>`, identical on every attempt of a step (and when a
+        failed step is resumed), so a service can deduplicate; a step an operator reran
+        is new work: `<job_id>:<step_index>:r<N>` on the job's Nth rerun."""
+        key = f"{self.job_id}:{self.step_index}"
+        return key if self.rerun == 0 else f"{key}:r{self.rerun}"
 
     def payload(self) -> dict[str, Any]:
         return {

@@ -185,3 +185,91 @@ def test_bulk_resume_dry_run_reports_exactly_what_the_real_run_resumes(stack, db
         assert wait_for_job(api, job_id)["status"] == "COMPLETED"
     assert api.get(f"/api/v1/jobs/{other}").json()["status"] == "FAILED"
     assert api.post("/api/v1/jobs/resume", json=selection).json()["count"] == 0
+
+
+def _resumed_data(api, job_id):
+    events = api.get(f"/api/v1/jobs/{job_id}/events").json()["events"]
+    return [e["data"] for e in events if e["type"] == "JOB_RESUMED"]
+
+
+def test_rerun_of_a_completed_job_is_new_work_with_new_keys_and_a_failed_step_keeps_its_own(
+    stack,
+):
+    api, sim = stack["api"], stack["sim"]
+    job_id = submit(api, "four_steps")
+    first = wait_for_job(api, job_id)
+    assert first["status"] == "COMPLETED", first
+
+    response = api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 1})
+    assert response.status_code == 200, response.text
+    rerun = response.json()
+    assert (rerun["status"], rerun["current_step"], rerun["progress"]) == ("PENDING", 1, 25)
+    assert set(rerun["outputs"]) == {"prompt_enhancer"}
+    assert [s["attempt"] for s in rerun["steps"]] == [1, 1, 0, 0]
+
+    done = wait_for_job(api, job_id)
+    assert done["status"] == "COMPLETED", done
+    assert _calls(sim, job_id) == {
+        "prompt_enhancer": 1,  # step 0 is not called again
+        "fast_chat_llm": 2,
+        "flaky": 2,
+        "email_notifier": 2,
+    }
+    assert done["steps"][0] == first["steps"][0]
+    for index, name in enumerate(FOUR_STEPS[1:], start=1):
+        calls = sim.requests(name, job_id)
+        # Fresh attempts, and a key that differs from the first run's: new work.
+        assert [c["attempt"] for c in calls] == [1, 1]
+        assert [c["idempotency_key"] for c in calls] == [
+            f"{job_id}:{index}",
+            f"{job_id}:{index}:r1",
+        ]
+    assert sim.requests("fast_chat_llm", job_id)[-1]["context"] == {
+        "prompt_enhancer": first["outputs"]["prompt_enhancer"]
+    }
+    assert _resumed_data(api, job_id) == [
+        {"from_step": 1, "rerun": True, "rerun_count": 1, "previous_status": "COMPLETED"}
+    ]
+
+    # A second rerun fails at `flaky`; resuming that FAILED step keeps the rerun's key.
+    sim.behave("flaky", failure_rate=1.0, failure_status=400)
+    assert api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 2}).status_code == 200
+    assert wait_for_job(api, job_id)["status"] == "FAILED"
+    sim.behave("flaky")
+    assert api.post(f"/api/v1/jobs/{job_id}/resume").status_code == 200
+    assert wait_for_job(api, job_id)["status"] == "COMPLETED"
+    keys = [c["idempotency_key"] for c in sim.requests("flaky", job_id)]
+    assert keys == [f"{job_id}:2", f"{job_id}:2:r1", f"{job_id}:2:r2", f"{job_id}:2:r2"]
+    resumed = _resumed_data(api, job_id)
+    assert [d["rerun"] for d in resumed] == [True, True, False]
+    assert resumed[2]["failed_step"] == 2
+
+
+def test_a_cancelled_job_reruns_from_a_step_it_reached(stack):
+    api = stack["api"]
+    job_id = submit(api, "stalled_job")  # its queue has no worker: it stays where it is
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+    assert_error(
+        api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 1}), 422, "invalid_from_step"
+    )
+    response = api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 0})
+    assert response.status_code == 200, response.text
+    rerun = response.json()
+    assert (rerun["status"], rerun["current_step"], rerun["progress"]) == ("PENDING", 0, 0)
+    assert (rerun["steps"][0]["status"], rerun["steps"][0]["attempt"]) == ("QUEUED", 1)
+    assert _resumed_data(api, job_id) == [
+        {"from_step": 0, "rerun": True, "rerun_count": 1, "previous_status": "CANCELLED"}
+    ]
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_rerun_refusals(stack):
+    api = stack["api"]
+    job_id = submit(api, "python_job")
+    assert wait_for_job(api, job_id)["status"] == "COMPLETED"
+    # Without from_step a COMPLETED job is not resumable; past its last step, not rerunnable.
+    assert_error(api.post(f"/api/v1/jobs/{job_id}/resume"), 409, "job_not_resumable")
+    assert_error(
+        api.post(f"/api/v1/jobs/{job_id}/resume", json={"from_step": 2}), 422, "invalid_from_step"
+    )
+    assert _resumed_data(api, job_id) == []

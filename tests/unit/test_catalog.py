@@ -114,3 +114,37 @@ def test_invalid_catalog_names_file_and_key(text, message):
     with pytest.raises(CatalogError) as info:
         parse_catalog(text, "f.yaml")
     assert message in str(info.value)
+
+
+WEIGHED = "services:\n  s: {kind: python, target: 'app.steps:noop'}\nfeatures:\n  f: {steps: %s}\n"
+
+
+def test_a_step_may_carry_a_weight_and_a_plain_name_weighs_one():
+    catalog = parse_catalog(WEIGHED % "[{service: s, weight: 30}, s, {service: s}]", "f.yaml")
+    assert catalog.features["f"].steps == ["s", "s", "s"]
+    assert catalog.features["f"].weights == [30.0, 1.0, 1.0]
+    assert load_catalog().features["business_plan"].weights == [1.0] * 4
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ("[{service: s, weight: -1}]", "f.steps[0].weight: must be a number >= 0, got -1"),
+        ("[s, {service: s, weight: heavy}]", "f.steps[1].weight: must be a number >= 0"),
+        ("[{service: s, weight: .inf}]", "f.steps[0].weight: must be a number >= 0, got inf"),
+        ("[{service: s, weight: 0}, {service: s, weight: 0}]", "every weight is 0"),
+        ("[{service: s, weigth: 2}]", "f.steps[0]: unknown key(s) ['weigth']"),
+        ("[{weight: 2}]", "f.steps[0].service: required"),
+        ("[{service: ghost, weight: 2}]", "f.steps[0]: unknown service 'ghost'"),
+    ],
+)
+def test_an_invalid_weight_is_refused_at_start_up_naming_file_key_and_problem(
+    tmp_path, steps, message
+):
+    # What start-up loads (the API's lifespan, `cao worker`, the embedded stack).
+    path = tmp_path / "catalog.yaml"
+    path.write_text(WEIGHED % steps)
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert str(info.value).startswith(f"{path}: features.f"), info.value
+    assert message in str(info.value)

@@ -191,7 +191,7 @@ def advance_params(
         "now": now,
         # Steps run one at a time, so the context read at load time is still the job's.
         "p_context": {**run.context, run.step_name: output},
-        "p_progress": 100 if last else progress_for(run.step_index + 1, len(run.recipe_steps)),
+        "p_progress": 100 if last else progress_for(run.recipe_steps, run.step_index + 1),
         "p_current_step": current_step,
         "p_status": JobStatus.COMPLETED if last else JobStatus.RUNNING,
         "p_finished_at": now if last else None,

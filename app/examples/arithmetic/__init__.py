@@ -1,0 +1,1 @@
+"""The arithmetic example: a chain whose every step's result is a partial result."""

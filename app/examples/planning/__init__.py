@@ -1,0 +1,1 @@
+"""The planning example: a four-step project plan whose progress is weighted."""

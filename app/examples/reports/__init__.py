@@ -1,0 +1,1 @@
+"""The reports example: slow report generation, metrics sync and retention, on two queues."""
