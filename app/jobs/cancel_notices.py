@@ -1,8 +1,9 @@
 """Cancel notices: how a cancel reaches its job's call in flight, in whichever worker.
 
-Owns the Redis pub/sub channel they go on. A cancel publishes its job's id once it has
-committed (`announce_cancel`). Each process that runs steps listens on one thread,
-started with its first call, and interrupts that job's calls in flight there
+Owns the Redis pub/sub channel they go on. A cancel publishes the attempt it stopped
+(`job_id:step_index:fence`) once it has committed (`announce_cancel`). Each process
+that runs steps listens on one thread, started with its first call, and interrupts
+that attempt's call if it is in flight there
 (app/services/interrupt.py); the call's end releases its lease as any end does
 (app/jobs/execute.py), so the service never has more calls in flight than its limit,
 and the slot is free within milliseconds of the notice.
@@ -11,8 +12,9 @@ A notice can be missed (Redis away, a process still subscribing): nothing depend
 it. The heartbeat then finds the step no longer RUNNING under its attempt and
 interrupts the call (app/jobs/heartbeat.py), a result that still arrives is discarded
 by the fence, and a lease whose worker died is reaped after its `lease_ttl_s`. A
-process remembers the jobs cancelled in the last RECENT_S, so a call that starts just
-after its job's notice is stopped as it starts.
+process remembers the attempts cancelled in the last RECENT_S, so a call that starts
+just after its notice is stopped as it starts; a rerun of the job is a new attempt
+(a new fence), which the notice does not touch.
 """
 
 from __future__ import annotations
@@ -44,18 +46,24 @@ LISTEN_TIMEOUT_S = 1.0
 RETRY_S = 1.0
 
 
-def announce_cancel(job_id: uuid.UUID) -> None:
-    """Tell every worker that `job_id` was cancelled (after the cancel commits). A failure
-    is logged, not raised: the cancel stands, and the heartbeat stops the call."""
+def _attempt(job_id: uuid.UUID | str, step_index: int, fence: int) -> str:
+    return f"{job_id}:{step_index}:{fence}"
+
+
+def announce_cancel(job_id: uuid.UUID, step_index: int, fence: int) -> None:
+    """Tell every worker that this attempt of the step was cancelled (after the cancel
+    commits). A failure is logged, not raised: the cancel stands, and the heartbeat
+    stops the call."""
+    attempt = _attempt(job_id, step_index, fence)
     try:
-        get_redis().publish(CHANNEL, str(job_id))
+        get_redis().publish(CHANNEL, attempt)
     except RedisError as exc:
-        log.warning("cancel notice not sent", job_id=str(job_id), error=first_line(exc))
+        log.warning("cancel notice not sent", attempt=attempt, error=first_line(exc))
 
 
 class CancelWatch:
-    """The calls in flight in this process by job, and the thread that interrupts them
-    when their job's cancel notice arrives."""
+    """The calls in flight in this process by attempt, and the thread that interrupts
+    them when their attempt's cancel notice arrives."""
 
     def __init__(self) -> None:
         self._reset()
@@ -69,9 +77,8 @@ class CancelWatch:
         self._started = False
 
     @contextmanager
-    def watching(self, job_id: uuid.UUID, handle: Interruptible) -> Iterator[None]:
-        """Interrupt `handle` if `job_id` is cancelled while the block runs."""
-        key = str(job_id)
+    def watching(self, key: str, handle: Interruptible) -> Iterator[None]:
+        """Interrupt `handle` if attempt `key` is cancelled while the block runs."""
         with self._lock:
             self._ensure_thread()
             self._calls.setdefault(key, set()).add(handle)
@@ -93,25 +100,25 @@ class CancelWatch:
             self._started = True
             threading.Thread(target=self._run, name="cao-cancel-notices", daemon=True).start()
 
-    def notice(self, job_id: str) -> None:
-        """Interrupt the calls of `job_id` in flight here, and remember it a while."""
+    def notice(self, attempt: str) -> None:
+        """Interrupt the call of `attempt` if it is in flight here; remember it a while."""
         now = time.monotonic()
         with self._lock:
-            self._recent[job_id] = now
-            self._recent.move_to_end(job_id)
+            self._recent[attempt] = now
+            self._recent.move_to_end(attempt)
             while self._recent and (
                 len(self._recent) > MAX_RECENT or next(iter(self._recent.values())) < now - RECENT_S
             ):
                 self._recent.popitem(last=False)
-            handles = list(self._calls.get(job_id, ()))
+            handles = list(self._calls.get(attempt, ()))
         for handle in handles:
             if handle.interrupt():
-                log.info("call interrupted: its job was cancelled", job_id=job_id)
+                log.info("call interrupted: its job was cancelled", attempt=attempt)
             else:
                 log.warning(
                     "the call of a cancelled job cannot be interrupted here (no signals in "
                     "this thread); it runs to its end and its result is discarded",
-                    job_id=job_id,
+                    attempt=attempt,
                 )
 
     def _run(self) -> None:
@@ -138,6 +145,8 @@ class CancelWatch:
 _watch = CancelWatch()
 
 
-def watching_cancel(job_id: uuid.UUID, handle: Interruptible) -> AbstractContextManager[None]:
-    """Interrupt `handle` when `job_id` is cancelled while the block runs."""
-    return _watch.watching(job_id, handle)
+def watching_cancel(
+    job_id: uuid.UUID | str, step_index: int, fence: int, handle: Interruptible
+) -> AbstractContextManager[None]:
+    """Interrupt `handle` when this attempt of the step is cancelled while the block runs."""
+    return _watch.watching(_attempt(job_id, step_index, fence), handle)

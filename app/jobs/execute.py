@@ -62,7 +62,10 @@ def execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Recordi
     handle = Interruptible()
     try:
         result: dict[str, Any] | StepError
-        with beating(semaphore, service, lease, bound, handle), watching_cancel(run.job_id, handle):
+        with (
+            beating(semaphore, service, lease, bound, handle),
+            watching_cancel(lease.job_id, lease.step_index, lease.fence, handle),
+        ):
             try:
                 result = call_service(service, call, handle)
             except StepError as error:

@@ -147,8 +147,8 @@ class Heartbeats:
 
     def _stop(self, beat: _Beat) -> None:
         with self._lock:
-            if beat not in self._beats:
-                return  # the call ended meanwhile, and its step with it
+            if beat not in self._beats or beat.call.requested:
+                return  # the call ended meanwhile, or was asked to stop already
         beat.log.warning(
             "the step no longer runs under this attempt (cancelled or sent again); "
             "interrupting its call",

@@ -211,5 +211,5 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> JobDetail:
         attempt=current.attempt,
         data=previous,
     )
-    on_commit(session, partial(announce_cancel, job_id))
+    on_commit(session, partial(announce_cancel, job_id, current.step_index, current.fence))
     return _answer(session, job)

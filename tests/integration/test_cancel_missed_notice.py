@@ -23,7 +23,7 @@ from tests.lease_support import queued_deliveries
 # step pauses 15 s at most, which bounds the test.
 @pytest.mark.timeout(0)
 def test_a_missed_cancel_notice_is_made_up_for_by_the_heartbeat(db, monkeypatch):
-    monkeypatch.setattr(operator_actions, "announce_cancel", lambda job_id: None)
+    monkeypatch.setattr(operator_actions, "announce_cancel", lambda *attempt: None)
     with session_scope() as session:
         job_id = create_job(
             session, current_catalog(), feature_name="solo_pause_job", input_data={"seconds": 15}
