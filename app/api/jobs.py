@@ -1,4 +1,5 @@
-"""/api/v1/jobs: create, read and list jobs; the domain is app/jobs/service.py."""
+"""/api/v1/jobs: create, read, list and cancel jobs; the domain is app/jobs/service.py
+(cancel: app/jobs/operator_actions.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.api.deps import CatalogDep, JobForPrincipalDep, PrincipalDep, SessionDep
 from app.api.responses import errors
-from app.jobs import service
+from app.jobs import operator_actions, service
 from app.jobs.schemas import JobCreate, JobCreated, JobDetail, JobPage
 from app.jobs.states import JobStatus
 from app.models import TEXT_WITHOUT_NUL
@@ -81,3 +82,10 @@ def list_jobs(
         limit=limit,
         cursor=cursor,
     )
+
+
+@router.post("/{job_id}/cancel", response_model=JobDetail, responses=errors(404, 409))
+def cancel_job(job: JobForPrincipalDep, session: SessionDep) -> JobDetail:
+    """Cancel a PENDING or RUNNING job (a client: one of its own tenant's) at once; a
+    call in flight is interrupted, and a result that still arrives is discarded."""
+    return operator_actions.cancel_job(session, job.id)

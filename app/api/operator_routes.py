@@ -1,4 +1,5 @@
-"""/api/v1/jobs operator actions: resume one job, resume many by filter, cancel.
+"""/api/v1/jobs operator actions: resume one job, resume many by filter. (Cancel,
+which a client may do too, is in app/api/jobs.py.)
 
 The domain logic is in app/jobs/operator_actions.py; the request's session commits
 what an action changed once the route returns (app/api/deps.py SessionDep).
@@ -105,9 +106,3 @@ def resume_job(
     """Resume a FAILED job from its failed step, or from an earlier `from_step`; with
     `from_step`, rerun a COMPLETED or CANCELLED job from that step."""
     return operator_actions.resume_job(session, job_id, body.from_step if body else None)
-
-
-@router.post("/{job_id}/cancel", response_model=JobDetail, responses=errors(404, 409))
-def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobDetail:
-    """Cancel a PENDING or RUNNING job at once; a step finishing later is discarded."""
-    return operator_actions.cancel_job(session, job_id)

@@ -24,6 +24,8 @@ class Outcome(StrEnum):
     RETRYING = "retrying"
     FAILED = "failed"
     DISCARDED = "discarded"
+    # The call was interrupted: its job was cancelled, or its step sent again.
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)

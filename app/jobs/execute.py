@@ -2,7 +2,9 @@
 
 The lease is renewed while the call runs (app/jobs/heartbeat.py) and freed as soon
 as it ends, before the result is recorded, so the next step waiting for the slot
-starts sooner. When the job's next step belongs to a queue this worker consumes, the
+starts sooner. A cancel of its job interrupts the call (app/jobs/cancel_notices.py),
+which then records nothing (the cancel recorded the step as CANCELLED) and frees the
+slot all the same. When the job's next step belongs to a queue this worker consumes, the
 result is committed in the same statement that starts the next step, whose slot is
 taken as this one is freed (one Redis round trip), and the chain runs it here next
 (app/jobs/handoff.py); otherwise the result is recorded the usual way
@@ -20,6 +22,7 @@ from structlog.typing import FilteringBoundLogger
 
 from app.db import statement_scope
 from app.jobs import step_changes as changes
+from app.jobs.cancel_notices import watching_cancel
 from app.jobs.claim import Claimed
 from app.jobs.delivery import Outcome
 from app.jobs.handoff import HandoffChain, Recording
@@ -27,7 +30,7 @@ from app.jobs.heartbeat import beating
 from app.jobs.record import record_failure, record_success
 from app.jobs.slots import hand_on, live_service, release
 from app.leases import LeaseId, Slot, get_semaphore
-from app.services import StepCall, StepError, call_service
+from app.services import CallInterrupted, Interruptible, StepCall, StepError, call_service
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -57,13 +60,21 @@ def execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Recordi
         rerun=run.rerun,
     )
     released = False
+    handle = Interruptible()
     try:
         result: dict[str, Any] | StepError
-        with beating(semaphore, service, lease, bound):
+        with (
+            beating(semaphore, service, lease, bound, handle),
+            watching_cancel(lease.job_id, lease.step_index, lease.fence, handle),
+        ):
             try:
-                result = call_service(service, call)
+                result = call_service(service, call, handle)
             except StepError as error:
                 result = error
+            except CallInterrupted:
+                # Stopped because its step no longer runs under it: nothing to record.
+                bound.warning("call interrupted: the step no longer runs under this attempt")
+                return Outcome.CANCELLED
         if isinstance(result, StepError):
             failure = result
             # Free the slot before recording, so the next step starts sooner.

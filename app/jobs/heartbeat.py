@@ -7,7 +7,10 @@ runs. A renewal that races the step's own release finds the lease gone and chang
 nothing: the renew script only extends a lease that is still held (app/leases.py).
 The step rows are written by their own thread, after each renewal: a database that
 stalls (a lock wait, a partition) delays those writes, never the renewals, so a
-healthy call does not lose its lease to it.
+healthy call does not lose its lease to it. A write that finds the step no longer
+RUNNING under its attempt (cancelled, or sent again by Beat) interrupts the call:
+its result would be discarded, and its slot is better given back now. That is how
+a cancel whose notice was missed (app/jobs/cancel_notices.py) still stops the call.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from app.db import session_scope
 from app.jobs import repository as repo
 from app.leases import LeaseId, LeaseSemaphore
 from app.logs import first_line
+from app.services import Interruptible
 
 MIN_INTERVAL_S = 0.2
 IDLE_WAKE_S = 5.0
@@ -40,6 +44,7 @@ class _Beat:
     lease: LeaseId
     interval: float
     log: Any  # the step's logger: its lines carry job_id, step, attempt and queue
+    call: Interruptible
     due: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,11 +73,16 @@ class Heartbeats:
 
     @contextmanager
     def beating(
-        self, semaphore: LeaseSemaphore, service: Service, lease: LeaseId, step_log: Any
+        self,
+        semaphore: LeaseSemaphore,
+        service: Service,
+        lease: LeaseId,
+        step_log: Any,
+        call: Interruptible,
     ) -> Iterator[None]:
         """Keep `lease` and its step's heartbeat alive for the duration of the block."""
         interval = max(MIN_INTERVAL_S, service.lease_ttl_s / 3)
-        beat = _Beat(semaphore, service, lease, interval, step_log)
+        beat = _Beat(semaphore, service, lease, interval, step_log, call)
         with self._lock:
             self._ensure_thread()
             self._beats.add(beat)
@@ -132,28 +142,45 @@ class Heartbeats:
             for beat in pending.values():
                 with self._lock:
                     running = beat in self._beats
-                if running:
-                    self._record(beat)
+                if running and not self._record(beat):
+                    self._stop(beat)
+
+    def _stop(self, beat: _Beat) -> None:
+        with self._lock:
+            if beat not in self._beats or beat.call.requested:
+                return  # the call ended meanwhile, or was asked to stop already
+        beat.log.warning(
+            "the step no longer runs under this attempt (cancelled or sent again); "
+            "interrupting its call",
+            lease=str(beat.lease),
+        )
+        beat.call.interrupt()
 
     @staticmethod
-    def _record(beat: _Beat) -> None:
+    def _record(beat: _Beat) -> bool:
+        """Write the step's heartbeat; False when the step is no longer RUNNING under the
+        beat's attempt (True when that is not known: the database is away)."""
         lease = beat.lease
         try:
             with session_scope() as session:
-                repo.heartbeat(session, uuid.UUID(lease.job_id), lease.step_index, lease.fence)
+                return repo.heartbeat(
+                    session, uuid.UUID(lease.job_id), lease.step_index, lease.fence
+                )
         except OperationalError as exc:
             # Expected while the database is away; the next beat tries again.
             beat.log.warning("heartbeat not recorded: database unreachable", error=first_line(exc))
         except Exception:
             beat.log.exception("heartbeat failed", lease=str(lease))
+        return True
 
 
 _heartbeats = Heartbeats()
 
 
 def beating(
-    semaphore: LeaseSemaphore, service: Service, lease: LeaseId, step_log: Any
+    semaphore: LeaseSemaphore, service: Service, lease: LeaseId, step_log: Any, call: Interruptible
 ) -> AbstractContextManager[None]:
-    """Keep `lease` and its step's heartbeat alive while the block runs; `step_log` is
-    the step's bound logger."""
-    return _heartbeats.beating(semaphore, service, lease, step_log)
+    """Keep `lease` and its step's heartbeat alive while the block runs `call`, and
+    interrupt it if its step stops running under it; `step_log` is the step's bound
+    logger."""
+    return _heartbeats.beating(semaphore, service, lease, step_log, call)

@@ -24,6 +24,7 @@ from app.errors import Conflict, GatewayError, JobNotFound
 from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
+from app.jobs.cancel_notices import announce_cancel
 from app.jobs.dispatch import enqueue_step
 from app.jobs.repository import FailedJobFilter
 from app.jobs.schemas import JobDetail
@@ -235,8 +236,9 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> JobDetail:
     """PENDING/RUNNING → CANCELLED at once, with its live step, when the caller commits;
     answers with the job as the cancel left it.
 
-    A queued delivery of that step is dropped when picked up, a running one's result
-    is discarded when it returns (its lease is released by its worker either way).
+    A queued delivery of that step is dropped when picked up. A call in flight is
+    interrupted once the cancel commits (app/jobs/cancel_notices.py), and its worker
+    releases its lease as the call ends; a result that still arrives is discarded.
     """
     job = _job(session, job_id)
     steps = repo.lock_steps(session, job_id)
@@ -258,4 +260,5 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> JobDetail:
         attempt=current.attempt,
         data=previous,
     )
+    on_commit(session, partial(announce_cancel, job_id, current.step_index, current.fence))
     return _answer(session, job)

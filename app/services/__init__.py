@@ -7,9 +7,10 @@ from typing import Any
 from app.catalog import Service
 from app.services.errors import StepError
 from app.services.http import call_http
+from app.services.interrupt import CallInterrupted, Interruptible
 from app.services.python import call_python
 
-__all__ = ["StepCall", "StepError", "call_service"]
+__all__ = ["CallInterrupted", "Interruptible", "StepCall", "StepError", "call_service"]
 
 
 class StepCall:
@@ -56,8 +57,11 @@ class StepCall:
         }
 
 
-def call_service(service: Service, call: StepCall) -> dict[str, Any]:
-    """Run one attempt; returns the step output or raises StepError."""
+def call_service(
+    service: Service, call: StepCall, handle: Interruptible | None = None
+) -> dict[str, Any]:
+    """Run one attempt; returns the step output or raises StepError, or CallInterrupted
+    when another thread interrupts `handle` (app/services/interrupt.py)."""
     if service.kind == "http":
-        return call_http(service, call)
-    return call_python(service, call)
+        return call_http(service, call, handle)
+    return call_python(service, call, handle)

@@ -14,6 +14,7 @@ from app.catalog import Service
 from app.config import get_settings
 from app.json_values import STRICT_LOADS
 from app.services.errors import StepError, output_too_large
+from app.services.interrupt import CallInterrupted, Interruptible, Stopped, interruptible
 
 if TYPE_CHECKING:
     from app.services import StepCall
@@ -139,8 +140,14 @@ def _read_within(
     )
 
 
-def call_http(service: Service, call: StepCall) -> dict[str, Any]:
+def call_http(
+    service: Service, call: StepCall, handle: Interruptible | None = None
+) -> dict[str, Any]:
+    """POST the call; interrupting `handle` stops it and closes its connection, so the
+    service sees its caller go (app/services/interrupt.py: in a prefork pool's
+    processes)."""
     settings = get_settings()
+    handle = handle or Interruptible()
     # The service's timeout_s bounds each read and the answer as a whole (checked as
     # it arrives, so a trickled answer ends within about twice timeout_s); connect has
     # its own short budget.
@@ -152,10 +159,16 @@ def call_http(service: Service, call: StepCall) -> dict[str, Any]:
     )
     assert service.url is not None
     try:
-        with get_client().stream(
-            "POST", service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
-        ) as streamed:
+        # A request unwound by Stopped closes its connection (httpcore does not pool it).
+        with (
+            interruptible(handle),
+            get_client().stream(
+                "POST", service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
+            ) as streamed,
+        ):
             response = _read_within(streamed, service, settings.max_step_output_bytes, deadline)
+    except Stopped:
+        raise CallInterrupted(f"the call to {service.name} was interrupted") from None
     except httpx.TimeoutException as exc:
         raise StepError(
             f"{service.name} timed out ({type(exc).__name__}) after {service.timeout_s:g}s",

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,6 +11,7 @@ from app.catalog import Service
 from app.config import get_settings
 from app.json_values import check_storable
 from app.services.errors import StepError, output_too_large
+from app.services.interrupt import CallInterrupted, Interruptible, Stopped, interruptible
 
 if TYPE_CHECKING:
     from app.services import StepCall
@@ -32,39 +30,13 @@ def resolve_target(target: str) -> StepFunction:
     return cast(StepFunction, obj)
 
 
-class _PastTimeout(BaseException):
-    """Raised into a python step that runs past its service's `timeout_s`. Not an
-    Exception, so that a step's own `except Exception` cannot swallow it."""
-
-
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Interrupt the block with _PastTimeout after `seconds`, by SIGALRM. A prefork
-    worker runs steps in its pool processes' main thread, where signals arrive. Where
-    they do not (a threads pool), or where something else in the process already has
-    an alarm set, the block runs unbounded rather than disturb it."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if not in_main_thread or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
-        yield
-        return
-    armed = True
-
-    def expire(_signum: int, _frame: object) -> None:
-        if armed:  # not once the block has ended and the alarm is being taken down
-            raise _PastTimeout
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def call_python(service: Service, call: StepCall) -> dict[str, Any]:
+def call_python(
+    service: Service, call: StepCall, handle: Interruptible | None = None
+) -> dict[str, Any]:
+    """Run the step; past `timeout_s`, or when `handle` is interrupted, it is stopped
+    (app/services/interrupt.py: in a prefork pool's processes)."""
     assert service.target is not None
+    handle = handle or Interruptible()
     try:
         function = resolve_target(service.target)
     except (ImportError, AttributeError, TypeError) as exc:
@@ -72,11 +44,13 @@ def call_python(service: Service, call: StepCall) -> dict[str, Any]:
             f"cannot load {service.target}: {exc}", code="bad_target", retryable=False
         ) from exc
     try:
-        with _deadline(service.timeout_s):
+        with interruptible(handle, service.timeout_s):
             result = function(call.input_data, call.context)
     except StepError:
         raise
-    except _PastTimeout:
+    except Stopped:
+        if handle.requested:
+            raise CallInterrupted(f"{service.target} interrupted") from None
         raise StepError(
             f"{service.target} ran past timeout_s={service.timeout_s:g}s",
             code="timeout",

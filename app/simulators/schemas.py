@@ -61,8 +61,10 @@ class RequestRecord(BaseModel):
     context: dict[str, Any]
     input_data: dict[str, Any]
     received_at: float
-    # None while the request is still in flight.
+    # None while the request is still in flight; 499 when the caller went first.
     status: int | None = None
+    # When the answer was sent, or the caller was seen to go (epoch seconds).
+    ended_at: float | None = None
 
 
 class ServiceStatsOut(BaseModel):

@@ -48,7 +48,7 @@ class ServiceStats:
     def end(self, record: RequestRecord, busy: float) -> None:
         self.in_flight -= 1
         self.busy_seconds += busy
-        self.last_end_at = time.time()
+        self.last_end_at = record.ended_at = time.time()
         if record.status is None:
             record.status = CLIENT_CLOSED_STATUS
 

@@ -121,7 +121,7 @@ MATRIX: dict[str, tuple[int | str, ...]] = {
     "ws_job": (4401, 4401, OPEN, 4004, OPEN),
     "ws_all": (4401, 4401, OPEN, OPEN, OPEN),
     "resume": (401, 401, 403, 403, 409),  # the job is COMPLETED: past auth, not resumable
-    "cancel": (401, 401, 403, 403, 409),
+    "cancel": (401, 401, 409, 404, 409),  # a client cancels its own tenant's jobs
     "bulk": (401, 401, 403, 403, 200),
     "features": (401, 401, 200, 200, 200),
     "services": (401, 401, 403, 403, 200),

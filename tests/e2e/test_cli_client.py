@@ -96,8 +96,8 @@ def test_api_key_comes_from_the_option_or_the_environment(env, log_dir, migrated
         assert cao("jobs", "--url", url, "--api-key", key_of("operator")).returncode == 0
         by_env = cao("jobs", CAO_URL=url, CAO_API_KEY=key_of("client_a"))
         assert by_env.returncode == 0, by_env.stderr
-        forbidden = cao(
-            "cancel",
+        forbidden = cao(  # resume is an operator's (a client may cancel its own jobs)
+            "resume",
             "00000000-0000-4000-8000-000000000000",
             CAO_URL=url,
             CAO_API_KEY=key_of("client_a"),

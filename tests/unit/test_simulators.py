@@ -289,6 +289,8 @@ async def test_hang_ends_when_the_client_times_out(
 
         recorded = await wait_for_stats(admin, "video_gen_v2", settled)
         assert recorded["requests"][0]["status"] == 499
+        call = recorded["requests"][0]
+        assert 0.25 < call["ended_at"] - call["received_at"] < 2, "when the caller went"
         assert recorded["max_in_flight"] == 1
 
         after = await admin.post("/video_gen_v2", json=payload("video_gen_v2"))
