@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.api import (
     catalog,
+    dashboard,
     events,
     health,
     jobs,
@@ -81,6 +82,7 @@ def create_app() -> FastAPI:
         app.include_router(router, prefix=API_PREFIX, responses=ANY_ROUTE)
     app.include_router(ws.router)  # WebSockets live at /ws/..., outside the prefix
     app.include_router(metrics.router)
+    app.include_router(dashboard.router)  # the pages, outside the API's prefix
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
     return app
