@@ -220,7 +220,7 @@ class Follower {
   closed(socket, close) {
     if (this.socket !== socket || this.stopped) return;
     this.socket = null;
-    if (close.code === 4401) return askForKey(close.reason);
+    if (close.code === 4401 || close.code === 4403) return askForKey(close.reason);
     if (close.code === 4004 || (close.code === 1000 && this.endsWithJob)) return setLive("done");
     setLive("reconnecting");
     this.timer = setTimeout(() => this.open(), Math.min(5000, 250 * 2 ** this.retries++));
@@ -240,8 +240,9 @@ class Follower {
 }
 
 // A job as an event leaves it (the list's rows follow events between REST reads);
-// returns the job's status.
+// returns the job's status. `seenEventId`: the log position the row already reflects.
 function applyEvent(job, event) {
+  if (event.id <= (job.seenEventId ?? 0)) return job.status;
   job.seenEventId = event.id;
   if (FINISHED.has(job.status) && event.type !== "JOB_RESUMED" && !TERMINAL.has(event.type)) {
     return job.status; // an older event replayed after a read that already showed the end
@@ -364,11 +365,13 @@ class JobsView {
     this.render();
   }
 
+  // A page read at log position P shows every change up to P; a row that events have
+  // carried past P keeps what they made of it.
   merge(page, known) {
     for (const item of page.items) {
       const mine = known.get(item.job_id);
       const newer = mine && mine.seenEventId > page.last_event_id;
-      this.jobs.set(item.job_id, newer ? { ...item, ...mine } : { ...item, seenEventId: 0 });
+      this.jobs.set(item.job_id, newer ? mine : { ...item, seenEventId: page.last_event_id });
     }
   }
 
@@ -453,10 +456,12 @@ class JobsView {
     const created = h("td", { class: "col-time", title: when(job.created_at) }, ago(job.created_at));
     const took = h("td", { class: "col-time" }, duration(elapsed(job)));
     tr.clocks = [created, took];
+    const href = `/dashboard/jobs/${job.job_id}`;
+    const link = h("a", { href, title: job.job_id }, job.job_id.slice(0, 8));
     tenant.hidden = me.role !== "operator";
     tr.replaceChildren(
       h("td", { class: "col-status" }, badge(job.status)),
-      h("td", { class: "mono" }, h("a", { href: `/dashboard/jobs/${job.job_id}`, title: job.job_id }, job.job_id.slice(0, 8))),
+      h("td", { class: "mono" }, link),
       h("td", {}, job.feature_name),
       tenant,
       h("td", { class: "col-progress" }, bar(job.progress), h("span", { class: "pct" }, `${job.progress}%`)),
@@ -515,27 +520,41 @@ function phasesOf(events, stepCount) {
       close(i, t, "completed");
       begin(i + 1, "queued", t, 1);
     } else if (e.type === "JOB_ERROR") close(i, t, `failed (${e.data.code})`);
-    else if (e.type === "JOB_CANCELLED") for (const index of [...open.keys()]) close(index, t, "cancelled");
+    else if (e.type === "JOB_CANCELLED") {
+      for (const index of [...open.keys()]) close(index, t, "cancelled");
+    }
   }
   return steps;
 }
 
-const PHASE_NAMES = { queued: "queued", waiting: "waiting for a slot", running: "running", retrying: "retrying" };
+// A phase's colour: its kind, or red for an attempt that failed.
+const segClass = (phase) => `seg ${phase.kind}${phase.outcome?.startsWith("failed") ? " failed" : ""}`;
+
+const PHASE_NAMES = {
+  queued: "queued",
+  waiting: "waiting for a slot",
+  running: "running",
+  retrying: "retrying",
+};
 
 class JobView {
   constructor(jobId) {
     mount("job-view", null);
     this.jobId = jobId;
     this.events = [];
+    this.opened = new Set(); // steps whose output is unfolded
     $("job-id").textContent = jobId;
     $("resume").addEventListener("click", () => this.act("resume", {}));
-    $("resume-from").addEventListener("click", () => this.act("resume", { from_step: Number($("resume-step").value) }));
+    $("resume-from").addEventListener("click", () => {
+      this.act("resume", { from_step: Number($("resume-step").value) });
+    });
     $("cancel").addEventListener("click", () => this.cancelClicked());
     this.ticker = setInterval(() => this.tick(), TICK_MS);
     this.refreshSoon = coalesce(() => this.refresh(), 200);
     this.refresh().then(() => {
-      if (!this.job) return;
-      this.follower = new Follower(`/ws/${jobId}`, "seq", 0, (e) => this.onEvent(e), { endsWithJob: true });
+      if (!this.job || this.stopped) return;
+      const onEvent = (event) => this.onEvent(event);
+      this.follower = new Follower(`/ws/${jobId}`, "seq", 0, onEvent, { endsWithJob: true });
     });
   }
 
@@ -549,7 +568,9 @@ class JobView {
     try {
       this.job = await api(`/jobs/${this.jobId}`);
     } catch (error) {
-      if (error.status === 404) notice(`Job ${this.jobId} does not exist, or belongs to another tenant.`);
+      if (error.status === 404) {
+        notice(`Job ${this.jobId} does not exist, or belongs to another tenant.`);
+      }
       else if (error.status !== 401) notice(error.message);
       return;
     }
@@ -560,7 +581,10 @@ class JobView {
     this.events.push(event);
     // The REST read is the truth for each step; events drive the timeline in between.
     this.refreshSoon();
-    this.render();
+    this.frame ??= requestAnimationFrame(() => {
+      this.frame = null;
+      this.render();
+    });
   }
 
   render() {
@@ -588,7 +612,8 @@ class JobView {
       ["Duration", duration(elapsed(job))],
       ["Step", `${Math.min(job.current_step + 1, job.total_steps)} of ${job.total_steps}`],
     ];
-    $("job-facts").replaceChildren(...facts.map(([k, v]) => h("div", {}, h("span", { class: "muted" }, k), h("b", {}, v ?? "—"))));
+    const fact = ([name, value]) => h("div", {}, h("span", { class: "muted" }, name), h("b", {}, value ?? "—"));
+    $("job-facts").replaceChildren(...facts.map(fact));
   }
 
   renderError(job) {
@@ -617,7 +642,8 @@ class JobView {
     const select = $("resume-step");
     const wanted = select.value === "" ? String(last) : select.value;
     if (select.options.length !== last + 1) {
-      select.replaceChildren(...job.steps.slice(0, last + 1).map((s) => h("option", { value: s.step_index }, `${s.step_index}: ${s.step_name}`)));
+      const option = (s) => h("option", { value: s.step_index }, `${s.step_index}: ${s.step_name}`);
+      select.replaceChildren(...job.steps.slice(0, last + 1).map(option));
       select.value = Number(wanted) <= last ? wanted : String(last);
     }
   }
@@ -635,16 +661,18 @@ class JobView {
   stepRows(step, phases, t0, span) {
     const track = h("div", { class: "track" });
     for (const p of phases) {
-      const failed = p.outcome?.startsWith("failed") ? " failed" : "";
-      const seg = h("div", { class: `seg ${p.kind}${failed}`, title: `${PHASE_NAMES[p.kind]} ${duration(((p.end ?? Date.now()) - p.start) / 1000)}` });
+      const took = (p.end ?? Date.now()) - p.start;
+      const title = `${PHASE_NAMES[p.kind]} ${duration(took / 1000)}`;
+      const seg = h("div", { class: segClass(p), title });
       seg.style.left = `${((p.start - t0) / span) * 100}%`;
-      seg.style.width = `${Math.max(0.4, (((p.end ?? Date.now()) - p.start) / span) * 100)}%`;
+      seg.style.width = `${Math.max(0.4, (took / span) * 100)}%`;
       track.append(seg);
     }
     const ran = phases.filter((p) => p.kind === "running").length;
     const attempts = h("span", {}, step.attempt ? `${step.attempt} of ${step.max_attempts}` : "—");
     if (ran > step.attempt) attempts.title = `${ran} runs in all, counting resumes`;
-    const live = step.status === "RUNNING" && step.started_at ? (Date.now() - ms(step.started_at)) / 1000 : null;
+    const running = step.status === "RUNNING" && step.started_at;
+    const live = running ? (Date.now() - ms(step.started_at)) / 1000 : null;
     const main = h("tr", { class: `step s-${step.status}`, dataset: { step: step.step_index } },
       h("td", { class: "col-index" }, String(step.step_index)),
       h("td", {}, h("b", {}, step.step_name), h("span", { class: "muted" }, ` · ${step.queue}`)),
@@ -653,23 +681,34 @@ class JobView {
       h("td", { class: "col-time duration" }, duration(step.duration_s ?? live)),
       h("td", { class: "col-timeline" }, track),
     );
-    const detail = h("td", { colspan: 6 }, h("div", { class: "phases" }, this.phaseText(phases)));
-    if (step.error) detail.append(h("div", { class: "error-text" }, `${step.error_code ?? "error"}: ${step.error}`));
+    const detail = h("td", { colspan: 6 }, h("div", { class: "phases" }, this.phaseText(phases, step.status)));
+    if (step.error) {
+      detail.append(h("div", { class: "error-text" }, `${step.error_code ?? "error"}: ${step.error}`));
+    }
     if (step.output) {
-      detail.append(h("details", {}, h("summary", {}, "Output"), h("pre", {}, JSON.stringify(step.output, null, 2))));
+      // Rows are redrawn as the job moves: an output someone opened stays open.
+      const index = step.step_index;
+      const text = JSON.stringify(step.output, null, 2);
+      const output = h("details", { open: this.opened.has(index) }, h("summary", {}, "Output"), h("pre", {}, text));
+      output.addEventListener("toggle", () => {
+        if (output.open) this.opened.add(index);
+        else this.opened.delete(index);
+      });
+      detail.append(output);
     }
     return [main, h("tr", { class: "detail" }, detail)];
   }
 
-  phaseText(phases) {
+  phaseText(phases, status) {
     const shown = phases.filter((p) => p.end === null || p.end - p.start >= 1);
-    if (!shown.length) return h("span", { class: "muted" }, "not started");
+    if (!shown.length) return status === "PENDING" ? "not started" : "";
     return shown.map((p, i) => {
       const took = duration(((p.end ?? Date.now()) - p.start) / 1000);
       const label = p.kind === "running" ? `attempt ${p.attempt} running` : PHASE_NAMES[p.kind];
-      const outcome = p.outcome ? h("span", { class: p.outcome === "completed" ? "ok" : "bad" }, ` → ${p.outcome}`) : "";
-      const failed = p.outcome?.startsWith("failed") ? " failed" : "";
-      return h("span", { class: `phase ${p.kind}` }, i ? " · " : "", h("i", { class: `seg ${p.kind}${failed}` }), `${label} ${took}${p.end ? "" : "…"}`, outcome);
+      const good = p.outcome === "completed";
+      const outcome = p.outcome ? h("span", { class: good ? "ok" : "bad" }, ` → ${p.outcome}`) : "";
+      const text = `${label} ${took}${p.end ? "" : "…"}`;
+      return h("span", { class: "phase" }, i ? " · " : "", h("i", { class: segClass(p) }), text, outcome);
     });
   }
 
@@ -705,7 +744,8 @@ class JobView {
     $("action-result").textContent = "…";
     try {
       this.job = await api(`/jobs/${this.jobId}/${action}`, { method: "POST", body });
-      $("action-result").textContent = action === "cancel" ? "Cancelled." : `Resumed from step ${this.job.current_step}.`;
+      const done = action === "cancel" ? "Cancelled." : `Resumed from step ${this.job.current_step}.`;
+      $("action-result").textContent = done;
       this.follower?.ensureOpen(); // the stream of a finished job had ended
       this.render();
       this.refreshSoon(); // after any read that was under way when the action landed
@@ -715,6 +755,7 @@ class JobView {
   }
 
   stop() {
+    this.stopped = true;
     this.follower?.stop();
     clearInterval(this.ticker);
     this.refreshSoon.cancel();
@@ -738,8 +779,11 @@ class ServicesView {
     } catch (error) {
       if (error.status === 401) return;
       setLive("reconnecting");
-      notice(error.status === 403 ? "The services view needs an operator key." : `Services unavailable: ${error.message}`);
-      if (error.status === 403) return setLive("off");
+      if (error.status === 403) {
+        notice("The services view needs an operator key.");
+        return setLive("off");
+      }
+      notice(`Services unavailable: ${error.message}`);
     }
     if (!this.stopped) this.timer = setTimeout(() => this.poll(), SERVICES_EVERY_MS);
   }
@@ -749,11 +793,12 @@ class ServicesView {
     $("services-body").replaceChildren(...services.map((s) => {
       const used = s.leases_in_use ?? 0;
       const state = used >= s.limit ? "full" : s.waiting ? "busy" : "";
+      const leases = h("span", { class: "leases" }, count(s.leases_in_use));
       return h("tr", { class: state, dataset: { service: s.name } },
         h("td", {}, h("b", {}, s.name)),
         h("td", { class: "muted" }, s.kind),
         h("td", {}, s.queue),
-        h("td", { class: "col-leases" }, bar((used / s.limit) * 100), h("span", { class: "leases" }, count(s.leases_in_use))),
+        h("td", { class: "col-leases" }, bar((used / s.limit) * 100), leases),
         h("td", { class: "num" }, String(s.limit)),
         h("td", { class: "num waiting" }, count(s.waiting)),
         h("td", { class: "num depth" }, count(s.queue_depth)),
@@ -761,13 +806,15 @@ class ServicesView {
         h("td", { class: "num" }, String(s.max_attempts)),
       );
     }));
+    const servedBy = (queue) => services.filter((s) => s.queue === queue).map((s) => s.name).join(", ");
     $("queues-body").replaceChildren(...(queues ?? []).map((q) =>
       h("tr", { dataset: { queue: q.name } },
         h("td", {}, h("b", {}, q.name)),
         h("td", { class: "num depth" }, count(q.depth)),
-        h("td", { class: "muted" }, services.filter((s) => s.queue === q.name).map((s) => s.name).join(", ")),
+        h("td", { class: "muted" }, servedBy(q.name)),
       )));
-    $("services-updated").textContent = `updated ${TIME.format(Date.now())}, every ${SERVICES_EVERY_MS / 1000} s`;
+    const every = `every ${SERVICES_EVERY_MS / 1000} s`;
+    $("services-updated").textContent = `updated ${TIME.format(Date.now())}, ${every}`;
   }
 
   stop() {

@@ -149,6 +149,7 @@ def test_the_job_page_shows_every_step_with_attempts_and_duration(
         assert DURATION.match(browser.text(f"{row} .duration")), browser.text(f"{row} .duration")
         assert browser.all(f"{row} .track .seg.running"), "a running segment per step"
     assert job["steps"][2]["attempt"] == 2
+    browser.until(lambda: browser.text("#live") == "up to date", "the job's whole stream")
     browser.screenshot("job")
 
 
@@ -163,6 +164,7 @@ def test_an_operator_resumes_failed_jobs_from_the_page(browser, clients, sim: Si
     browser.go(f"/dashboard/jobs/{from_step}")
     browser.until(lambda: page_status(browser) == "FAILED", "the failed job")
     assert "Failed at step 2 (flaky)" in browser.text("#job-error")
+    browser.until(lambda: browser.text("#live") == "up to date", "the job's whole stream")
     browser.screenshot("job-failed")
     sim.behave("flaky")  # the service is well again
     browser.until(lambda: browser.visible("#resume-step"), "the resume controls")
