@@ -17,7 +17,17 @@ from functools import partial
 import structlog
 from fastapi import FastAPI
 
-from app.api import catalog, events, health, jobs, metrics, operator_routes, ws
+from app.api import (
+    catalog,
+    dashboard,
+    events,
+    health,
+    jobs,
+    metrics,
+    operator_routes,
+    whoami,
+    ws,
+)
 from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.head import HeadAsGet
@@ -67,11 +77,19 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)
-    routers = (jobs.router, operator_routes.router, catalog.router, health.router, events.router)
+    routers = (
+        jobs.router,
+        operator_routes.router,
+        catalog.router,
+        health.router,
+        events.router,
+        whoami.router,
+    )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, responses=ANY_ROUTE)
     app.include_router(ws.router)  # WebSockets live at /ws/..., outside the prefix
     app.include_router(metrics.router)
+    app.include_router(dashboard.router)  # the pages, outside the API's prefix
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
     return app

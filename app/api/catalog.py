@@ -62,4 +62,5 @@ def list_services(catalog: CatalogDep) -> dict[str, Any]:
                 "max_attempts": service.max_attempts,
             }
         )
-    return {"success": True, "services": services}
+    queues = [{"name": queue, "depth": depths.get(queue)} for queue in catalog.queues]
+    return {"success": True, "services": services, "queues": queues}

@@ -142,3 +142,7 @@ class JobPage(BaseModel):
     success: bool = True
     items: list[JobSummary]
     next_cursor: str | None
+    last_event_id: int = Field(
+        description="The newest global event id when this page was read: a dashboard "
+        "that lists jobs and then follows `/ws?after=` this id misses no change."
+    )

@@ -19,7 +19,7 @@ from app.catalog import Catalog
 from app.config import get_settings
 from app.db import on_commit, session_scope, statement_scope
 from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
-from app.events.log import EventDraft
+from app.events.log import EventDraft, latest_event_id
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs import stats_repository
@@ -176,12 +176,17 @@ def list_jobs(
     """One page of jobs, newest first, after `cursor` (the `next_cursor` of the page
     before); `tenant` None lists every tenant's."""
     before = decode_cursor(cursor) if cursor else None
+    # Read before the jobs: every change after this id is in an event a follower of
+    # `/ws?after=` gets, and every change up to it is in the rows read next.
+    last_event_id = latest_event_id(session)
     filters = repo.JobFilter(status=status, feature_name=feature_name, tenant=tenant)
     jobs = repo.list_jobs(session, filters, limit + 1, before)  # one more: is there a next?
     page = list(jobs[:limit])
     next_cursor = encode_cursor(page[-1]) if len(jobs) > limit and page else None
     return JobPage(
-        items=[JobSummary(**JobSummary.fields_of(job)) for job in page], next_cursor=next_cursor
+        items=[JobSummary(**JobSummary.fields_of(job)) for job in page],
+        next_cursor=next_cursor,
+        last_event_id=last_event_id,
     )
 
 

@@ -126,6 +126,7 @@ MATRIX: dict[str, tuple[int | str, ...]] = {
     "features": (401, 401, 200, 200, 200),
     "services": (401, 401, 403, 403, 200),
     "health_services": (401, 401, 403, 403, 200),
+    "whoami": (401, 401, 200, 200, 200),
 }
 ERROR_CODES = {401: ("missing_api_key", "invalid_api_key"), 403: ("operator_required",)}
 
@@ -183,6 +184,7 @@ def _call(world: dict[str, Any], endpoint: str, who: str) -> int | str:
         "features": ("GET", "/api/v1/features", None),
         "services": ("GET", "/api/v1/services", None),
         "health_services": ("GET", "/api/v1/health/services", None),
+        "whoami": ("GET", "/api/v1/whoami", None),
     }
     method, path, body = requests[endpoint]
     response = httpx.request(method, world["url"] + path, json=body, headers=headers, timeout=15)
@@ -203,6 +205,14 @@ def _call(world: dict[str, Any], endpoint: str, who: str) -> int | str:
 )
 def test_role_matrix(world, endpoint, who, expected):
     assert _call(world, endpoint, who) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("who", ["client_a", "operator"])
+def test_whoami_names_the_role_and_tenant_of_the_key(world, who):
+    _, role, tenant = KEYS[who]
+    body = httpx.get(f"{world['url']}/api/v1/whoami", headers=_headers(who)).json()
+    assert body == {"success": True, "role": role, "tenant": tenant, "keys_required": True}
 
 
 @pytest.mark.slow
