@@ -22,7 +22,8 @@ from app.errors import Conflict, GatewayError, JobNotFound
 from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
-from app.jobs.dispatch import enqueue_step
+from app.jobs.dispatch import Delivery
+from app.jobs.outbox import send_after_commit
 from app.jobs.repository import FailedJobFilter
 from app.jobs.schemas import JobDetail
 from app.jobs.service import job_detail
@@ -136,7 +137,7 @@ def _resume(session: Session, job_id: uuid.UUID, from_step: int | None) -> Job:
         },
     )
     service = steps[restart].step_name
-    on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue, service=service))
+    send_after_commit(session, Delivery.of(job_id, restart, fence, queue, service))
     return job
 
 
