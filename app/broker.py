@@ -89,6 +89,17 @@ def connect() -> None:
         producer.connection.ensure_connection(max_retries=1)
 
 
+def answers() -> bool:
+    """Whether the broker takes a connection now: one try on a connection of its own
+    (not the senders' pool), at most about SEND_RETRY_POLICY's time."""
+    try:
+        with get_celery().connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.1)
+    except Exception:
+        return False
+    return True
+
+
 class UnsafeVisibilityTimeout(RuntimeError):
     pass
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # A QUEUED step whose message has not been picked up for this long is re-enqueued
     # (its message may have been lost with a Redis restart or a failed enqueue).
     requeue_after_seconds: float = Field(120, gt=0)
+    # How often Beat sends the steps whose delivery the broker refused (app/jobs/outbox.py),
+    # for a process that died before its own resender could.
+    unsent_sweep_interval_seconds: float = Field(2.0, gt=0)
 
     run_migrations_on_startup: bool = False
     migration_max_attempts: int = Field(20, ge=1)

@@ -104,6 +104,7 @@ class Job(Base):
     )
 
 
+_UNSENT_PREDICATE = text("unsent_fence IS NOT NULL")
 _LIVE_STEP_PREDICATE = text("status IN (" + ", ".join(f"'{status}'" for status in LIVE_STEP) + ")")
 
 
@@ -134,6 +135,12 @@ class JobStep(Base):
     # A random token of the delivery whose claim started the step's latest run: a worker
     # that lost its claim's answer asks whether the claim is its own (app/jobs/claim.py).
     claim_token: Mapped[str | None] = mapped_column(String(32))
+    # Set while a delivery of this step is owed: the broker did not take it after the
+    # commit that made the step runnable. The fence that delivery carries and when it is
+    # due to run (a retry's delay included); the process that sends it clears both
+    # (app/jobs/outbox.py). A mark whose fence the step no longer carries is stale.
+    unsent_fence: Mapped[int | None] = mapped_column(Integer)
+    unsent_due_at: Mapped[datetime | None]
 
     __table_args__ = (
         # Beat's index: only steps waiting to start or running. Partial, so that a
@@ -147,6 +154,13 @@ class JobStep(Base):
             "queued_at",
             postgresql_where=_LIVE_STEP_PREDICATE,
             sqlite_where=_LIVE_STEP_PREDICATE,
+        ),
+        # The outbox's: only steps marked unsent, none at all while the broker answers.
+        Index(
+            "ix_job_step_unsent_due_at",
+            "unsent_due_at",
+            postgresql_where=_UNSENT_PREDICATE,
+            sqlite_where=_UNSENT_PREDICATE,
         ),
     )
 

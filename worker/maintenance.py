@@ -1,4 +1,5 @@
-"""Beat tasks: find work and fan it out (stuck jobs, expired leases, retention).
+"""Beat tasks: find work and fan it out (stuck jobs, expired leases, steps the broker
+refused, retention).
 
 Thin wrappers over app/jobs/recovery.py, where every per-job action is a conditional
 update: two runs at once, or a run racing a worker, change nothing twice. The
@@ -15,9 +16,15 @@ import structlog
 
 from app.config import get_settings
 from app.db import init_db
-from app.jobs import recovery
+from app.jobs import outbox, recovery
 from worker.celery_app import task
-from worker.schedule import CLEANUP_TASK, REAP_LEASES_TASK, SANITY_CHECK_TASK, WAKE_WAITERS_TASK
+from worker.schedule import (
+    CLEANUP_TASK,
+    REAP_LEASES_TASK,
+    SANITY_CHECK_TASK,
+    SEND_UNSENT_TASK,
+    WAKE_WAITERS_TASK,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +59,17 @@ def reap_expired_leases() -> dict[str, int]:
 def wake_waiters() -> int:
     """The bounded safety re-check for steps waiting on a service slot."""
     return recovery.wake_all_waiters()
+
+
+@task(SEND_UNSENT_TASK)
+def send_unsent_steps() -> int:
+    """Send the steps whose delivery the broker refused (a process that marked them may
+    be gone), as soon as it takes messages again."""
+    init_db()
+    sent = outbox.sweep_unsent()
+    if sent:
+        log.info("unsent steps sent", count=sent)
+    return sent
 
 
 @task(CLEANUP_TASK)

@@ -20,6 +20,7 @@ SANITY_CHECK_TASK = "cao.maintenance.sanity_check_stuck_jobs"
 REAP_LEASES_TASK = "cao.maintenance.reap_expired_leases"
 WAKE_WAITERS_TASK = "cao.maintenance.wake_waiters"
 CLEANUP_TASK = "cao.maintenance.cleanup_old_jobs"
+SEND_UNSENT_TASK = "cao.maintenance.send_unsent_steps"
 # Never expire a message sooner than this, or a busy queue could starve a sweep.
 MIN_EXPIRY_S = 5.0
 # Ahead of fresh step deliveries, level with steps already handed a slot.
@@ -49,6 +50,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         ),
         "reap_expired_leases": _every(settings.reap_leases_interval_seconds, REAP_LEASES_TASK),
         "wake_waiters": _every(settings.wake_waiters_interval_seconds, WAKE_WAITERS_TASK),
+        "send_unsent_steps": _every(settings.unsent_sweep_interval_seconds, SEND_UNSENT_TASK),
         "cleanup_old_jobs": _every(
             settings.cleanup_interval_seconds,
             CLEANUP_TASK,

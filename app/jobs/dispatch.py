@@ -3,14 +3,17 @@
 
 A message carries (job_id, step_index, fence) as arguments (see
 app/jobs/repository.py) and, in headers, the step's service and queue when the sender
-knows them.
+knows them. A `Delivery` is such a message with the time it is due to run.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from app import broker
+from app.models import utcnow
 
 RUN_STEP_TASK = "cao.run_step"
 # On the Redis transport a lower number is served first. A delivery that already
@@ -51,6 +54,51 @@ def enqueue_step(
     )
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """A step's delivery naming its service: what its message carries, and when it is
+    due to run (a retry's backoff after the commit that scheduled it)."""
+
+    job_id: uuid.UUID
+    step_index: int
+    fence: int
+    queue: str
+    service: str
+    due_at: datetime
+
+    @classmethod
+    def of(
+        cls,
+        job_id: uuid.UUID,
+        step_index: int,
+        fence: int,
+        queue: str,
+        service: str,
+        delay_s: float = 0.0,
+    ) -> Delivery:
+        """A delivery due `delay_s` from now."""
+        due_at = utcnow() + timedelta(seconds=delay_s)
+        return cls(job_id, step_index, fence, queue, service, due_at)
+
+
+def send_delivery(delivery: Delivery, now: datetime | None = None) -> None:
+    """Send `delivery`, to run once it is due (at once if it is overdue)."""
+    countdown = (delivery.due_at - (now or utcnow())).total_seconds()
+    enqueue_step(
+        delivery.job_id,
+        delivery.step_index,
+        delivery.fence,
+        delivery.queue,
+        countdown,
+        service=delivery.service,
+    )
+
+
 def connect_broker() -> None:
     """Connect to the broker now rather than on the first send (see app/broker.py)."""
     broker.connect()
+
+
+def broker_answers() -> bool:
+    """Whether the broker takes a connection now (see app/broker.py)."""
+    return broker.answers()

@@ -25,7 +25,8 @@ from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs.cancel_notices import announce_cancel
-from app.jobs.dispatch import enqueue_step
+from app.jobs.dispatch import Delivery
+from app.jobs.outbox import send_after_commit
 from app.jobs.repository import FailedJobFilter
 from app.jobs.schemas import JobDetail
 from app.jobs.service import job_detail
@@ -161,7 +162,7 @@ def _resume(session: Session, job_id: uuid.UUID, from_step: int | None) -> Job:
         data=_resumed_data(restart, previous_status, failed_step, error, error_code, recipe),
     )
     service = steps[restart].step_name
-    on_commit(session, lambda: enqueue_step(job_id, restart, fence, queue, service=service))
+    send_after_commit(session, Delivery.of(job_id, restart, fence, queue, service))
     return job
 
 

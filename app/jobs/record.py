@@ -19,14 +19,15 @@ from sqlalchemy.orm import Session
 from structlog.typing import FilteringBoundLogger
 
 from app.catalog import Service
-from app.db import on_commit, session_scope, statement_scope, while_database_unreachable
+from app.db import session_scope, statement_scope, while_database_unreachable
 from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.backoff import retry_delay
 from app.jobs.delivery import Outcome, warn_unreachable
-from app.jobs.dispatch import enqueue_step
+from app.jobs.dispatch import Delivery
+from app.jobs.outbox import send_after_commit
 from app.jobs.repository import StepRun
 from app.services import StepError
 
@@ -73,15 +74,9 @@ def _commit_success(
         queue, fence = finished.next_queue, finished.next_fence
         if queue is not None and fence is not None:
             # The next step's delivery goes out before the events are published.
-            enqueue = partial(
-                enqueue_step,
-                run.job_id,
-                run.step_index + 1,
-                fence,
-                queue,
-                service=run.next_spec()["name"],
-            )
-            on_commit(session, enqueue, first=True)
+            service = run.next_spec()["name"]
+            delivery = Delivery.of(run.job_id, run.step_index + 1, fence, queue, service)
+            send_after_commit(session, delivery, first=True)
     bound.info("step completed", job_finished=finished.job_finished)
     return Outcome.COMPLETED
 
@@ -157,11 +152,7 @@ def _schedule_retry(
             },
         )
     # The retry waits in the broker (an ETA message), not in a worker slot.
-    on_commit(
-        session,
-        lambda: enqueue_step(
-            run.job_id, run.step_index, next_fence, run.queue, delay, service=service.name
-        ),
-    )
+    delivery = Delivery.of(run.job_id, run.step_index, next_fence, run.queue, service.name, delay)
+    send_after_commit(session, delivery)
     bound.info("step will retry", error=error.message, delay_s=round(delay, 3))
     return Outcome.RETRYING

@@ -31,12 +31,13 @@ import structlog
 from sqlalchemy.orm import Session
 
 from app.catalog import current_catalog
-from app.db import on_commit, session_scope
+from app.db import session_scope
 from app.events.log import append_event
 from app.events.types import EventType
 from app.jobs import recovery_repository as recovery_repo
 from app.jobs import repository as repo
-from app.jobs.dispatch import enqueue_step
+from app.jobs.dispatch import Delivery
+from app.jobs.outbox import send_after_commit
 from app.jobs.recovery_repository import LiveStep
 from app.jobs.slots import wake
 from app.jobs.states import StepStatus
@@ -101,9 +102,10 @@ def _each(
 # --- per-step and per-job actions (idempotent) ------------------------------------------
 
 
-def _send(step: LiveStep, fence: int) -> None:
-    """Put the step back on its queue under `fence`, naming its service."""
-    enqueue_step(step.job_id, step.step_index, fence, step.queue, service=step.service)
+def _send_after_commit(session: Session, step: LiveStep, fence: int) -> None:
+    """Put the step back on its queue under `fence` once the session commits."""
+    delivery = Delivery.of(step.job_id, step.step_index, fence, step.queue, step.service)
+    send_after_commit(session, delivery)
 
 
 def recover_step(job_id: uuid.UUID, step_index: int, fence: int, reason: str) -> Action:
@@ -138,7 +140,7 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
                 "next_attempt": step.attempt + 1,
             },
         )
-        on_commit(session, lambda: _send(step, new_fence))
+        _send_after_commit(session, step, new_fence)
         log.warning(
             "lost attempt restarted",
             job_id=str(step.job_id),
@@ -177,7 +179,7 @@ def _requeue(session: Session, step: LiveStep, idle_for_s: float) -> Action:
         session, step.job_id, step.step_index, step.fence, idle_before
     ):
         return Action.NONE
-    on_commit(session, lambda: _send(step, step.fence))
+    _send_after_commit(session, step, step.fence)
     log.info("step re-enqueued", job_id=str(step.job_id), step=step.step_index, fence=step.fence)
     return Action.REQUEUED
 

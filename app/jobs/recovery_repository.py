@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, or_, sele
 from sqlalchemy.orm import Session
 
 from app.events.types import EventType
+from app.jobs.outbox_repository import MARK_ON_WAITING_STEP
 from app.jobs.repository import (
     job_failure,
     job_is_active,
@@ -100,11 +101,13 @@ def find_silent_running_steps(
 
 
 def find_idle_queued_steps(session: Session, queued_before: datetime, limit: int) -> list[LiveStep]:
-    """Steps queued, waiting for a slot or between retries since before `queued_before`."""
+    """Steps queued, waiting for a slot or between retries since before `queued_before`,
+    but for those marked unsent: the outbox sends them (app/jobs/outbox.py)."""
     return _live_steps(
         session,
         _status_in(CLAIMABLE_STEP),
         or_(JobStep.queued_at < queued_before, JobStep.queued_at.is_(None)),
+        JobStep.unsent_fence.is_distinct_from(JobStep.fence),
         limit=limit,
     )
 
@@ -169,8 +172,12 @@ def last_retry_delay_s(session: Session, job_id: uuid.UUID, step_index: int) -> 
 
 
 def _no_progress_since(idle_since: datetime) -> Any:
+    """No state change and no heartbeat since `idle_since`, and no step waiting for a
+    delivery the broker refused: that wait is the gateway's, and the job's clock
+    starts again when the step is sent (app/jobs/outbox_repository.py take_unsent)."""
     recent_heartbeat = exists().where(JobStep.job_id == Job.id, JobStep.heartbeat_at >= idle_since)
-    return and_(Job.status.in_(ACTIVE_JOB), Job.updated_at < idle_since, ~recent_heartbeat)
+    unsent = exists().where(JobStep.job_id == Job.id, MARK_ON_WAITING_STEP)
+    return and_(Job.status.in_(ACTIVE_JOB), Job.updated_at < idle_since, ~recent_heartbeat, ~unsent)
 
 
 def find_stuck_job_ids(session: Session, idle_since: datetime, limit: int) -> Sequence[uuid.UUID]:

@@ -17,14 +17,15 @@ from sqlalchemy.orm import Session
 
 from app.catalog import Catalog
 from app.config import get_settings
-from app.db import on_commit, session_scope, statement_scope
+from app.db import session_scope, statement_scope
 from app.errors import Conflict, GatewayError, JobNotFound, UnknownFeature
 from app.events.log import EventDraft, latest_event_id
 from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs import stats_repository
-from app.jobs.dispatch import enqueue_step
+from app.jobs.dispatch import Delivery
 from app.jobs.job_insert import insert_job
+from app.jobs.outbox import send_after_commit
 from app.jobs.schemas import JobDetail, JobPage, JobSummary
 from app.jobs.states import JobStatus, StepStatus
 from app.models import Job, utcnow
@@ -136,7 +137,7 @@ def create_job(
             if existing is None:
                 raise
             return CreateResult(existing, created=False)
-    on_commit(session, lambda: enqueue_step(job.id, 0, 1, first.queue, service=first.name))
+    send_after_commit(session, Delivery.of(job.id, 0, 1, first.queue, first.name))
     return CreateResult(job, created=True)
 
 
