@@ -94,7 +94,7 @@ def answers() -> bool:
     (not the senders' pool), at most about SEND_RETRY_POLICY's time."""
     try:
         with get_celery().connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.1)
+            connection.ensure_connection(max_retries=1, interval_start=0)
     except Exception:
         return False
     return True
