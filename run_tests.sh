@@ -34,5 +34,7 @@ echo "==> ruff"
 "$VENV/bin/ruff" format --check .
 echo "==> import layers"
 "$VENV/bin/lint-imports"
+echo "==> mypy --strict"
+"$VENV/bin/mypy" --strict app worker
 echo "==> pytest"
 exec "$VENV/bin/python" -m pytest "$@"
