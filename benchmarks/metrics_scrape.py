@@ -32,11 +32,9 @@ SCRAPE_INTERVAL_S = 1.0
 
 
 def _scrape() -> bytes:
-    from prometheus_client import generate_latest
+    from app.api.metrics import render
 
-    from app.api.metrics import _registry
-
-    return generate_latest(_registry)
+    return render()
 
 
 def _gauges_only() -> None:

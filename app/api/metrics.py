@@ -130,6 +130,11 @@ _registry = CollectorRegistry()
 _registry.register(GatewayCollector())
 
 
+def render() -> bytes:
+    """One scrape's answer: fold what is new, then every metric as Prometheus text."""
+    return generate_latest(_registry)
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(_: Annotated[Principal, Depends(require_operator)]) -> Response:
-    return Response(generate_latest(_registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(render(), media_type=CONTENT_TYPE_LATEST)
