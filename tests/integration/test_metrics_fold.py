@@ -51,6 +51,7 @@ def _seed(jobs: int, first_id: int) -> int:
                 "last_seq": 4,
                 "created_at": T0,
                 "updated_at": T0,
+                "finished_at": T0,
             }
         )
         for seq, kind in enumerate(_KINDS, start=1):
@@ -112,6 +113,17 @@ def test_folds_running_at_once_count_every_event_exactly_once(backend, monkeypat
     # A fold with nothing new changes nothing.
     fold_events()
     assert _folded() == folded
+
+
+@pytest.mark.timeout(60)
+def test_retention_folds_the_events_it_deletes(backend):
+    from app.jobs.recovery import delete_old_jobs
+
+    _seed(20, 1)
+    assert delete_old_jobs(retention_days=1) == 19  # the newest event's job stays
+    folded = _folded()
+    assert folded[(JOBS_FINISHED, ("f", "COMPLETED"), "")] == 20
+    assert folded[(STEP_DURATION, ("svc",), "count")] == 20
 
 
 @pytest.mark.timeout(120)
