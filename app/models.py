@@ -1,4 +1,5 @@
-"""ORM models: job, job_step and job_event (singular tables, *_at timestamps, UUID keys)."""
+"""ORM models: job, job_step and job_event (singular tables, *_at timestamps, UUID keys),
+and the metrics folded from the event log (metric_fold, metric_aggregate)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -197,7 +199,31 @@ class JobEvent(Base):
     )
 
 
+class MetricFold(Base):
+    """How far a fold of the event log has got: every event with `id <= last_event_id`
+    is in its aggregates (app/events/metrics_fold.py), changed in the same transaction."""
+
+    __tablename__ = "metric_fold"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MetricAggregate(Base):
+    """One number of a metric series: a counter's value, or a histogram's count, sum or
+    one bucket's own count (`part`); `labels` is the JSON list of the label values."""
+
+    __tablename__ = "metric_aggregate"
+
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(300), primary_key=True)
+    part: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[float] = mapped_column(Double, default=0.0)
+
+
 # Typed handles on the tables for Core statements on the hot path.
 job_table = cast(Table, Job.__table__)
 job_step_table = cast(Table, JobStep.__table__)
 job_event_table = cast(Table, JobEvent.__table__)
+metric_fold_table = cast(Table, MetricFold.__table__)
+metric_aggregate_table = cast(Table, MetricAggregate.__table__)

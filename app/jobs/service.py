@@ -191,19 +191,10 @@ def list_jobs(
     )
 
 
-@dataclass(frozen=True)
-class JobStats:
-    jobs_by_status: dict[str, int]
-    mean_step_seconds: dict[str, float]  # per step name, over the recent finished steps
-
-
-def read_job_stats(recent_steps: int = 1000) -> JobStats:
-    """What /metrics reports from the database, in a transaction of its own."""
+def read_jobs_by_status() -> dict[str, int]:
+    """What /metrics reports from the job table, in a transaction of its own."""
     with session_scope() as session:
-        return JobStats(
-            jobs_by_status=stats_repository.count_jobs_by_status(session),
-            mean_step_seconds=stats_repository.mean_step_seconds(session, recent_steps),
-        )
+        return stats_repository.count_jobs_by_status(session)
 
 
 def encode_cursor(job: Job) -> str:
