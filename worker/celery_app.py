@@ -20,6 +20,7 @@ from celery import Task, signals
 
 from app.broker import check_visibility_timeout, get_celery
 from app.config import get_settings
+from app.tracing import configure_tracing, shutdown_tracing
 from worker.schedule import beat_schedule
 
 P = ParamSpec("P")
@@ -62,9 +63,16 @@ def _on_worker_init(**_: Any) -> None:
 
     configure_logging("worker")
     check_visibility_timeout()
-    # Fork-safe work done once here rather than in every pool process.
+    # Fork-safe work done once here rather than in every pool process. The tracer
+    # provider too: its export thread restarts in each forked child, and a pool that
+    # does not fork (threads) runs its steps in this process.
     preload_driver()
     prepare_tls()
+    configure_tracing("cao-worker")
+
+
+def _on_beat_init(**_: Any) -> None:
+    configure_tracing("cao-beat")
 
 
 def _on_process_init(**_: Any) -> None:
@@ -94,8 +102,10 @@ def _on_process_shutdown(**_: Any) -> None:
     drain_publishes()
     close_redis()
     dispose_db()
+    shutdown_tracing()  # export what is still batched
 
 
 signals.worker_init.connect(_on_worker_init)
 signals.worker_process_init.connect(_on_process_init)
 signals.worker_process_shutdown.connect(_on_process_shutdown)
+signals.beat_init.connect(_on_beat_init)

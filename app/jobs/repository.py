@@ -270,9 +270,16 @@ def _move_job(
 
 
 def reopen_failed_job(
-    session: Session, job_id: uuid.UUID, *, step_index: int, progress: int, context: dict[str, Any]
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    step_index: int,
+    progress: int,
+    context: dict[str, Any],
+    trace_context: Mapping[str, Any] | None,
 ) -> bool:
-    """FAILED → PENDING at `step_index`; False when the job is no longer FAILED."""
+    """FAILED → PENDING at `step_index`, its steps from now on in `trace_context`; False
+    when the job is no longer FAILED."""
     return _move_job(
         session,
         job_id,
@@ -281,6 +288,7 @@ def reopen_failed_job(
         current_step=step_index,
         progress=progress,
         context=context,
+        trace_context=trace_context,
         error=None,
         error_code=None,
         retryable=None,

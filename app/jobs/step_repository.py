@@ -59,6 +59,8 @@ class StepRun:
     # The fence the next step carries now (None after the last step): a run started
     # straight from this one takes the fence after it (see step_changes.complete_and_start_next).
     next_step_fence: int | None = None
+    # The job's trace, which this attempt's span joins (app/tracing.py); None when off.
+    trace_context: dict[str, Any] | None = None
 
     @property
     def service_spec(self) -> dict[str, Any]:
@@ -90,6 +92,7 @@ class StepRun:
             fence=fence,
             max_attempts=spec["service"]["max_attempts"],
             next_step_fence=next_step_fence,
+            trace_context=self.trace_context,
         )
 
     def accepts(self, fence: int) -> bool:
@@ -119,6 +122,7 @@ _LOAD_STEP_RUN = (
         _JOB.c.input_data,
         _JOB.c.context,
         _JOB.c.recipe,
+        _JOB.c.trace_context,
         _STEP.c.step_name,
         _STEP.c.queue,
         _STEP.c.status,
@@ -163,6 +167,7 @@ def step_run_of(
         fence=row.fence,
         max_attempts=row.max_attempts,
         next_step_fence=row.next_step_fence,
+        trace_context=row.trace_context,
     )
 
 
