@@ -31,6 +31,7 @@ from app.config import get_settings
 
 if TYPE_CHECKING:
     import httpx
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, Tracer
@@ -58,7 +59,7 @@ def configure_tracing(role: str) -> bool:
         return False
     try:
         from opentelemetry import trace
-        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.resources import SERVICE_NAME
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as exc:
@@ -66,18 +67,28 @@ def configure_tracing(role: str) -> bool:
             f"OTEL_EXPORTER_OTLP_ENDPOINT is set but the OpenTelemetry SDK is not "
             f"installed: pip install '{OTEL_EXTRA}' ({exc})"
         ) from exc
-    resource = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: role}))
+    resource = service_resource(role)
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(_exporter()))
+    provider.add_span_processor(BatchSpanProcessor(exporter()))
     trace.set_tracer_provider(provider)
     _provider, _tracer = provider, provider.get_tracer(INSTRUMENTATION_NAME)
     log.info("tracing on", service_name=resource.attributes[SERVICE_NAME])
     return True
 
 
-def _exporter() -> SpanExporter:
+def service_resource(role: str) -> Resource:
+    """What the spans of this process are from: OTEL_RESOURCE_ATTRIBUTES and
+    OTEL_SERVICE_NAME as the SDK reads them, `service.name` being `role` unless they
+    name one."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: role}))
+    return resource
+
+
+def exporter() -> SpanExporter:
     """The OTLP exporter OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL names; it reads its
     endpoint, headers, timeout and compression from the environment itself."""
     settings = get_settings()
