@@ -118,10 +118,6 @@ def exporter() -> SpanExporter:
     )
 
 
-def tracing_on() -> bool:
-    return _tracer is not None
-
-
 def shutdown_tracing() -> None:
     """Export the spans still batched and stop (a process about to exit)."""
     global _tracer, _provider
