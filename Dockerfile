@@ -15,8 +15,9 @@ COPY alembic ./alembic
 COPY app ./app
 COPY worker ./worker
 # A regular (non-editable) build: the wheel carries the migrations as
-# app/_alembic and app/_alembic.ini, where app/migrate.py finds them.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# app/_alembic and app/_alembic.ini, where app/migrate.py finds them. With the `otel`
+# extra, so that setting OTEL_EXPORTER_OTLP_ENDPOINT is all tracing takes.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[otel]'
 
 # --- runtime: the installed package, no source tree, no compilers ---------------------
 FROM python:3.11-slim
@@ -24,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels cao-gateway
+    pip install --no-cache-dir --no-index --find-links=/wheels 'cao-gateway[otel]'
 RUN groupadd --system --gid 10001 cao \
     && useradd --system --uid 10001 --gid cao --create-home --home-dir /home/cao \
        --shell /usr/sbin/nologin cao

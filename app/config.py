@@ -71,7 +71,24 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
-    @field_validator("internal_api_key", "cao_catalog", "api_keys_file", mode="before")
+    # Traces (app/tracing.py): on when an OTLP endpoint is set. The OpenTelemetry SDK
+    # reads the other OTEL_* variables itself (protocol, headers, sampler, batching).
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: str | None = None
+    otel_exporter_otlp_traces_protocol: str | None = None
+    otel_sdk_disabled: bool = False
+
+    @field_validator(
+        "internal_api_key",
+        "cao_catalog",
+        "api_keys_file",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
+        "otel_exporter_otlp_protocol",
+        "otel_exporter_otlp_traces_protocol",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose passes unset variables through as empty strings.
@@ -95,6 +112,13 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def tracing(self) -> bool:
+        """Whether this process exports traces: an OTLP endpoint is set, the SDK not
+        disabled (OTEL_SDK_DISABLED, as the SDK itself reads it)."""
+        endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+        return endpoint is not None and not self.otel_sdk_disabled
 
 
 @lru_cache

@@ -1,21 +1,24 @@
-"""create_app(): routers, error handlers, body limit and the process lifespan.
+"""create_app(): routers, error handlers, body limit, request telemetry and the process
+lifespan.
 
 `cao api` serves `create_app()`; so does the ordinary `uvicorn app.main:app` (the
 module's `app`, built when first asked for, from the same environment). Everything a
 server process needs at start-up (logging, the catalog and API-key checks, migrations
-when RUN_MIGRATIONS_ON_STARTUP is set, warm-up, the event hub) is in the lifespan, so
-both commands start the same gateway.
+when RUN_MIGRATIONS_ON_STARTUP is set, warm-up, the event hub, tracing) is in the
+lifespan, so both commands start the same gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from app.api import (
     catalog,
@@ -41,15 +44,19 @@ from app.events.publisher import drain_publishes
 from app.jobs.warm_up import prepare_job_creation, warm_up_in_background
 from app.logs import configure_logging
 from app.redis_client import close_redis
+from app.tracing import configure_tracing, shutdown_tracing
 
 log = structlog.get_logger(__name__)
 API_PREFIX = "/api/v1"
+# Requests that make no trace: scrapes and probes, every few seconds.
+UNTRACED_PATHS = ("/metrics", f"{API_PREFIX}/health")
 
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     configure_logging("api")
+    configure_tracing("cao-api")
     catalog = current_catalog()  # an invalid catalog stops start-up here, naming the key
     announce_access_mode()  # so do malformed API keys; running open is logged loudly
     if settings.run_migrations_on_startup:
@@ -65,6 +72,26 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(drain_publishes)
     close_redis()
     dispose_db()
+    shutdown_tracing()
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return str(scope.get("path", "")).startswith(UNTRACED_PATHS)
+
+
+def request_telemetry(tracing: bool) -> TelemetryConfig:
+    """FastAPI's own OpenTelemetry telemetry: a span per request (in the caller's trace
+    when it sends a `traceparent`) while tracing is on (app/tracing.py), nothing
+    otherwise. Only spans: the gateway's metrics are its own (/metrics). No spans of
+    FastAPI's inner operations, so that the current span in a route is the request's,
+    which a job created there stores as its trace."""
+    return {
+        "tracing": tracing,
+        "metrics": False,
+        "logs": False,
+        "operation_spans": False,
+        "exclude": _untraced,
+    }
 
 
 def create_app() -> FastAPI:
@@ -74,6 +101,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Orchestration gateway for multi-step AI workflows",
         lifespan=lifespan,
+        telemetry=request_telemetry(settings.tracing),
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)

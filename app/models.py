@@ -93,6 +93,10 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     # The last event seq handed out for this job; bumped under the row lock.
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The job's trace as the configured propagators carry it (W3C `traceparent`, ...):
+    # its `POST /jobs` span, or its latest resume's. Every step attempt's span joins it
+    # (app/tracing.py). NULL with tracing off.
+    trace_context: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]

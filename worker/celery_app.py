@@ -24,6 +24,7 @@ from celery import Task, signals
 
 from app.broker import UnsafeVisibilityTimeout, check_visibility_timeout, get_celery
 from app.config import get_settings
+from app.tracing import configure_tracing, shutdown_tracing
 from worker.schedule import beat_schedule
 
 P = ParamSpec("P")
@@ -81,9 +82,12 @@ def _on_worker_init(**_: Any) -> None:
         check_visibility_timeout()
     except (CatalogError, UnsafeVisibilityTimeout) as exc:
         _refuse_to_start(exc)
-    # Fork-safe work done once here rather than in every pool process.
+    # Fork-safe work done once here rather than in every pool process. The tracer
+    # provider too: its export thread restarts in each forked child, and a pool that
+    # does not fork (threads) runs its steps in this process.
     preload_driver()
     prepare_tls()
+    configure_tracing("cao-worker")
 
 
 def _on_process_init(**_: Any) -> None:
@@ -113,6 +117,7 @@ def _on_process_shutdown(**_: Any) -> None:
     drain_publishes()
     close_redis()
     dispose_db()
+    shutdown_tracing()  # export what is still batched
 
 
 def _on_logging_set_up(logger: logging.Logger, **_: Any) -> None:
@@ -134,6 +139,7 @@ def _on_beat_init(**_: Any) -> None:
         current_catalog()  # Beat's tasks read it: refuse an invalid one at start-up
     except CatalogError as exc:
         _refuse_to_start(exc)
+    configure_tracing("cao-beat")
 
 
 signals.worker_init.connect(_on_worker_init)

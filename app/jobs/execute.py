@@ -13,6 +13,7 @@ taken as this one is freed (one Redis round trip), and the chain runs it here ne
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 from structlog.typing import FilteringBoundLogger
 
+from app.catalog import Service
 from app.db import statement_scope
 from app.jobs import step_changes as changes
 from app.jobs.cancel_notices import watching_cancel
@@ -28,9 +30,11 @@ from app.jobs.delivery import Outcome
 from app.jobs.handoff import HandoffChain, Recording
 from app.jobs.heartbeat import beating
 from app.jobs.record import record_failure, record_success
+from app.jobs.repository import StepRun
 from app.jobs.slots import hand_on, live_service, release
 from app.leases import LeaseId, Slot, get_semaphore
 from app.services import CallInterrupted, Interruptible, StepCall, StepError, call_service
+from app.tracing import step_span
 
 log: FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -68,7 +72,8 @@ def execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Recordi
             watching_cancel(lease.job_id, lease.step_index, lease.fence, handle),
         ):
             try:
-                result = call_service(service, call, handle)
+                with _attempt_span(run, call, service):
+                    result = call_service(service, call, handle)
             except StepError as error:
                 result = error
             except CallInterrupted:
@@ -96,6 +101,18 @@ def execute(claimed: Claimed, chain: HandoffChain[Claimed]) -> Outcome | Recordi
     finally:
         if not released:
             release(semaphore, run.service_spec, lease)
+
+
+def _attempt_span(run: StepRun, call: StepCall, service: Service) -> AbstractContextManager[object]:
+    """The span of this attempt, in the job's trace (a no-op with tracing off)."""
+    return step_span(
+        run.trace_context,
+        job_id=call.job_id,
+        step_index=call.step_index,
+        step_name=call.step_name,
+        attempt=call.attempt,
+        service=service.name,
+    )
 
 
 def _continue(

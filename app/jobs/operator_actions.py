@@ -33,6 +33,7 @@ from app.jobs.service import job_detail
 from app.jobs.states import JobStatus, StepStatus, progress_for
 from app.leases import LeaseId, get_semaphore
 from app.models import Job, JobStep
+from app.tracing import job_action_span
 
 
 class InvalidFromStep(GatewayError):
@@ -137,18 +138,23 @@ def _resume(session: Session, job_id: uuid.UUID, from_step: int | None) -> Job:
         progress = min(job.progress, progress)
     previous_status, failed_step = job.status, job.current_step
     error, error_code = job.error, job.error_code
-    if not repo.reopen_job(
-        session,
-        job_id,
-        previous_status,
-        step_index=restart,
-        progress=progress,
-        context=kept,
-        recipe=recipe,
-    ):
-        # A concurrent action won between our read and our update.
-        session.refresh(job)
-        raise _not_resumable(job)
+    # The resume is part of the job's story: a span in its trace, which the steps from
+    # here on join below it.
+    attributes = {"cao.job_id": str(job_id), "cao.step_index": restart}
+    with job_action_span("resume job", job.trace_context, attributes) as trace_context:
+        if not repo.reopen_job(
+            session,
+            job_id,
+            previous_status,
+            step_index=restart,
+            progress=progress,
+            context=kept,
+            recipe=recipe,
+            trace_context=trace_context,
+        ):
+            # A concurrent action won between our read and our update.
+            session.refresh(job)
+            raise _not_resumable(job)
     _forget_waiters(session, job, steps)
     repo.reset_steps_from(session, job_id, restart)
     queue, fence = repo.queue_step(session, job_id, restart)

@@ -278,8 +278,10 @@ def reopen_job(
     progress: int,
     context: dict[str, Any],
     recipe: dict[str, Any],
+    trace_context: Mapping[str, Any] | None,
 ) -> bool:
-    """`from_status` → PENDING at `step_index`; False when the job is no longer in it."""
+    """`from_status` → PENDING at `step_index`, its steps from now on in `trace_context`;
+    False when the job is no longer in it."""
     return _move_job(
         session,
         job_id,
@@ -289,6 +291,7 @@ def reopen_job(
         current_step=step_index,
         progress=progress,
         context=context,
+        trace_context=trace_context,
         error=None,
         error_code=None,
         retryable=None,

@@ -29,6 +29,7 @@ from app.jobs.outbox import send_after_commit
 from app.jobs.schemas import JobDetail, JobPage, JobSummary
 from app.jobs.states import JobStatus, StepStatus
 from app.models import Job, utcnow
+from app.tracing import job_trace_context
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=digest,
         last_seq=1,  # JOB_CREATED, recorded below
+        # The `POST /jobs` span's: every step attempt's span joins this trace.
+        trace_context=job_trace_context(),
         created_at=now,
         updated_at=now,
     )

@@ -62,6 +62,8 @@ class StepRun:
     # How many times an operator has rerun the job (its recipe snapshot counts them):
     # a rerun step is new work, and its service sees a new Idempotency-Key.
     rerun: int = 0
+    # The job's trace, which this attempt's span joins (app/tracing.py); None when off.
+    trace_context: dict[str, Any] | None = None
 
     @property
     def service_spec(self) -> dict[str, Any]:
@@ -94,6 +96,7 @@ class StepRun:
             max_attempts=spec["service"]["max_attempts"],
             next_step_fence=next_step_fence,
             rerun=self.rerun,
+            trace_context=self.trace_context,
         )
 
     def accepts(self, fence: int) -> bool:
@@ -123,6 +126,7 @@ _LOAD_STEP_RUN = (
         _JOB.c.input_data,
         _JOB.c.context,
         _JOB.c.recipe,
+        _JOB.c.trace_context,
         _STEP.c.step_name,
         _STEP.c.queue,
         _STEP.c.status,
@@ -168,6 +172,7 @@ def step_run_of(
         max_attempts=row.max_attempts,
         next_step_fence=row.next_step_fence,
         rerun=int(row.recipe.get("rerun", 0)),
+        trace_context=row.trace_context,
     )
 
 

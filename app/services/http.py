@@ -1,4 +1,7 @@
-"""HTTP services: the request DESIGN.md specifies and the retryable/permanent taxonomy."""
+"""HTTP services: the request DESIGN.md specifies and the retryable/permanent taxonomy.
+
+With tracing on, the client is instrumented (app/tracing.py): every call carries the
+W3C `traceparent` of its step attempt's trace."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from app.config import get_settings
 from app.json_values import STRICT_LOADS
 from app.services.errors import StepError, output_too_large
 from app.services.interrupt import CallInterrupted, Interruptible, Stopped, interruptible
+from app.tracing import instrument_http_client
 
 if TYPE_CHECKING:
     from app.services import StepCall
@@ -41,6 +45,8 @@ def get_client() -> httpx.Client:
             follow_redirects=False,
             verify=_ssl_context if _ssl_context is not None else True,
         )
+        # With tracing on, each call gets a client span and sends its `traceparent`.
+        instrument_http_client(_client)
     return _client
 
 

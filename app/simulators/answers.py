@@ -123,6 +123,7 @@ def record_of(call: ServiceCall, request: Request) -> RequestRecord:
         idempotency_key=headers.get("idempotency-key"),
         x_job_id=headers.get("x-job-id"),
         internal_api_key=headers.get("x-internal-api-key"),
+        traceparent=headers.get("traceparent"),
         context=call.context,
         input_data=call.input_data,
         received_at=time.time(),

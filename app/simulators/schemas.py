@@ -58,6 +58,8 @@ class RequestRecord(BaseModel):
     idempotency_key: str | None
     x_job_id: str | None
     internal_api_key: str | None
+    # The W3C trace context the call carried (the gateway sends it with tracing on).
+    traceparent: str | None = None
     context: dict[str, Any]
     input_data: dict[str, Any]
     received_at: float

@@ -63,7 +63,19 @@ def start_step(
 
 @cache
 def start_named_step_at_once() -> Select[
-    int, str, int, dict[str, Any], dict[str, Any], dict[str, Any], str, str, int, int, int, int
+    int,
+    str,
+    int,
+    dict[str, Any],
+    dict[str, Any],
+    dict[str, Any],
+    dict[str, Any] | None,
+    str,
+    str,
+    int,
+    int,
+    int,
+    int,
 ]:
     """Claim a step for a delivery that names its service and queue, and record its
     STEP_STARTED, reading what the run needs: one round trip before the call, not two.
@@ -72,9 +84,9 @@ def start_named_step_at_once() -> Select[
     step's attempt), and p_service and p_queue, the names the delivery carries.
     Changes: as start_step_at_once, and only a step of that service and queue.
     Returns: one row when the claim took: the job's last_seq (the event's seq),
-    feature_name, progress, input_data, context and recipe, the step's step_name,
-    queue, attempt, fence and max_attempts, and next_step_fence (the fence of the step
-    after it, NULL after the last); none when the delivery is stale, a duplicate or
+    feature_name, progress, input_data, context, recipe and trace_context, the step's
+    step_name, queue, attempt, fence and max_attempts, and next_step_fence (the fence of
+    the step after it, NULL after the last); none when the delivery is stale, a duplicate or
     names another service or queue, and then nothing changed."""
     named_step = (
         CLAIM_STEP.where(
@@ -102,6 +114,7 @@ def start_named_step_at_once() -> Select[
             _JOB.c.input_data,
             _JOB.c.context,
             _JOB.c.recipe,
+            _JOB.c.trace_context,
         )
         .cte("named_job")
     )
@@ -113,6 +126,7 @@ def start_named_step_at_once() -> Select[
             named_job.c.input_data,
             named_job.c.context,
             named_job.c.recipe,
+            named_job.c.trace_context,
             named_step.c.step_name,
             named_step.c.queue,
             named_step.c.attempt,
