@@ -273,12 +273,14 @@ def test_a_socket_that_stops_reading_gets_4008_and_delays_no_one(stack, api_serv
 def test_an_api_restart_mid_job_loses_nothing(stack, env, log_dir):
     api, sim = stack["api"], stack["sim"]
     # Still running once the first API has stopped, even when stopping it is slow on a
-    # loaded machine (at 3 s the job once finished first and closed the socket with 1000).
+    # loaded machine; the job starts only once that API is up, as its start-up can take
+    # seconds there (with 3 s and the job sent first, it once finished before the socket
+    # opened, which then closed with 1000).
     sim.behave("summarizer_pro", latency_ms=10_000)
-    job_id = submit(api, "business_plan")
-    path = f"/ws/{job_id}?api_key={key_of('operator')}"
 
     with secured_api(env, log_dir) as first_api:  # an API of its own, to stop mid-job
+        job_id = submit(api, "business_plan")
+        path = f"/ws/{job_id}?api_key={key_of('operator')}"
         before = SocketRecorder(ws_url(first_api, path))
         reader = threading.Thread(target=lambda: run(before.run()))
         reader.start()
