@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     # Celery's broker visibility timeout; must exceed the longest step timeout.
     broker_visibility_timeout_s: int = Field(3600, gt=0)
     log_level: str = "INFO"
+    # One JSON object a line from every process (app/logs.py).
     log_json: bool = False
+    # Celery task events (sent, received, started, succeeded ...) and worker heartbeats,
+    # for Flower; off, a task's state changes cost no broker message.
+    task_events: bool = True
 
     @field_validator("internal_api_key", "cao_catalog", "api_keys_file", mode="before")
     @classmethod

@@ -1,11 +1,15 @@
-"""create_app(): routers, error handlers, body limit and the process lifespan."""
+"""create_app(): routers, error handlers, body limit and the process lifespan.
+
+`uvicorn app.main:app` serves the app this module builds on first access of `app`;
+`cao api` asks uvicorn for `create_app` as a factory.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cache, partial
 
 import structlog
 from fastapi import FastAPI
@@ -32,7 +36,6 @@ API_PREFIX = "/api/v1"
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    configure_logging("api")
     catalog = current_catalog()  # an invalid catalog stops start-up here, naming the key
     announce_access_mode()  # so do malformed API keys; running open is logged loudly
     if settings.run_migrations_on_startup:
@@ -51,6 +54,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    # Here rather than in the lifespan: uvicorn logs its start before the lifespan runs.
+    configure_logging("api")
     settings = get_settings()
     app = FastAPI(
         title="CAO Gateway",
@@ -68,3 +73,15 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(HeadAsGet)
     return app
+
+
+@cache
+def _app() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str) -> FastAPI:
+    # Built when asked for, not on import: importing this module stays free.
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

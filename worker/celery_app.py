@@ -9,6 +9,10 @@ Reliability: acks_late + reject_on_worker_lost (a killed worker's message comes
 back), prefetch 1 (a long step never hoards messages), and a broker visibility
 timeout longer than any step (checked at start) so a slow step is not redelivered
 while it runs. Routing is per message: each step is sent to its service's queue.
+
+Task events are on (TASK_EVENTS, default true), so Flower pointed at the broker shows
+the workers, their queues and the step tasks. Logging is app/logs.py's: Celery asks
+for it through its `setup_logging` signal and leaves its own set-up out.
 """
 
 from __future__ import annotations
@@ -16,15 +20,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+import structlog
 from celery import Task, signals
 
 from app.broker import check_visibility_timeout, get_celery
 from app.config import get_settings
+from app.logs import configure_logging, route_terminal_output, unbind_step
 from worker.schedule import beat_schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+log = structlog.get_logger(__name__)
 celery_app = get_celery()
 celery_app.conf.update(
     include=["worker.tasks", "worker.maintenance"],
@@ -33,8 +40,7 @@ celery_app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     beat_schedule=beat_schedule(get_settings()),
-    worker_hijack_root_logger=False,
-    worker_send_task_events=False,
+    worker_send_task_events=get_settings().task_events,
 )
 
 
@@ -55,12 +61,54 @@ def bound_task(
     )
 
 
+def _celery_command() -> str:
+    """The Celery command this process runs (worker, beat), for the `process` field."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return "worker"
+    return context.invoked_subcommand or context.info_name or "worker"
+
+
+def _on_setup_logging(loglevel: int | None = None, **_: Any) -> None:
+    from celery.utils.log import get_multiprocessing_logger
+
+    # The pool's own logger, at ERROR as Celery sets it, made to write through ours.
+    get_multiprocessing_logger().setLevel("ERROR")
+    configure_logging(_celery_command(), stdlib_level=loglevel)
+
+
+def _on_celeryd_init(instance: Any, **_: Any) -> None:
+    if get_settings().log_json:
+        # The banner is printed to the terminal itself, past sys.stdout: its facts are
+        # logged instead once the worker is set up (_on_after_setup).
+        instance.quiet = True
+        route_terminal_output()
+
+
+def _on_after_setup(sender: str, instance: Any, **_: Any) -> None:
+    if get_settings().log_json:
+        log.info(
+            "worker starting",
+            hostname=sender,
+            queues=sorted(instance.app.amqp.queues.consume_from or ()),
+            concurrency=instance.concurrency,
+            pool=f"{instance.pool_cls.__module__}.{instance.pool_cls.__name__}",
+            task_events=get_settings().task_events,
+        )
+
+
+def _on_task_postrun(**_: Any) -> None:
+    # Step fields a delivery bound (app/jobs/runner.py) end with its task: Celery's
+    # lines about the task, its result or failure, carried them up to here.
+    unbind_step()
+
+
 def _on_worker_init(**_: Any) -> None:
     from app.db import preload_driver
-    from app.logs import configure_logging
     from app.services.http import prepare_tls
 
-    configure_logging("worker")
     check_visibility_timeout()
     # Fork-safe work done once here rather than in every pool process.
     preload_driver()
@@ -71,11 +119,9 @@ def _on_process_init(**_: Any) -> None:
     # Engine, Redis and httpx clients are per process: build them after fork.
     from app.db import init_db
     from app.jobs.warm_up import prepare_statements, warm_up_in_background
-    from app.logs import configure_logging
     from app.redis_client import get_redis
     from app.services.http import get_client
 
-    configure_logging("worker")
     # No pre-ping: run_step retries on OperationalError, and the fence makes that safe.
     init_db(pre_ping=False)
     # Now rather than on a first step's critical path, where a slot is already held:
@@ -96,6 +142,13 @@ def _on_process_shutdown(**_: Any) -> None:
     dispose_db()
 
 
+if get_settings().log_json:
+    # Now, as the app loads: Beat prints its banner before Celery sets up logging.
+    configure_logging(_celery_command())
+signals.setup_logging.connect(_on_setup_logging)
+signals.celeryd_init.connect(_on_celeryd_init)
+signals.celeryd_after_setup.connect(_on_after_setup)
+signals.task_postrun.connect(_on_task_postrun)
 signals.worker_init.connect(_on_worker_init)
 signals.worker_process_init.connect(_on_process_init)
 signals.worker_process_shutdown.connect(_on_process_shutdown)

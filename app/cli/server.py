@@ -18,6 +18,11 @@ def api(
     """Serve the REST and WebSocket API."""
     import uvicorn
 
+    from app.logs import configure_logging
+
+    # Ours for uvicorn's lines too (log_config=None: uvicorn leaves logging alone), from
+    # the first one this process writes.
+    configure_logging("api")
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -25,6 +30,7 @@ def api(
         port=port,
         workers=workers,
         log_level="warning",
+        log_config=None,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Open SSE streams and sockets must not hold a shutdown forever.
@@ -44,6 +50,7 @@ def worker(
 ) -> None:
     """Run a Celery worker for one queue (one pool per queue)."""
     from app.broker import check_visibility_timeout, run_celery_command
+    from app.config import get_settings
 
     try:
         check_visibility_timeout()
@@ -54,7 +61,10 @@ def worker(
     argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "--loglevel", loglevel]
     if concurrency:
         argv += ["-c", str(concurrency)]
-    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv += ["--without-gossip", "--without-mingle"]
+    if not get_settings().task_events:
+        # Heartbeats are events too: with task events off, the worker sends none.
+        argv.append("--without-heartbeat")
     run_celery_command(argv)
 
 

@@ -29,12 +29,12 @@ from app.jobs import repository as repo
 from app.jobs import step_changes as changes
 from app.jobs.backoff import retry_delay
 from app.jobs.dispatch import enqueue_step
-from app.jobs.handoff import HandoffChain, Recording
+from app.jobs.handoff import HandedOver, HandoffChain, Recording
 from app.jobs.heartbeat import beating
 from app.jobs.repository import StepRun
 from app.jobs.states import StepStatus
 from app.leases import LeaseId, LeaseSemaphore, Slot, get_semaphore
-from app.logs import first_line
+from app.logs import bind_step, first_line, step_scope
 from app.services import StepCall, StepError, call_service
 
 log = structlog.get_logger(__name__)
@@ -128,21 +128,13 @@ def run_step(
     is the service and queue the message names, when it does (dispatch.py)."""
     chain: HandoffChain[Claimed] = HandoffChain(local_queues)
     try:
+        # This delivery's step fields stay bound after it, for the caller's lines about
+        # it (Celery's on the task's result); each step taken over has its own.
         outcome = _run_delivery(job_id, step_index, fence, chain, named)
         while (taken := chain.take()) is not None:
             try:
-                if isinstance(taken, Claimed):
-                    chain.step_claimed()
-                    _execute(taken, chain)
-                else:
-                    lease = taken.lease
-                    _run_delivery(
-                        uuid.UUID(lease.job_id),
-                        lease.step_index,
-                        lease.fence,
-                        chain,
-                        NamedSlot(taken.service, lease.queue, holds_slot=True, handed_here=True),
-                    )
+                with step_scope():
+                    _run_taken(taken, chain)
             except Exception:
                 # Its lease expires and Beat puts the step back; stop taking work over.
                 log.exception("step taken over in-process failed", taken=str(taken))
@@ -152,6 +144,33 @@ def run_step(
     return (outcome.result() or Outcome.DISCARDED) if isinstance(outcome, Recording) else outcome
 
 
+def _run_taken(taken: HandedOver | Claimed, chain: HandoffChain[Claimed]) -> None:
+    if isinstance(taken, Claimed):
+        _bind_claimed(taken)
+        chain.step_claimed()
+        _execute(taken, chain)
+    else:
+        lease = taken.lease
+        _run_delivery(
+            uuid.UUID(lease.job_id),
+            lease.step_index,
+            lease.fence,
+            chain,
+            NamedSlot(taken.service, lease.queue, holds_slot=True, handed_here=True),
+        )
+
+
+def _bind_claimed(claimed: Claimed) -> None:
+    run = claimed.run
+    bind_step(
+        run.job_id,
+        run.step_index,
+        attempt=run.attempt,
+        service=claimed.service.name,
+        queue=run.queue,
+    )
+
+
 def _run_delivery(
     job_id: uuid.UUID,
     step_index: int,
@@ -159,6 +178,13 @@ def _run_delivery(
     chain: HandoffChain[Claimed],
     named: NamedSlot | None = None,
 ) -> Outcome | Recording[Outcome]:
+    # What the message names; the attempt once the step is claimed.
+    bind_step(
+        job_id,
+        step_index,
+        service=named.service if named else None,
+        queue=named.queue if named else None,
+    )
     try:
         claimed: Claimed | Outcome | None = None
         if named is not None:
@@ -169,6 +195,7 @@ def _run_delivery(
         chain.step_claimed()  # however the claim ended, deferred recordings may go
     if isinstance(claimed, Outcome):
         return claimed
+    _bind_claimed(claimed)
     return _execute(claimed, chain)
 
 
@@ -208,7 +235,7 @@ def _claim_named(
             lambda session: changes.start_named_step(session, step, claim_token=token),
             lambda session: _claimed_run(session, job_id, step_index, fence, token),
             lambda: semaphore.acquire(service.name, lease, ttl, limit, wait=False) > 0,
-            log.bind(job_id=str(job_id), step=step_index, fence=fence, queue=named.queue),
+            log.bind(job_id=str(job_id), step_index=step_index, fence=fence, queue=named.queue),
         )
         # Give back a lease this call created, unless the delivery running this very
         # fence holds it (its own had expired): that one keeps it.
@@ -220,7 +247,9 @@ def _claim_named(
         raise
     if run is None:
         return None
-    bound = log.bind(job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue)
+    bound = log.bind(
+        job_id=str(job_id), step_index=step_index, attempt=run.attempt, queue=run.queue
+    )
     bound.info("step started", service=service.name)
     return Claimed(run, live_service(run.service_spec), lease, bound)
 
@@ -298,7 +327,7 @@ def _park_named(
     log.info(
         "waiting for a slot",
         job_id=str(job_id),
-        step=step_index,
+        step_index=step_index,
         attempt=attempt,
         queue=named.queue,
         service=named.service,
@@ -321,7 +350,7 @@ def _claim(
                 return _drop_stale(semaphore, run, job_id, step_index, fence, holds_slot)
             service = live_service(run.service_spec)
             bound = log.bind(
-                job_id=str(job_id), step=step_index, attempt=run.attempt, queue=run.queue
+                job_id=str(job_id), step_index=step_index, attempt=run.attempt, queue=run.queue
             )
             lease = LeaseId(str(job_id), step_index, fence, run.queue)
             limit, ttl = service.concurrency, service.lease_ttl_s
@@ -450,7 +479,7 @@ def _continue(
         return Outcome.DISCARDED
     next_run = continued.next_run
     next_bound = log.bind(
-        job_id=str(run.job_id), step=next_run.step_index, attempt=1, queue=next_run.queue
+        job_id=str(run.job_id), step_index=next_run.step_index, attempt=1, queue=next_run.queue
     )
     bound.info("step completed", job_finished=False)
     next_bound.info("step started", service=next_service.name)
@@ -484,7 +513,7 @@ def _drop_stale(
     fence: int,
     holds_slot: bool,
 ) -> Outcome:
-    log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
+    log.info("stale delivery dropped", job_id=str(job_id), step_index=step_index, fence=fence)
     if (
         holds_slot
         and run is not None
