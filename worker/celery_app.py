@@ -10,9 +10,10 @@ back), prefetch 1 (a long step never hoards messages), and a broker visibility
 timeout longer than any step (checked at start) so a slow step is not redelivered
 while it runs. Routing is per message: each step is sent to its service's queue.
 
-Task events are on (TASK_EVENTS, default true), so Flower pointed at the broker shows
-the workers, their queues and the step tasks. Logging is app/logs.py's: Celery asks
-for it through its `setup_logging` signal and leaves its own set-up out.
+Task events: a worker sends them once a monitor asks (Flower does on its own), or from
+the start with TASK_EVENTS=true; either way Flower pointed at the broker shows the
+workers, their queues and the step tasks. Logging is app/logs.py's: Celery asks for it
+through its `setup_logging` signal and leaves its own set-up out.
 """
 
 from __future__ import annotations

@@ -50,7 +50,6 @@ def worker(
 ) -> None:
     """Run a Celery worker for one queue (one pool per queue)."""
     from app.broker import check_visibility_timeout, run_celery_command
-    from app.config import get_settings
 
     try:
         check_visibility_timeout()
@@ -61,10 +60,9 @@ def worker(
     argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "--loglevel", loglevel]
     if concurrency:
         argv += ["-c", str(concurrency)]
+    # With heartbeats (events of their own, one every 2 s), a worker has the event
+    # dispatcher that a monitor turns task events on in, and Flower sees it online.
     argv += ["--without-gossip", "--without-mingle"]
-    if not get_settings().task_events:
-        # Heartbeats are events too: with task events off, the worker sends none.
-        argv.append("--without-heartbeat")
     run_celery_command(argv)
 
 

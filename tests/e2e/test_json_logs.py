@@ -4,9 +4,9 @@ Real processes, each in both of its forms: the API as `cao api` and as
 `uvicorn app.main:app`, a worker as `cao worker` and as `celery -A worker.celery_app
 worker`, and `cao beat`. Two jobs run through them, on queues of their own (so the
 run's other workers take none of their steps): one completes across both workers,
-with a step that prints, the other retries and fails. Every line each process wrote
-during that time parses, with `timestamp`, `level` and `event`; every worker line
-about one of the jobs carries the five step fields.
+with a step that prints, the other retries and fails. Every line each process wrote,
+up to and including its shutdown, parses, with `timestamp`, `level` and `event`;
+every worker line about one of the jobs carries the five step fields.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.supervisor import stop_all
 from tests.harness import CAO, Proc, Simulators, free_port, wait_for_job, wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -72,7 +73,8 @@ def json_stack(
 ) -> Iterator[dict[str, Any]]:
     catalog = tmp_path_factory.mktemp("json-logs") / "catalog.yaml"
     catalog.write_text(CATALOG)
-    json_env = {**env, "LOG_JSON": "true", "CAO_CATALOG": str(catalog)}
+    # Task events from the start: their messages must not change what is logged.
+    json_env = {**env, "LOG_JSON": "true", "CAO_CATALOG": str(catalog), "TASK_EVENTS": "true"}
     cao_port, uvicorn_port = free_port(), free_port()
     python = [sys.executable, "-m"]
     procs = {
@@ -124,8 +126,8 @@ def json_stack(
 
 @pytest.fixture(scope="module")
 def ran(json_stack: dict[str, Any]) -> dict[str, Any]:
-    """Both jobs run; the processes' lines as they were at their end (not the
-    shutdown's: the test is about a running gateway)."""
+    """Both jobs run, then every process stopped (SIGTERM, as an orchestrator stops
+    them): what they wrote, their shutdown included."""
     cao_port, uvicorn_port = json_stack["urls"]
     jobs = {}
     for port, feature in ((cao_port, "logs_ok"), (uvicorn_port, "logs_fail")):
@@ -135,6 +137,7 @@ def ran(json_stack: dict[str, Any]) -> dict[str, Any]:
             jobs[feature] = wait_for_job(api, created.json()["job_id"], timeout=60)
     beat = json_stack["procs"]["beat"]
     wait_until(lambda: beat.logged("Sending due task"), 30, 0.2, "Beat to send a task")
+    stop_all(json_stack["procs"].values(), grace_s=15)
     return {
         "jobs": jobs,
         "records": {name: _records(proc) for name, proc in json_stack["procs"].items()},
@@ -156,6 +159,8 @@ def test_every_line_of_every_process_is_json(ran: dict[str, Any]) -> None:
     assert any(e.endswith(" ready.") for e in events["celery-worker"])
     assert any("Sending due task" in e for e in events["beat"])
     assert any(r.get("logger") == "stdout" for r in records["cao-worker"]), events["cao-worker"]
+    starting = [r for r in records["celery-worker"] if r["event"] == "worker starting"]
+    assert [(r["queues"], r["task_events"]) for r in starting] == [(["logs_b"], True)], starting
 
 
 def test_step_lines_carry_the_step_fields(ran: dict[str, Any]) -> None:
