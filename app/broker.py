@@ -53,6 +53,8 @@ def get_celery() -> Celery:
         },
         timezone="UTC",
         enable_utc=True,
+        # A step waiting on its queue shows in Flower as sent, before a worker takes it.
+        task_send_sent_event=settings.task_events,
     )
     return celery
 

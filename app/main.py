@@ -1,11 +1,12 @@
 """create_app(): routers, error handlers, body limit, request telemetry and the process
 lifespan.
 
-`cao api` serves `create_app()`; so does the ordinary `uvicorn app.main:app` (the
-module's `app`, built when first asked for, from the same environment). Everything a
-server process needs at start-up (logging, the catalog and API-key checks, migrations
-when RUN_MIGRATIONS_ON_STARTUP is set, warm-up, the event hub, tracing) is in the
-lifespan, so both commands start the same gateway.
+`cao api` asks uvicorn for `create_app` as a factory; the ordinary `uvicorn
+app.main:app` serves the module's `app`, built once when first asked for, from the same
+environment. Everything a server process needs at start-up (the catalog and API-key
+checks, migrations when RUN_MIGRATIONS_ON_STARTUP is set, warm-up, the event hub,
+tracing) is in the lifespan, and logging is set up by create_app, so both commands start
+the same gateway.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import structlog
@@ -55,7 +56,6 @@ UNTRACED_PATHS = ("/metrics", f"{API_PREFIX}/health")
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
-    configure_logging("api")
     configure_tracing("cao-api")
     catalog = current_catalog()  # an invalid catalog stops start-up here, naming the key
     announce_access_mode()  # so do malformed API keys; running open is logged loudly
@@ -95,6 +95,8 @@ def request_telemetry(tracing: bool) -> TelemetryConfig:
 
 
 def create_app() -> FastAPI:
+    # Here rather than in the lifespan: uvicorn logs its start before the lifespan runs.
+    configure_logging("api")
     settings = get_settings()
     app = FastAPI(
         title="CAO Gateway",
@@ -123,9 +125,14 @@ def create_app() -> FastAPI:
     return app
 
 
+@cache
+def _app() -> FastAPI:
+    return create_app()
+
+
 def __getattr__(name: str) -> FastAPI:
-    # `uvicorn app.main:app`: built on first access rather than at import, so that
+    # `uvicorn app.main:app`: built once, on first access rather than at import, so that
     # importing this module (tests, `cao api`) reads no settings and builds nothing.
     if name == "app":
-        return create_app()
+        return _app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """Operator commands that talk to a running gateway over its REST API: `submit`,
-`jobs`, `show`, `resume` and `cancel`.
+`jobs`, `show`, `resume`, `cancel` and `services`.
 
 Every command takes `--url` (env CAO_URL) and `--api-key` (env CAO_API_KEY, sent as a
 bearer token). Exit codes: 0 success (with `--watch`: the job COMPLETED), 1 the API
@@ -253,6 +253,36 @@ def cancel(job_id: JobId, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> Non
     typer.echo(f"job {job['job_id']} {job['status']}")
 
 
+def services(
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep the view live, refreshed until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.5, max=60, help="Seconds between refreshes (--watch).")
+    ] = 1.0,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Each service's queue, limit, leases in use, waiting steps and queue depth, and
+    each queue's depth (an operator key when keys are configured)."""
+    from app.cli.services_view import services_view, watch_services
+
+    path = "/api/v1/services"
+    with _gateway(url, api_key) as client:
+        first = _call(client, "GET", path)  # a refused key or a dead gateway fails here
+        if not watch:
+            _console().print(services_view(first))
+            return
+
+        def fetch() -> dict[str, Any]:
+            response = client.get(path)
+            response.raise_for_status()
+            body: dict[str, Any] = response.json()
+            return body
+
+        watch_services(fetch, first, _console(), interval)
+
+
 def register(cli: typer.Typer) -> None:
-    for command in (submit, jobs, show, resume, cancel):
+    for command in (submit, jobs, show, resume, cancel, services):
         cli.command()(command)

@@ -18,6 +18,11 @@ def api(
     """Serve the REST and WebSocket API."""
     import uvicorn
 
+    from app.logs import configure_logging
+
+    # Ours for uvicorn's lines too (log_config=None: uvicorn leaves logging alone), from
+    # the first one this process writes.
+    configure_logging("api")
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -25,6 +30,7 @@ def api(
         port=port,
         workers=workers,
         log_level="warning",
+        log_config=None,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Open SSE streams and sockets must not hold a shutdown forever.
@@ -54,7 +60,9 @@ def worker(
     argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "--loglevel", loglevel]
     if concurrency:
         argv += ["-c", str(concurrency)]
-    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    # With heartbeats (events of their own, one every 2 s), a worker has the event
+    # dispatcher that a monitor turns task events on in, and Flower sees it online.
+    argv += ["--without-gossip", "--without-mingle"]
     run_celery_command(argv)
 
 

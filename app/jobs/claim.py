@@ -127,7 +127,9 @@ class _ByName(_StepSource[None]):
         self.step = changes.NamedStep(job_id, step_index, fence, named.service, named.queue)
         self.job_id, self.service = job_id, service
         self.lease = LeaseId(str(job_id), step_index, fence, named.queue)
-        self.bound = log.bind(job_id=str(job_id), step=step_index, fence=fence, queue=named.queue)
+        self.bound = log.bind(
+            job_id=str(job_id), step_index=step_index, fence=fence, queue=named.queue
+        )
         # This process's release made a lease handed here a moment ago, for a full
         # lease_ttl_s: taking it again would only renew it, one Redis round trip on the
         # slot's turn.
@@ -148,7 +150,10 @@ class _ByName(_StepSource[None]):
 
     def started(self, run: StepRun) -> Claimed:
         bound = log.bind(
-            job_id=str(self.job_id), step=self.step.step_index, attempt=run.attempt, queue=run.queue
+            job_id=str(self.job_id),
+            step_index=self.step.step_index,
+            attempt=run.attempt,
+            queue=run.queue,
         )
         bound.info("step started", service=self.service.name)
         return Claimed(run, live_service(run.service_spec), self.lease, bound)
@@ -166,7 +171,7 @@ class _ReadFirst(_StepSource[Outcome]):
         self.service = live_service(run.service_spec)
         self.lease = LeaseId(str(run.job_id), run.step_index, fence, run.queue)
         self.bound = log.bind(
-            job_id=str(run.job_id), step=run.step_index, attempt=run.attempt, queue=run.queue
+            job_id=str(run.job_id), step_index=run.step_index, attempt=run.attempt, queue=run.queue
         )
 
     def park(self, data: dict[str, Any]) -> int | None:
@@ -261,7 +266,7 @@ def _take_slot(semaphore: LeaseSemaphore, source: _StepSource[_Miss]) -> int | N
     log.info(
         "waiting for a slot",
         job_id=lease.job_id,
-        step=lease.step_index,
+        step_index=lease.step_index,
         attempt=attempt,
         queue=lease.queue,
         service=service.name,
@@ -329,7 +334,7 @@ def _is_running(job_id: uuid.UUID, lease: LeaseId) -> bool:
 def _drop_stale(
     run: StepRun | None, job_id: uuid.UUID, step_index: int, fence: int, holds_slot: bool
 ) -> Outcome:
-    log.info("stale delivery dropped", job_id=str(job_id), step=step_index, fence=fence)
+    log.info("stale delivery dropped", job_id=str(job_id), step_index=step_index, fence=fence)
     if (
         holds_slot
         and run is not None

@@ -160,7 +160,7 @@ def _continue(
         return Outcome.DISCARDED
     next_run = continued.next_run
     next_bound = log.bind(
-        job_id=str(run.job_id), step=next_run.step_index, attempt=1, queue=next_run.queue
+        job_id=str(run.job_id), step_index=next_run.step_index, attempt=1, queue=next_run.queue
     )
     bound.info("step completed", job_finished=False)
     next_bound.info("step started", service=next_service.name)

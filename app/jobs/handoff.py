@@ -21,12 +21,14 @@ expires, and Beat puts the step back (app/jobs/recovery.py).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -72,6 +74,8 @@ class Recording(Generic[_R]):
 
     def __init__(self, record: Callable[[], _R]) -> None:
         self._record = record
+        # Run in the recorder thread, its lines still carry the step's log fields.
+        self._context = contextvars.copy_context()
         self._future: Future[_R] | None = None
         self._result: _R | None = None
 
@@ -79,7 +83,7 @@ class Recording(Generic[_R]):
         self._result = self._record()
 
     def start(self) -> None:
-        self._future = _recorder.submit(self._record)
+        self._future = _recorder.submit(partial(self._context.run, self._record))
 
     def result(self) -> _R | None:
         if self._future is None:

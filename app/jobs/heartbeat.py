@@ -30,7 +30,7 @@ from app.catalog import Service
 from app.db import session_scope
 from app.jobs import repository as repo
 from app.leases import LeaseId, LeaseSemaphore
-from app.logs import first_line
+from app.logs import first_line, in_context
 from app.services import Interruptible
 
 MIN_INTERVAL_S = 0.2
@@ -43,7 +43,7 @@ class _Beat:
     service: Service
     lease: LeaseId
     interval: float
-    log: Any  # the step's logger: its lines carry job_id, step, attempt and queue
+    log: Any  # the step's logger: its lines carry the step fields (app/logs.py)
     call: Interruptible
     due: float = field(init=False)
 
@@ -82,7 +82,8 @@ class Heartbeats:
     ) -> Iterator[None]:
         """Keep `lease` and its step's heartbeat alive for the duration of the block."""
         interval = max(MIN_INTERVAL_S, service.lease_ttl_s / 3)
-        beat = _Beat(semaphore, service, lease, interval, step_log, call)
+        # The beat threads log for the step: with its fields, which they cannot see.
+        beat = _Beat(semaphore, service, lease, interval, in_context(step_log), call)
         with self._lock:
             self._ensure_thread()
             self._beats.add(beat)

@@ -63,7 +63,7 @@ def send(delivery: Delivery) -> None:
         log.warning(
             "broker did not take a step delivery; marked unsent",
             job_id=str(delivery.job_id),
-            step=delivery.step_index,
+            step_index=delivery.step_index,
             error=first_line(error),
         )
         _owe(delivery)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy.orm import Session
@@ -80,6 +80,17 @@ class SweepReport:
 def lease_ttl_s(step: LiveStep) -> float:
     live = current_catalog().services.get(step.service)
     return live.lease_ttl_s if live is not None else step.lease_ttl_s
+
+
+def _fields(step: LiveStep) -> dict[str, Any]:
+    """The step fields of a line about `step` (app/logs.py STEP_FIELDS)."""
+    return {
+        "job_id": str(step.job_id),
+        "step_index": step.step_index,
+        "attempt": step.attempt,
+        "service": step.service,
+        "queue": step.queue,
+    }
 
 
 def lease_of(step: LiveStep) -> LeaseId:
@@ -143,11 +154,7 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
         )
         _send_after_commit(session, step, new_fence)
         log.warning(
-            "lost attempt restarted",
-            job_id=str(step.job_id),
-            step=step.step_index,
-            reason=reason,
-            next_attempt=step.attempt + 1,
+            "lost attempt restarted", **_fields(step), reason=reason, next_attempt=step.attempt + 1
         )
         return Action.RESTARTED
     if not repo.fail_step(
@@ -169,7 +176,7 @@ def _restart_lost_attempt(session: Session, step: LiveStep, reason: str) -> Acti
         attempt=step.attempt,
         data={"error": error, "code": WORKER_LOST, "retryable": True},
     )
-    log.warning("worker lost on the last attempt; job failed", job_id=str(step.job_id))
+    log.warning("worker lost on the last attempt; job failed", **_fields(step))
     return Action.FAILED
 
 
@@ -181,7 +188,7 @@ def _requeue(session: Session, step: LiveStep, idle_for_s: float) -> Action:
     ):
         return Action.NONE
     _send_after_commit(session, step, step.fence)
-    log.info("step re-enqueued", job_id=str(step.job_id), step=step.step_index, fence=step.fence)
+    log.info("step re-enqueued", **_fields(step), fence=step.fence)
     return Action.REQUEUED
 
 

@@ -22,7 +22,8 @@ from structlog.typing import FilteringBoundLogger
 from app.jobs.claim import Claimed, claim_delivery
 from app.jobs.delivery import NamedSlot, Outcome
 from app.jobs.execute import execute
-from app.jobs.handoff import HandoffChain, Recording
+from app.jobs.handoff import HandedOver, HandoffChain, Recording
+from app.logs import bind_step, step_scope
 
 __all__ = ["NamedSlot", "Outcome", "run_step"]
 
@@ -41,21 +42,13 @@ def run_step(
     is the service and queue the message names, when it does (dispatch.py)."""
     chain: HandoffChain[Claimed] = HandoffChain(local_queues)
     try:
+        # This delivery's step fields stay bound after it, for the caller's lines about
+        # it (Celery's on the task's result); each step taken over has its own.
         outcome = _run_delivery(job_id, step_index, fence, chain, named)
         while (taken := chain.take()) is not None:
             try:
-                if isinstance(taken, Claimed):
-                    chain.step_claimed()
-                    execute(taken, chain)
-                else:
-                    lease = taken.lease
-                    _run_delivery(
-                        uuid.UUID(lease.job_id),
-                        lease.step_index,
-                        lease.fence,
-                        chain,
-                        NamedSlot(taken.service, lease.queue, holds_slot=True, handed_here=True),
-                    )
+                with step_scope():
+                    _run_taken(taken, chain)
             except Exception:
                 # Its lease expires and Beat puts the step back; stop taking work over.
                 log.exception("step taken over in-process failed", taken=str(taken))
@@ -65,6 +58,34 @@ def run_step(
     return (outcome.result() or Outcome.DISCARDED) if isinstance(outcome, Recording) else outcome
 
 
+def _run_taken(taken: HandedOver | Claimed, chain: HandoffChain[Claimed]) -> None:
+    if isinstance(taken, Claimed):
+        _bind_claimed(taken)
+        chain.step_claimed()
+        execute(taken, chain)
+    else:
+        lease = taken.lease
+        _run_delivery(
+            uuid.UUID(lease.job_id),
+            lease.step_index,
+            lease.fence,
+            chain,
+            NamedSlot(taken.service, lease.queue, holds_slot=True, handed_here=True),
+        )
+
+
+def _bind_claimed(claimed: Claimed) -> None:
+    """Every line about the claimed step carries its fields (app/logs.py)."""
+    run = claimed.run
+    bind_step(
+        run.job_id,
+        run.step_index,
+        attempt=run.attempt,
+        service=claimed.service.name,
+        queue=run.queue,
+    )
+
+
 def _run_delivery(
     job_id: uuid.UUID,
     step_index: int,
@@ -72,10 +93,18 @@ def _run_delivery(
     chain: HandoffChain[Claimed],
     named: NamedSlot | None = None,
 ) -> Outcome | Recording[Outcome]:
+    # What the message names; the attempt once the step is claimed.
+    bind_step(
+        job_id,
+        step_index,
+        service=named.service if named else None,
+        queue=named.queue if named else None,
+    )
     try:
         claimed = claim_delivery(job_id, step_index, fence, named)
     finally:
         chain.step_claimed()  # however the claim ended, deferred recordings may go
     if isinstance(claimed, Outcome):
         return claimed
+    _bind_claimed(claimed)
     return execute(claimed, chain)
