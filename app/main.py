@@ -14,7 +14,7 @@ from app.api import catalog, events, health, jobs, metrics, operator_routes, ws
 from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.head import HeadAsGet
-from app.api.responses import ANY_ROUTE
+from app.api.responses import ANY_ROUTE, Utf8JSONResponse
 from app.auth import announce_access_mode
 from app.catalog import current_catalog
 from app.config import get_settings
@@ -57,6 +57,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Orchestration gateway for multi-step AI workflows",
         lifespan=lifespan,
+        default_response_class=Utf8JSONResponse,
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)

@@ -3,9 +3,13 @@ declares, so that a client generated from /openapi.json knows every error's shap
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+
+from app.json_values import utf8_text
 
 
 class ErrorBody(BaseModel):
@@ -46,3 +50,15 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # What any route of /api/v1 may answer, whatever it does.
 ANY_ROUTE = errors(500)
+
+
+class Utf8JSONResponse(JSONResponse):
+    """Every JSON answer of the API. A lone surrogate stored before input was checked for
+    it has no UTF-8 form: it is sent as U+FFFD rather than failing the read with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            return utf8_text(text).encode("utf-8")

@@ -12,7 +12,7 @@ import httpx
 
 from app.catalog import Service
 from app.config import get_settings
-from app.json_values import STRICT_LOADS
+from app.json_values import STRICT_LOADS, check_utf8
 from app.services.errors import StepError, output_too_large
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ def classify_response(response: httpx.Response) -> dict[str, Any]:
         )
     try:
         body = response.json(**STRICT_LOADS)
+        check_utf8(response.content, body)
     except ValueError as exc:
         raise StepError(
             f"service answered {status} with a body that is not valid JSON ({exc}): "
