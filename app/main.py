@@ -58,6 +58,10 @@ def create_app() -> FastAPI:
         summary="Orchestration gateway for multi-step AI workflows",
         lifespan=lifespan,
         default_response_class=Utf8JSONResponse,
+        # DOCS_ENABLED (off by default in production): /docs, /redoc and /openapi.json.
+        docs_url="/docs" if settings.docs_on else None,
+        redoc_url="/redoc" if settings.docs_on else None,
+        openapi_url="/openapi.json" if settings.docs_on else None,
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)

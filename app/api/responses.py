@@ -38,8 +38,10 @@ _WHY = {
     413: "The request body is larger than MAX_BODY_BYTES (payload_too_large).",
     422: "A field is missing, of the wrong type or out of range (validation_error), or "
     "the feature is unknown (unknown_feature).",
+    429: "The API key already holds MAX_STREAMS_PER_KEY event streams (too_many_streams).",
     500: "An unexpected error (internal_error); nothing half-written is left behind.",
-    503: "The database is unavailable (database_unavailable); retry after Retry-After.",
+    503: "The database is unavailable (database_unavailable), or, from /health/ready, "
+    "the database or Redis does not answer (not_ready); retry after Retry-After.",
 }
 
 

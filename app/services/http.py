@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import certifi
 import httpx
+import structlog
 
 from app.catalog import Service
 from app.config import get_settings
@@ -18,6 +19,7 @@ from app.services.errors import StepError, output_too_large
 if TYPE_CHECKING:
     from app.services import StepCall
 
+log = structlog.get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _client: httpx.Client | None = None
 _ssl_context: ssl.SSLContext | None = None
@@ -66,10 +68,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def headers_for(call: StepCall) -> dict[str, str]:
+def headers_for(service: Service, call: StepCall) -> dict[str, str]:
+    """The contract's headers, then the service's own `headers:` (its credentials), or
+    else X-Internal-Api-Key when INTERNAL_API_KEY is set: a service with credentials
+    of its own is never sent the secret shared by the others."""
     headers = {"X-Job-Id": call.job_id, "Idempotency-Key": call.idempotency_key}
     key = get_settings().internal_api_key
-    if key:
+    if service.headers:
+        headers.update(service.headers)
+    elif key:
         headers["X-Internal-Api-Key"] = key
     return headers
 
@@ -152,9 +159,10 @@ def call_http(service: Service, call: StepCall) -> dict[str, Any]:
         read=service.timeout_s,
     )
     assert service.url is not None
+    headers = headers_for(service, call)
     try:
         with get_client().stream(
-            "POST", service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
+            "POST", service.url, json=call.payload(), headers=headers, timeout=timeout
         ) as streamed:
             response = _read_within(streamed, service, settings.max_step_output_bytes, deadline)
     except httpx.TimeoutException as exc:
@@ -164,8 +172,10 @@ def call_http(service: Service, call: StepCall) -> dict[str, Any]:
             retryable=True,
         ) from exc
     except httpx.TransportError as exc:
+        # The address stays in the worker's log: an error is shown to clients.
+        log.warning("cannot reach service", service=service.name, url=service.url, error=str(exc))
         raise StepError(
-            f"cannot reach {service.name} at {service.url}: {exc}",
+            f"cannot reach {service.name} ({type(exc).__name__}: {exc})",
             code="connect_error",
             retryable=True,
         ) from exc

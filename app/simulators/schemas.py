@@ -57,7 +57,10 @@ class RequestRecord(BaseModel):
     attempt: int | None
     idempotency_key: str | None
     x_job_id: str | None
-    internal_api_key: str | None
+    # Every header received, by lower-case name; the value only of those that can hold
+    # no secret (the rest read "[redacted]": X-Internal-Api-Key, Authorization, a
+    # service's own `headers:`), so the admin API never hands out a credential.
+    headers: dict[str, str]
     context: dict[str, Any]
     input_data: dict[str, Any]
     received_at: float
