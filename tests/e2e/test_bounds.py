@@ -4,13 +4,16 @@
   (LIST_RSS_BUDGET_MIB): lists carry neither;
 - one API key holds at most MAX_STREAMS_PER_KEY (16) event streams: the 17th
   WebSocket is closed with 4029, the 17th SSE stream answered 429;
-- a client's 1 MiB WebSocket frame closes that socket (1009), no other.
+- a client's 1 MiB WebSocket frame closes that socket (1009), no other;
+- a request whose headers or body arrive too slowly loses its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -90,10 +93,11 @@ KEY_ONE, KEY_TWO = "bounds-key-one", "bounds-key-two"
 
 
 @pytest.fixture(scope="module")
-def keyed_api(env, log_dir):
+def keyed_api(env, log_dir, migrated):
     """A `cao api` of its own, with two client keys of one tenant."""
     keys = f"{KEY_ONE}:client:bounds,{KEY_TWO}:client:bounds,operator-key-9:operator"
-    with serving_api("api-bounds", {**env, "API_KEYS": keys}, log_dir) as client:
+    bounded = {**env, "API_KEYS": keys, "HTTP_REQUEST_TIMEOUT_S": "2"}
+    with serving_api("api-bounds", bounded, log_dir) as client:
         yield client
 
 
@@ -180,3 +184,22 @@ def test_a_1_mib_client_frame_closes_that_socket_only(keyed_api):
             await asyncio.gather(loud.close(), quiet.close())
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        b"GET /api/v1/health HTTP/1.1\r\nHost: api\r\nX-Slow: ",  # headers never end
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: api\r\nContent-Length: 100\r\n\r\n{",  # body
+    ],
+    ids=["headers", "body"],
+)
+def test_a_request_arriving_too_slowly_loses_its_connection(keyed_api, partial):
+    host, port = str(keyed_api.base_url).removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(partial)
+        started = time.monotonic()
+        assert keyed_api.get("/api/v1/health").status_code == 200  # others are served
+        while slow.recv(65536):  # whatever answer, then the close
+            pass
+        assert time.monotonic() - started < 2 + 3  # HTTP_REQUEST_TIMEOUT_S, and margin
