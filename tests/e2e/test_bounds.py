@@ -5,7 +5,8 @@
 - one API key holds at most MAX_STREAMS_PER_KEY (16) event streams: the 17th
   WebSocket is closed with 4029, the 17th SSE stream answered 429;
 - a client's 1 MiB WebSocket frame closes that socket (1009), no other;
-- a request whose headers or body arrive too slowly loses its connection.
+- a request whose headers or body arrive too slowly loses its connection;
+- a replay longer than one page's byte budget goes on to the end, in order.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.db import session_scope
+from app.events.log import latest_event_id
+from tests.e2e.operator_support import submit
 from tests.event_clients import ws_url
-from tests.harness import serving_api
+from tests.harness import serving_api, wait_for_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -203,3 +206,37 @@ def test_a_request_arriving_too_slowly_loses_its_connection(keyed_api, partial):
         while slow.recv(65536):  # whatever answer, then the close
             pass
         assert time.monotonic() - started < 2 + 3  # HTTP_REQUEST_TIMEOUT_S, and margin
+
+
+def test_a_replay_past_one_pages_byte_budget_goes_on_to_the_end(stack, api_server, db):
+    api, sim = stack["api"], stack["sim"]
+    jobs = 4
+    # 400 KB outputs (under this run's EVENT_OUTPUT_MAX_BYTES, so kept in the events):
+    # their events take several pages of EVENT_PAGE_MAX_BYTES (1 MiB).
+    sim.behave("flaky", script=[{"body": {"blob": "x" * 400_000}}] * jobs)
+    with session_scope() as session:
+        after_id = latest_event_id(session)
+    job_ids = [submit(api, "flaky_then_mail") for _ in range(jobs)]
+    for job_id in job_ids:
+        assert wait_for_job(api, job_id)["status"] == "COMPLETED"
+
+    async def replay() -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        finished: set[str] = set()
+        url = ws_url(api_server, f"/ws?after={after_id}")
+        async with connect(url, max_size=None) as socket:
+            while finished != set(job_ids):
+                message = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                if message["type"] == "WS_CONNECTED":
+                    continue
+                seen.append(message)
+                if message["type"] == "JOB_COMPLETED":
+                    finished.add(message["job_id"])
+        return seen
+
+    seen = [event for event in asyncio.run(replay()) if event["job_id"] in job_ids]
+    ids = [event["id"] for event in seen]
+    assert ids == sorted(set(ids)), "in order, each once"
+    for job_id in job_ids:
+        page = api.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 1000}).json()
+        assert [e for e in seen if e["job_id"] == job_id] == page["events"]
