@@ -3,8 +3,9 @@
 uvicorn bounds an idle keep-alive connection, but not a request arriving slowly: a
 client that sends a header line (or a body byte) now and then holds its socket for
 ever. Here a request's headers and body must all arrive within
-HTTP_REQUEST_TIMEOUT_S of the connection being ready for it (opened, or the previous
-answer sent); past that the connection is closed. A WebSocket upgrade leaves this
+HTTP_REQUEST_TIMEOUT_S of the connection opening (its first request) or of their
+first byte (a later one; uvicorn's keep-alive timeout bounds the wait before it);
+past that the connection is closed. A WebSocket upgrade leaves this
 protocol, and the deadline with it. `cao api` passes it to uvicorn by name
 (`--http app.api.http_protocol:RequestDeadlineProtocol` for plain uvicorn).
 """
@@ -35,6 +36,8 @@ class RequestDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()  # the first bytes of the next request on a kept-alive connection
         super().data_received(data)
         if self.conn.their_state is not h11.SEND_BODY and self.conn.their_state is not h11.IDLE:
             self._disarm()  # the request is in (or the connection is done with)
@@ -42,11 +45,6 @@ class RequestDeadlineProtocol(H11Protocol):
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._disarm()
         super().handle_websocket_upgrade(event)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection
 
     def _arm(self) -> None:
         self._disarm()
