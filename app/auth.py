@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -35,6 +35,9 @@ MIN_KEY_LENGTH = 8
 class Principal:
     role: Role
     tenant: str
+    # Which configured key this is (a digest prefix; None with open access): per-key
+    # limits count by it.
+    key_id: str | None = field(default=None, compare=False)
 
     @property
     def is_operator(self) -> bool:
@@ -61,7 +64,10 @@ class KeyRing:
     """Configured keys as digests; `resolve` compares against every one of them."""
 
     def __init__(self, entries: list[tuple[str, Principal]]) -> None:
-        self._entries = [(digest(key), principal) for key, principal in entries]
+        self._entries = [
+            (digest(key), replace(principal, key_id=digest(key).hex()[:16]))
+            for key, principal in entries
+        ]
 
     @property
     def is_open(self) -> bool:

@@ -19,7 +19,14 @@ from typing import Annotated, Any, Literal
 
 import structlog
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.config import get_settings
 
@@ -56,6 +63,13 @@ def _default_timeout_s(fields: dict[str, Any]) -> float:
     return PYTHON_STEP_TIMEOUT_S
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+# What every call carries from the gateway (DESIGN.md "Calling a service").
+RESERVED_HEADERS = frozenset(
+    {"x-job-id", "idempotency-key", "content-type", "content-length", "host", "traceparent"}
+)
+
+
 class Service(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -69,6 +83,22 @@ class Service(BaseModel):
     lease_ttl_s: Annotated[float, Field(gt=0)] = 60.0
     max_attempts: Annotated[int, Field(ge=1)] = 3
     backoff: Backoff = Backoff()
+    # Sent on every call to this service only (kind http): its own credentials. Left
+    # out of dumps, so never copied into a job's recipe snapshot or an API answer; the
+    # worker takes them from the live catalog (app/jobs/slots.py live_service).
+    headers: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by the gateway itself")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r}: a value cannot hold a line break")
+        return headers
 
     @model_validator(mode="after")
     def _call_spec(self) -> Service:
@@ -84,6 +114,8 @@ class Service(BaseModel):
                 raise ValueError("kind python needs target: 'package.module:function'")
             if self.url:
                 raise ValueError("url is for kind http; kind python takes target")
+            if self.headers:
+                raise ValueError("headers are for kind http; kind python takes none")
         return self
 
 

@@ -60,6 +60,24 @@ class Settings(BaseSettings):
 
     api_keys: str = ""
     api_keys_file: Path | None = None
+    # Production without API keys is refused unless this says running open is meant.
+    allow_open_access: bool = False
+    # /docs, /redoc and /openapi.json; off by default in production.
+    docs_enabled: bool | None = None
+
+    # Bounds on what one client can hold (docs/operations.md "Limits").
+    max_streams_per_key: int = Field(16, ge=1)
+    # A step output larger than this (JSON bytes) is left out of its STEP_COMPLETED
+    # event, marked `output_truncated`; GET /jobs/{id} has it.
+    event_output_max_bytes: int = Field(64 * 1024, ge=1024)
+    # One page of events (REST, and each back-fill read of WebSocket/SSE) stops
+    # after this many bytes of event JSON (always at least one event).
+    event_page_max_bytes: int = Field(1024 * 1024, ge=1024)
+    # The largest message a WebSocket client may send (it sends nothing that matters).
+    ws_max_message_bytes: int = Field(4096, ge=128)
+    # Seconds a client may take to send its request headers and body (uvicorn's
+    # keep-alive timeout bounds an idle connection).
+    http_request_timeout_s: float = Field(30, gt=0)
 
     # How long a PostgreSQL connection waits on a server that stopped answering at the
     # network level (its host gone, a partition, a failover leaving the connection
@@ -68,6 +86,8 @@ class Settings(BaseSettings):
 
     # Celery's broker visibility timeout; must exceed the longest step timeout.
     broker_visibility_timeout_s: int = Field(3600, gt=0)
+    # Touched by Beat as it schedules (worker/heartbeat.py), for its healthcheck.
+    beat_heartbeat_file: Path | None = None
     log_level: str = "INFO"
     # One JSON object a line from every process (app/logs.py).
     log_json: bool = False
@@ -89,6 +109,7 @@ class Settings(BaseSettings):
         "internal_api_key",
         "cao_catalog",
         "api_keys_file",
+        "beat_heartbeat_file",
         "otel_exporter_otlp_endpoint",
         "otel_exporter_otlp_traces_endpoint",
         "otel_exporter_otlp_protocol",
@@ -111,9 +132,20 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
-        if self.cao_env == "production" and self.database_url.startswith("sqlite"):
+        if self.cao_env != "production":
+            return self
+        if self.database_url.startswith("sqlite"):
             raise ValueError("CAO_ENV=production needs a PostgreSQL DATABASE_URL, not SQLite")
+        if not self.api_keys.strip() and self.api_keys_file is None and not self.allow_open_access:
+            raise ValueError(
+                "CAO_ENV=production needs API keys: set API_KEYS (or API_KEYS_FILE), or "
+                "ALLOW_OPEN_ACCESS=true to let every caller act as an operator on purpose"
+            )
         return self
+
+    @property
+    def docs_on(self) -> bool:
+        return self.docs_enabled if self.docs_enabled is not None else self.cao_env != "production"
 
     @property
     def is_sqlite(self) -> bool:

@@ -58,3 +58,11 @@ class Unauthorized(GatewayError):
 class Forbidden(GatewayError):
     status_code = 403
     code = "forbidden"
+
+
+class NotReady(GatewayError):
+    """The database or Redis does not answer: the process cannot serve yet."""
+
+    status_code = 503
+    code = "not_ready"
+    headers = {"Retry-After": "1"}

@@ -35,7 +35,7 @@ from app.api import (
 from app.api.deps import WebSocketDenied, close_denied_websocket
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.head import HeadAsGet
-from app.api.responses import ANY_ROUTE
+from app.api.responses import ANY_ROUTE, Utf8JSONResponse
 from app.auth import announce_access_mode
 from app.catalog import current_catalog
 from app.config import get_settings
@@ -104,6 +104,11 @@ def create_app() -> FastAPI:
         summary="Orchestration gateway for multi-step AI workflows",
         lifespan=lifespan,
         telemetry=request_telemetry(settings.tracing),
+        default_response_class=Utf8JSONResponse,
+        # DOCS_ENABLED (off by default in production): /docs, /redoc and /openapi.json.
+        docs_url="/docs" if settings.docs_on else None,
+        redoc_url="/redoc" if settings.docs_on else None,
+        openapi_url="/openapi.json" if settings.docs_on else None,
     )
     install_error_handlers(app)
     app.add_exception_handler(WebSocketDenied, close_denied_websocket)

@@ -46,6 +46,8 @@ celery_app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     beat_schedule=beat_schedule(get_settings()),
+    # Beat's default scheduler, with a heartbeat file for its healthcheck.
+    beat_scheduler="worker.heartbeat:HeartbeatScheduler",
     worker_send_task_events=get_settings().task_events,
 )
 

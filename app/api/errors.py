@@ -14,13 +14,13 @@ from fastapi.exceptions import (
     ValidationException,
     WebSocketRequestValidationError,
 )
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.status import WS_1008_POLICY_VIOLATION
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.responses import Utf8JSONResponse as JSONResponse
 from app.errors import GatewayError, error_envelope
 from app.logs import first_line
 

@@ -14,18 +14,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PrincipalDep
 from app.api.responses import errors
+from app.api.stream_limit import HeldStreamingResponse, acquire_or_raise
 from app.errors import GatewayError
 from app.events.hub import HubUnavailable, SubscriptionStopped, get_hub
-from app.events.sequencer import read_job_events
 from app.events.stream import JobEvents, OrderedStream
 from app.events.types import MAX_SEQ, EventOut
-from app.events.wire import JobHead, read_job_head
+from app.events.wire import JobHead, job_page, read_job_head
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 
@@ -38,7 +38,8 @@ RECONNECT_MS = 1000
 class EventPage(BaseModel):
     success: bool = True
     events: list[EventOut]
-    # Pass as `after` to read the next page (the last seq returned, or `after` itself).
+    # Pass as `after` to read the next page (the last seq returned, or `after` itself). A
+    # page holds at most `limit` events and EVENT_PAGE_MAX_BYTES of them (at least one).
     next_after: int
 
 
@@ -47,7 +48,7 @@ class EventPage(BaseModel):
     response_model=EventPage,
     responses={
         200: {"content": {EVENT_STREAM: {}}, "description": "JSON page, or SSE"},
-        **errors(401, 404, 422, 503),
+        **errors(401, 404, 422, 429, 503),
     },
 )
 async def job_events(
@@ -59,21 +60,27 @@ async def job_events(
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size (JSON only).")] = 100,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
-) -> EventPage | StreamingResponse:
+) -> Response:
     job = await read_job_head(job_id, principal.tenant_scope)
     if EVENT_STREAM in request.headers.get("accept", ""):
         position = _resume_position(after, last_event_id)
-        return StreamingResponse(
+        return HeldStreamingResponse(
             _event_stream(job, position),
+            release=acquire_or_raise(principal),
             media_type=EVENT_STREAM,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     return await run_in_threadpool(_page, job_id, after, limit)
 
 
-def _page(job_id: uuid.UUID, after: int, limit: int) -> EventPage:
-    events = read_job_events(job_id, after, limit)
-    return EventPage(events=events, next_after=events[-1].seq if events else after)
+def _page(job_id: uuid.UUID, after: int, limit: int) -> Response:
+    """An EventPage, assembled from each event's JSON as the streams send it: at most
+    EVENT_PAGE_MAX_BYTES of events (at least one), outputs as events carry them."""
+    page = job_page(job_id, after, limit)
+    next_after = page[-1].seq if page else after
+    events = ",".join(event.text for event in page)
+    body = f'{{"success":true,"events":[{events}],"next_after":{next_after}}}'
+    return Response(body.encode(), media_type="application/json")
 
 
 def _resume_position(after: int, last_event_id: str | None) -> int:

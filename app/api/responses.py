@@ -3,9 +3,13 @@ declares, so that a client generated from /openapi.json knows every error's shap
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+
+from app.json_values import utf8_text
 
 
 class ErrorBody(BaseModel):
@@ -34,8 +38,10 @@ _WHY = {
     413: "The request body is larger than MAX_BODY_BYTES (payload_too_large).",
     422: "A field is missing, of the wrong type or out of range (validation_error), or "
     "the feature is unknown (unknown_feature).",
+    429: "The API key already holds MAX_STREAMS_PER_KEY event streams (too_many_streams).",
     500: "An unexpected error (internal_error); nothing half-written is left behind.",
-    503: "The database is unavailable (database_unavailable); retry after Retry-After.",
+    503: "The database is unavailable (database_unavailable), or, from /health/ready, "
+    "the database or Redis does not answer (not_ready); retry after Retry-After.",
 }
 
 
@@ -46,3 +52,15 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # What any route of /api/v1 may answer, whatever it does.
 ANY_ROUTE = errors(500)
+
+
+class Utf8JSONResponse(JSONResponse):
+    """Every JSON answer of the API. A lone surrogate stored before input was checked for
+    it has no UTF-8 form: it is sent as U+FFFD rather than failing the read with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            return utf8_text(text).encode("utf-8")

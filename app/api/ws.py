@@ -3,9 +3,11 @@
 On connect: `WS_CONNECTED`, then every stored event after the client's position,
 then live events, in order and each once (see app/events/stream.py). Close codes:
 1000 after a job's final event, 4004 unknown job, 4008 too slow (reconnect with
-`after`; the reason names the position), 1011 stream failed, 1012 server
-restarting, 1013 try again later. A bad `after` gets no socket: the handshake is
-answered 422 with the error envelope (app/api/errors.py).
+`after`; the reason names the position), 4029 the API key already holds
+MAX_STREAMS_PER_KEY streams, 1009 a client message over WS_MAX_MESSAGE_BYTES,
+1011 stream failed, 1012 server restarting, 1013 try again later. A bad `after`
+gets no socket: the handshake is answered 422 with the error envelope
+(app/api/errors.py).
 Idle sockets are kept alive by the server's protocol pings (`cao api` sets them).
 """
 
@@ -14,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from app.api.deps import WsPrincipalDep
+from app.api.stream_limit import WS_TOO_MANY_STREAMS, acquire, refusal
+from app.auth import Principal
+from app.config import get_settings
 from app.errors import JobNotFound
 from app.events.hub import HubUnavailable, StopReason, Subscription, get_hub
 from app.events.stream import AllEvents, EventSource, JobEvents, OrderedStream
@@ -31,6 +37,7 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["events"])
 
 WS_NORMAL = 1000
+WS_MESSAGE_TOO_BIG = 1009
 WS_INTERNAL_ERROR = 1011
 WS_RESTARTING = 1012
 WS_TRY_AGAIN = 1013
@@ -49,14 +56,18 @@ async def job_socket(
     websocket: WebSocket, job_id: str, principal: WsPrincipalDep, after: SeqAfter = 0
 ) -> None:
     await websocket.accept()
-    try:
-        job = await read_job_head(uuid.UUID(job_id), principal.tenant_scope)
-    except (ValueError, JobNotFound):
-        await websocket.close(WS_UNKNOWN_JOB, f"job {job_id} does not exist"[:120])
-        return
-    await _connected(websocket, after, job_id=str(job.job_id), status=job.status)
-    source = JobEvents(job.job_id)
-    await _serve(websocket, source, after, job_id=str(job.job_id), finished=job.over_at(after))
+    async with _stream_slot(websocket, principal) as held:
+        if not held:
+            return
+        try:
+            job = await read_job_head(uuid.UUID(job_id), principal.tenant_scope)
+        except (ValueError, JobNotFound):
+            await websocket.close(WS_UNKNOWN_JOB, f"job {job_id} does not exist"[:120])
+            return
+        await _connected(websocket, after, job_id=str(job.job_id), status=job.status)
+        source = JobEvents(job.job_id)
+        finished = job.over_at(after)
+        await _serve(websocket, source, after, job_id=str(job.job_id), finished=finished)
 
 
 @router.websocket("/ws")
@@ -64,9 +75,27 @@ async def all_jobs_socket(
     websocket: WebSocket, principal: WsPrincipalDep, after: IdAfter = 0
 ) -> None:
     await websocket.accept()
-    await _connected(websocket, after, job_id=None, status=None)
-    source = AllEvents(get_hub(), tenant=principal.tenant_scope)
-    await _serve(websocket, source, after, job_id=None, finished=False)
+    async with _stream_slot(websocket, principal) as held:
+        if not held:
+            return
+        await _connected(websocket, after, job_id=None, status=None)
+        source = AllEvents(get_hub(), tenant=principal.tenant_scope)
+        await _serve(websocket, source, after, job_id=None, finished=False)
+
+
+@contextlib.asynccontextmanager
+async def _stream_slot(websocket: WebSocket, principal: Principal) -> AsyncIterator[bool]:
+    """One of the key's MAX_STREAMS_PER_KEY streams for this socket, held while it is
+    served; past the cap the socket is closed with 4029 and False is yielded."""
+    release = acquire(principal)
+    if release is None:
+        await _close(websocket, WS_TOO_MANY_STREAMS, refusal(get_settings().max_streams_per_key))
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        release()
 
 
 async def _connected(
@@ -129,8 +158,14 @@ async def _pump(
 
 async def _until_client_leaves(websocket: WebSocket) -> None:
     # Messages from the client carry nothing; reading them is how a close is noticed.
-    while (await websocket.receive())["type"] != "websocket.disconnect":
-        pass
+    # `cao api` has uvicorn refuse a large frame before it is read (ws_max_size); under
+    # a server without that limit, the socket closes here all the same.
+    limit = get_settings().ws_max_message_bytes
+    while (message := await websocket.receive())["type"] != "websocket.disconnect":
+        size = len(message.get("bytes") or b"") + len(message.get("text") or "")
+        if size > limit:
+            await _close(websocket, WS_MESSAGE_TOO_BIG, f"messages are limited to {limit} bytes")
+            return
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -10,6 +10,24 @@ from typing import Annotated
 import typer
 
 
+def _refuse_invalid_settings() -> None:
+    """Exit 2 with one readable line when the environment is refused (e.g. production
+    without API_KEYS), before anything starts: the same check every server command
+    (and `uvicorn app.main:app`, `celery -A worker.celery_app`) makes on its own."""
+    from pydantic import ValidationError
+
+    from app.config import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        reasons = "; ".join(
+            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
+        )
+        typer.secho(f"refusing to start: {reasons}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
 def api(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
@@ -18,8 +36,11 @@ def api(
     """Serve the REST and WebSocket API."""
     import uvicorn
 
+    from app.config import get_settings
     from app.logs import configure_logging
 
+    _refuse_invalid_settings()
+    settings = get_settings()
     # Ours for uvicorn's lines too (log_config=None: uvicorn leaves logging alone), from
     # the first one this process writes.
     configure_logging("api")
@@ -31,6 +52,11 @@ def api(
         workers=workers,
         log_level="warning",
         log_config=None,
+        # A request's headers and body must arrive within HTTP_REQUEST_TIMEOUT_S.
+        http="app.api.http_protocol:RequestDeadlineProtocol",
+        # Clients send nothing that matters on a socket: a large frame closes it (1009)
+        # before it is buffered, instead of uvicorn's 16 MiB.
+        ws_max_size=settings.ws_max_message_bytes,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         # Open SSE streams and sockets must not hold a shutdown forever.
@@ -47,16 +73,20 @@ def worker(
     ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork or threads.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    name: Annotated[
+        str | None, typer.Option(help="Celery node name (default: QUEUES-PID@host).")
+    ] = None,
 ) -> None:
     """Run a Celery worker for one queue (one pool per queue)."""
     from app.broker import check_visibility_timeout, run_celery_command
 
+    _refuse_invalid_settings()
     try:
         check_visibility_timeout()
     except RuntimeError as exc:
         typer.secho(f"refusing to start: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
-    name = f"{queues.replace(',', '+')}-{os.getpid()}@%h"
+    name = name or f"{queues.replace(',', '+')}-{os.getpid()}@%h"
     argv = ["worker", "-Q", queues, "-n", name, "--pool", pool, "--loglevel", loglevel]
     if concurrency:
         argv += ["-c", str(concurrency)]
@@ -72,6 +102,7 @@ def beat(
     """Run Celery Beat: stuck-job sanity checks, lease reaping, retention."""
     from app.broker import run_celery_command
 
+    _refuse_invalid_settings()
     # Beat's schedule state is disposable: the schedule itself lives in worker/schedule.py.
     with tempfile.TemporaryDirectory(prefix="cao-beat-") as state:
         schedule = os.path.join(state, "schedule")
@@ -105,14 +136,19 @@ def simulators(
     failure_status: Annotated[int, typer.Option(help="Status of failed calls.")] = 503,
 ) -> None:
     """Serve the simulated services (prompt_enhancer, fast_chat_llm, ...)."""
+    from app.catalog import current_catalog
     from app.config import get_settings
-    from app.simulators import Behavior, run_simulators
+    from app.simulators import Behavior, run_simulators, simulated_services
 
     behavior = Behavior(
         latency_ms=latency_ms, failure_rate=failure_rate, failure_status=failure_status
     )
     run_simulators(
-        host=host, port=port, behavior=behavior, required_api_key=get_settings().internal_api_key
+        host=host,
+        port=port,
+        behavior=behavior,
+        required_api_key=get_settings().internal_api_key,
+        services=simulated_services(current_catalog()),
     )
 
 

@@ -321,7 +321,7 @@ class EventHub:
                 if event.id > self._cursor:
                     self.stats.from_log += 1
                     self._deliver(event)
-            if len(page) < LOG_PAGE:
+            if not page.more:  # a page cut at its byte budget is not the end
                 return
 
     def _deliver(self, event: WireEvent) -> None:

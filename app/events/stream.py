@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.events.hub import EventHub, Subscription
-from app.events.wire import LOG_PAGE, WireEvent, read_events_after, read_job_events
+from app.events.wire import LOG_PAGE, WireEvent, WirePage, read_events_after, read_job_events
 
 
 class EventSource(Protocol):
@@ -32,7 +32,7 @@ class EventSource(Protocol):
 
     def position(self, event: WireEvent) -> int: ...
 
-    async def read(self, after: int) -> list[WireEvent]: ...
+    async def read(self, after: int) -> WirePage: ...
 
     async def admits(self, event: WireEvent) -> bool: ...
 
@@ -48,7 +48,7 @@ class JobEvents:
     def position(self, event: WireEvent) -> int:
         return event.seq
 
-    async def read(self, after: int) -> list[WireEvent]:
+    async def read(self, after: int) -> WirePage:
         return await read_job_events(self.job_id, after, LOG_PAGE)
 
     async def admits(self, event: WireEvent) -> bool:
@@ -67,7 +67,7 @@ class AllEvents:
     def position(self, event: WireEvent) -> int:
         return event.id
 
-    async def read(self, after: int) -> list[WireEvent]:
+    async def read(self, after: int) -> WirePage:
         return await read_events_after(after, LOG_PAGE, self.tenant)
 
     async def admits(self, event: WireEvent) -> bool:
@@ -131,7 +131,7 @@ class OrderedStream:
                 if self.source.position(event) > self.last:
                     self._advance(event)
                     yield event
-            if len(page) < LOG_PAGE:
+            if not page.more:  # a page cut short by its byte budget is not the end
                 return
 
     def _advance(self, event: WireEvent) -> None:

@@ -52,3 +52,16 @@ class EventOut(PublishedEvent):
     """An event as clients see it: always with its global id."""
 
     id: int
+
+
+def completed_data(output: dict[str, Any], size: int, limit: int) -> dict[str, Any]:
+    """STEP_COMPLETED's data for an output of `size` JSON bytes: the output itself up to
+    `limit` (EVENT_OUTPUT_MAX_BYTES), else a mark: GET /jobs/{job_id} has it."""
+    if size <= limit:
+        return {"output": output}
+    return output_left_out({"output": output}, size)
+
+
+def output_left_out(data: dict[str, Any], size: int) -> dict[str, Any]:
+    """`data` without its output, marked `output_truncated` with the size left out."""
+    return {**data, "output": None, "output_truncated": True, "output_bytes": size}

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydantic_core import PydanticSerializationError
 from starlette.concurrency import run_in_threadpool
 
+from app.config import get_settings
 from app.db import session_scope
 from app.errors import JobNotFound
 from app.events import log, sequencer
-from app.events.types import TERMINAL_EVENTS, EventOut
+from app.events.types import TERMINAL_EVENTS, EventOut, output_left_out
+from app.json_values import utf8_text
 from app.statuses import FINISHED_JOB
 
 # Rows per log read; a longer back-fill reads page after page.
 LOG_PAGE = 500
+# What an event holds besides its output, at most (ids, names, timestamps).
+_EVENT_OVERHEAD = 2048
+
+
+class WirePage(list["WireEvent"]):
+    """One read of the log, cut at EVENT_PAGE_MAX_BYTES of event JSON (at least one
+    event); `more` when the log may hold further events after it."""
+
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +74,39 @@ class WireEvent:
             seq=event.seq,
             job_id=event.job_id,
             type=event.type,
-            text=event.model_dump_json(),
+            text=_event_json(event),
         )
+
+
+def _event_json(event: EventOut) -> str:
+    """The event's JSON. What an older version stored is made sendable here: an output
+    over EVENT_OUTPUT_MAX_BYTES is left out (as it is written now), a lone surrogate
+    becomes U+FFFD."""
+    try:
+        text = event.model_dump_json()
+    except PydanticSerializationError:
+        text = utf8_text(json.dumps(event.model_dump(mode="json"), ensure_ascii=False))
+    limit = get_settings().event_output_max_bytes
+    output = event.data.get("output")
+    if len(text) > limit + _EVENT_OVERHEAD and output is not None:
+        event = event.model_copy(update={"data": output_left_out(event.data, len(text))})
+        return _event_json(event)
+    return text
+
+
+def _page(events: Iterable[WireEvent], rows: int, limit: int) -> WirePage:
+    """The events up to EVENT_PAGE_MAX_BYTES; `rows` of `limit` were read."""
+    budget = get_settings().event_page_max_bytes
+    page = WirePage()
+    size = 0
+    for event in events:
+        size += len(event.text)
+        if page and size > budget:
+            page.more = True
+            return page
+        page.append(event)
+    page.more = rows >= limit
+    return page
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +131,17 @@ def _job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:
     return JobHead(job_id, head.status, head.last_seq)
 
 
-def _job_page(job_id: uuid.UUID, after_seq: int, limit: int) -> list[WireEvent]:
+def job_page(job_id: uuid.UUID, after_seq: int, limit: int) -> WirePage:
+    """A page of a job's events (see read_job_events), in the calling thread."""
     events = sequencer.read_job_events(job_id, after_seq, limit)
-    return [WireEvent.from_event(event) for event in events]
+    return _page((WireEvent.from_event(event) for event in events), len(events), limit)
 
 
-def _global_page(
-    after_id: int, limit: int, tenant: str | None, before_id: int | None
-) -> list[WireEvent]:
+def _global_page(after_id: int, limit: int, tenant: str | None, before_id: int | None) -> WirePage:
     with session_scope() as session:
         rows = log.events_after_id(session, after_id, limit, tenant, before_id=before_id)
-        return [WireEvent.from_event(log.to_wire(row)) for row in rows]
+        wire = (WireEvent.from_event(log.to_wire(row)) for row in rows)
+        return _page(wire, len(rows), limit)
 
 
 def _sequence() -> list[WireEvent]:
@@ -120,16 +164,14 @@ async def read_job_head(job_id: uuid.UUID, tenant: str | None) -> JobHead:
     return await run_in_threadpool(_job_head, job_id, tenant)
 
 
-async def read_job_events(
-    job_id: uuid.UUID, after_seq: int, limit: int = LOG_PAGE
-) -> list[WireEvent]:
+async def read_job_events(job_id: uuid.UUID, after_seq: int, limit: int = LOG_PAGE) -> WirePage:
     """One page of a job's events with `seq > after_seq`, in seq order."""
-    return await run_in_threadpool(_job_page, job_id, after_seq, limit)
+    return await run_in_threadpool(job_page, job_id, after_seq, limit)
 
 
 async def read_events_after(
     after_id: int, limit: int = LOG_PAGE, tenant: str | None = None, before_id: int | None = None
-) -> list[WireEvent]:
+) -> WirePage:
     """One page of every job's events with `after_id < id < before_id` (optionally one
     tenant's)."""
     return await run_in_threadpool(_global_page, after_id, limit, tenant, before_id)

@@ -29,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.jobs.states import ACTIVE_JOB, LIVE_STEP, JobStatus, StepStatus
 
@@ -224,8 +224,12 @@ def list_jobs(
     limit: int,
     before: tuple[datetime, uuid.UUID] | None = None,
 ) -> Sequence[Job]:
-    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
-    query = select(Job)
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page.
+    Without input_data and context (each up to MAX_BODY_BYTES and more): a page of 500
+    must not load them all; reading one raises."""
+    query = select(Job).options(
+        defer(Job.input_data, raiseload=True), defer(Job.context, raiseload=True)
+    )
     if filters.status:
         query = query.where(Job.status == filters.status)
     if filters.feature_name:

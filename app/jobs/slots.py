@@ -38,9 +38,9 @@ def live_service(snapshot: dict[str, Any]) -> Service:
     current = current_catalog().services.get(service.name)
     if current is None:
         return service
-    return service.model_copy(
-        update={"concurrency": current.concurrency, "lease_ttl_s": current.lease_ttl_s}
-    )
+    # Headers are never in a snapshot (they hold credentials): always the live ones.
+    live = {"concurrency": current.concurrency, "lease_ttl_s": current.lease_ttl_s}
+    return service.model_copy(update={**live, "headers": current.headers})
 
 
 def wake(woken: list[LeaseId], service: str) -> None:

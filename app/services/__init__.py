@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
+
 from app.catalog import Service
 from app.services.errors import StepError
 from app.services.http import call_http
@@ -11,6 +13,8 @@ from app.services.interrupt import CallInterrupted, Interruptible
 from app.services.python import call_python
 
 __all__ = ["CallInterrupted", "Interruptible", "StepCall", "StepError", "call_service"]
+
+log = structlog.get_logger(__name__)
 
 
 class StepCall:
@@ -61,7 +65,22 @@ def call_service(
     service: Service, call: StepCall, handle: Interruptible | None = None
 ) -> dict[str, Any]:
     """Run one attempt; returns the step output or raises StepError, or CallInterrupted
-    when another thread interrupts `handle` (app/services/interrupt.py)."""
-    if service.kind == "http":
-        return call_http(service, call, handle)
-    return call_python(service, call, handle)
+    when another thread interrupts `handle` (app/services/interrupt.py).
+
+    Any other exception is a fault of the gateway's own (input stored before it was
+    checked, a bug): it fails the attempt at once with `internal_error`, not retried,
+    since the same call would fail the same way. Escaping instead, it would end the
+    task, and the step would be put back again and again as if its worker had died."""
+    try:
+        if service.kind == "http":
+            return call_http(service, call, handle)
+        return call_python(service, call, handle)
+    except (StepError, CallInterrupted):
+        raise
+    except Exception as exc:
+        log.exception("unexpected error calling a service", service=service.name)
+        raise StepError(
+            f"internal error calling {service.name}: {type(exc).__name__}: {exc}",
+            code="internal_error",
+            retryable=False,
+        ) from exc

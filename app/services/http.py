@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import certifi
 import httpx
+import structlog
 
 from app.catalog import Service
 from app.config import get_settings
-from app.json_values import STRICT_LOADS
+from app.json_values import STRICT_LOADS, check_utf8
 from app.services.errors import StepError, output_too_large
 from app.services.interrupt import CallInterrupted, Interruptible, Stopped, interruptible
 from app.tracing import instrument_http_client
@@ -23,6 +24,7 @@ from app.tracing import instrument_http_client
 if TYPE_CHECKING:
     from app.services import StepCall
 
+log = structlog.get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _client: httpx.Client | None = None
 _ssl_context: ssl.SSLContext | None = None
@@ -73,10 +75,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def headers_for(call: StepCall) -> dict[str, str]:
+def headers_for(service: Service, call: StepCall) -> dict[str, str]:
+    """The contract's headers, then the service's own `headers:` (its credentials), or
+    else X-Internal-Api-Key when INTERNAL_API_KEY is set: a service with credentials
+    of its own is never sent the secret shared by the others."""
     headers = {"X-Job-Id": call.job_id, "Idempotency-Key": call.idempotency_key}
     key = get_settings().internal_api_key
-    if key:
+    if service.headers:
+        headers.update(service.headers)
+    elif key:
         headers["X-Internal-Api-Key"] = key
     return headers
 
@@ -102,6 +109,7 @@ def classify_response(response: httpx.Response) -> dict[str, Any]:
         )
     try:
         body = response.json(**STRICT_LOADS)
+        check_utf8(response.content, body)
     except ValueError as exc:
         raise StepError(
             f"service answered {status} with a body that is not valid JSON ({exc}): "
@@ -164,12 +172,13 @@ def call_http(
         read=service.timeout_s,
     )
     assert service.url is not None
+    headers = headers_for(service, call)
     try:
         # A request unwound by Stopped closes its connection (httpcore does not pool it).
         with (
             interruptible(handle),
             get_client().stream(
-                "POST", service.url, json=call.payload(), headers=headers_for(call), timeout=timeout
+                "POST", service.url, json=call.payload(), headers=headers, timeout=timeout
             ) as streamed,
         ):
             response = _read_within(streamed, service, settings.max_step_output_bytes, deadline)
@@ -182,8 +191,10 @@ def call_http(
             retryable=True,
         ) from exc
     except httpx.TransportError as exc:
+        # The address stays in the worker's log: an error is shown to clients.
+        log.warning("cannot reach service", service=service.name, url=service.url, error=str(exc))
         raise StepError(
-            f"cannot reach {service.name} at {service.url}: {exc}",
+            f"cannot reach {service.name} ({type(exc).__name__}: {exc})",
             code="connect_error",
             retryable=True,
         ) from exc

@@ -11,7 +11,12 @@ per-service call statistics the end-to-end tests assert on.
 
 from __future__ import annotations
 
-from app.simulators.asgi import build_simulator_server, create_simulator_app, run_simulators
+from app.simulators.asgi import (
+    build_simulator_server,
+    create_simulator_app,
+    run_simulators,
+    simulated_services,
+)
 from app.simulators.outputs import DEFAULT_SERVICES, simulate_output
 from app.simulators.schemas import Behavior, ScriptedResponse, ServiceCall
 
@@ -24,4 +29,5 @@ __all__ = [
     "create_simulator_app",
     "run_simulators",
     "simulate_output",
+    "simulated_services",
 ]

@@ -112,9 +112,30 @@ async def answer(
     return await _play_behavior(service, call, request, state)
 
 
+# Headers whose values are recorded as they came; any other may carry a credential.
+PLAIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "idempotency-key",
+        "traceparent",
+        "tracestate",
+        "user-agent",
+        "x-job-id",
+    }
+)
+REDACTED = "[redacted]"
+
+
 def record_of(call: ServiceCall, request: Request) -> RequestRecord:
-    """What the statistics keep of one call: its body's ids and the gateway's headers."""
+    """What the statistics keep of one call: its body's ids and the gateway's headers,
+    without the value of any header that may hold a secret."""
     headers = request.headers
+    seen = {name: value if name in PLAIN_HEADERS else REDACTED for name, value in headers.items()}
     return RequestRecord(
         job_id=call.job_id,
         step_index=call.step_index,
@@ -122,8 +143,8 @@ def record_of(call: ServiceCall, request: Request) -> RequestRecord:
         attempt=call.attempt,
         idempotency_key=headers.get("idempotency-key"),
         x_job_id=headers.get("x-job-id"),
-        internal_api_key=headers.get("x-internal-api-key"),
         traceparent=headers.get("traceparent"),
+        headers=seen,
         context=call.context,
         input_data=call.input_data,
         received_at=time.time(),

@@ -5,23 +5,45 @@ single-worker uvicorn server that serves it for `cao simulators`, `cao dev` and
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
+from app.catalog import Catalog
 from app.simulators.answers import answer, record_of
+from app.simulators.outputs import DEFAULT_SERVICES
 from app.simulators.schemas import Behavior, ServiceCall, ServiceStatsOut
 from app.simulators.state import ServiceStats, SimulatorState
 
 
-def _admin_router(state: SimulatorState) -> APIRouter:
+def simulated_services(catalog: Catalog) -> list[str]:
+    """The default services, and each http service of `catalog` by the last segment of
+    its URL path (where a catalog pointed at the simulators sends its calls)."""
+    named = {
+        service.url.rstrip("/").rsplit("/", 1)[-1]
+        for service in catalog.services.values()
+        if service.url is not None
+    }
+    return sorted(set(DEFAULT_SERVICES) | {name for name in named if name})
+
+
+def _known(services: frozenset[str], service: str) -> str:
+    """`service`, if the simulator serves it; else 404: a name from nowhere must not
+    add state (a behaviour, a stats entry) without bound."""
+    if service not in services:
+        raise HTTPException(404, f"no simulated service {service!r}")
+    return service
+
+
+def _admin_router(state: SimulatorState, services: frozenset[str]) -> APIRouter:
     router = APIRouter(prefix="/_sim", tags=["simulator admin"])
 
     @router.put("/services/{service}")
     async def put_service_behavior(service: str, behavior: Behavior) -> Behavior:
-        state.set_behavior(service, behavior)
+        state.set_behavior(_known(services, service), behavior)
         return behavior
 
     @router.put("/default")
@@ -31,7 +53,7 @@ def _admin_router(state: SimulatorState) -> APIRouter:
 
     @router.get("/services/{service}/stats")
     async def service_stats(service: str) -> ServiceStatsOut:
-        stats = state.stats.get(service) or ServiceStats()
+        stats = state.stats.get(_known(services, service)) or ServiceStats()
         return stats.snapshot()
 
     @router.get("/stats")
@@ -47,17 +69,21 @@ def _admin_router(state: SimulatorState) -> APIRouter:
 
 
 def create_simulator_app(
-    default_behavior: Behavior | None = None, required_api_key: str | None = None
+    default_behavior: Behavior | None = None,
+    required_api_key: str | None = None,
+    services: Collection[str] = DEFAULT_SERVICES,
 ) -> FastAPI:
-    """The simulator app: `POST /{service}` for any name, admin API under `/_sim`.
+    """The simulator app: `POST /{service}` for each of `services` (any other name is a
+    404), admin API under `/_sim`.
 
     `POST /_sim/reset` restores `default_behavior`. With `required_api_key`, calls
     without a matching `X-Internal-Api-Key` header get 401 (and are still recorded).
     """
     state = SimulatorState(default_behavior or Behavior(), required_api_key)
+    known = frozenset(services)
     app = FastAPI(title="CAO simulated services")
     app.state.simulator = state
-    app.include_router(_admin_router(state))
+    app.include_router(_admin_router(state, known))
 
     @app.get("/health")
     async def health() -> dict[str, bool]:
@@ -65,7 +91,7 @@ def create_simulator_app(
 
     @app.post("/{service}")
     async def call_service(service: str, call: ServiceCall, request: Request) -> Response:
-        stats = state.stats_for(service)
+        stats = state.stats_for(_known(known, service))
         record = record_of(call, request)
         started = time.monotonic()
         stats.begin(record)
@@ -105,7 +131,8 @@ def run_simulators(
     port: int = 8100,
     behavior: Behavior | None = None,
     required_api_key: str | None = None,
+    services: Collection[str] = DEFAULT_SERVICES,
 ) -> None:
     """Serve the simulated services until interrupted (used by `cao simulators`)."""
-    app = create_simulator_app(behavior, required_api_key)
+    app = create_simulator_app(behavior, required_api_key, services)
     build_simulator_server(app, host, port).run()

@@ -57,9 +57,12 @@ class RequestRecord(BaseModel):
     attempt: int | None
     idempotency_key: str | None
     x_job_id: str | None
-    internal_api_key: str | None
     # The W3C trace context the call carried (the gateway sends it with tracing on).
     traceparent: str | None = None
+    # Every header received, by lower-case name; the value only of those that can hold
+    # no secret (the rest read "[redacted]": X-Internal-Api-Key, Authorization, a
+    # service's own `headers:`), so the admin API never hands out a credential.
+    headers: dict[str, str]
     context: dict[str, Any]
     input_data: dict[str, Any]
     received_at: float

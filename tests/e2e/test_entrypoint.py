@@ -159,15 +159,29 @@ def test_api_role_migrates_then_serves_health(fresh_database, entrypoint_env, lo
     fresh_database.assert_migrated_to_head()
 
 
-@pytest.mark.timeout(60)
+def _with_python(env: dict[str, str]) -> dict[str, str]:
+    """`python` on PATH is this virtualenv's, as it is the image's in a container."""
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+
+
+@pytest.mark.timeout(90)
 def test_worker_role_consumes_the_configured_queues(entrypoint_env, log_dir, migrated):
-    env = {**entrypoint_env, "WORKER_QUEUES": "heavy,medium", "WORKER_CONCURRENCY": "1"}
+    env = {
+        **_with_python(entrypoint_env),
+        "WORKER_QUEUES": "heavy,medium",
+        "WORKER_CONCURRENCY": "1",
+        "HOSTNAME": f"container-{uuid.uuid4().hex[:8]}",
+    }
     proc = Proc("entrypoint-worker", [str(ENTRYPOINT), "worker"], env, log_dir)
     try:
         proc.wait_for_log("ready.", timeout=45)
         banner = proc.log_text()
+        # The container's healthcheck pings this worker, by the name it was given.
+        check = run_entrypoint(env, "healthcheck", "worker")
     finally:
         proc.stop()
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"heavy+medium@{env['HOSTNAME']}: OK" in check.stdout, check.stdout
     assert ".> heavy" in banner, banner
     assert ".> medium" in banner, banner
     assert ".> default" not in banner, banner
@@ -178,3 +192,17 @@ def test_other_commands_run_as_given(entrypoint_env):
     result = run_entrypoint(entrypoint_env, "printf", "%s|", "cao", "two words")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "cao|two words|"
+
+
+@pytest.mark.timeout(60)
+def test_beat_healthcheck_reads_the_heartbeat_beat_keeps(entrypoint_env, log_dir, tmp_path):
+    heartbeat = tmp_path / "beat.heartbeat"
+    env = {**_with_python(entrypoint_env), "BEAT_HEARTBEAT_FILE": str(heartbeat)}
+    assert run_entrypoint(env, "healthcheck", "beat").returncode != 0  # no Beat yet
+    proc = Proc("entrypoint-beat", [str(ENTRYPOINT), "beat"], env, log_dir)
+    try:
+        wait_until(heartbeat.exists, 30, message="Beat to touch its heartbeat file")
+        check = run_entrypoint(env, "healthcheck", "beat")
+    finally:
+        proc.stop()
+    assert check.returncode == 0, check.stderr

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.catalog import Service
+from app.catalog import Service, parse_catalog
 from app.config import get_settings
 from app.services import StepCall, StepError, call_service
 from tests.harness import free_port
@@ -51,7 +51,7 @@ def test_a_call_carries_the_body_and_headers_the_contract_names(sim, internal_ke
     for record in (first, second):
         assert record["x_job_id"] == call.job_id
         assert record["idempotency_key"] == f"{call.job_id}:2"  # the same on every attempt
-        assert record["internal_api_key"] == internal_key
+        assert record["headers"]["x-internal-api-key"] == "[redacted]"  # sent, not kept
         assert (record["step_index"], record["step_name"]) == (2, "flaky")
         assert record["input_data"] == {"prompt": "p"}
         assert record["context"] == {"earlier": {"x": 1}}
@@ -61,7 +61,7 @@ def test_a_call_carries_the_body_and_headers_the_contract_names(sim, internal_ke
 def test_without_an_internal_key_none_is_sent(sim):
     call_service(_service(f"{sim.base_url}/flaky"), _call())
     (record,) = sim.requests("flaky")
-    assert record["internal_api_key"] is None
+    assert "x-internal-api-key" not in record["headers"]
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,10 @@ def test_a_service_nobody_listens_on_is_a_retryable_connect_error():
     with pytest.raises(StepError) as failed:
         call_service(_service(url), _call())
     assert (failed.value.code, failed.value.retryable) == ("connect_error", True)
-    assert url in failed.value.message
+    # The error is shown to clients: it names the service, never its address.
+    assert "answers" in failed.value.message
+    assert url not in failed.value.message
+    assert "127.0.0.1" not in failed.value.message
 
 
 class _Trickle(BaseHTTPRequestHandler):
@@ -134,3 +137,53 @@ def test_an_answer_trickling_past_timeout_s_is_a_timeout():
         server.server_close()
     assert (failed.value.code, failed.value.retryable) == ("timeout", True)
     assert time.monotonic() - started < 2 * service.timeout_s + 0.5
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """An outside service that answers {} and keeps each request's path and headers."""
+
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the handler's required name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_services_own_headers_reach_that_service_only(internal_key, monkeypatch):
+    monkeypatch.setenv("OWN_TOKEN", "own-secret")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    catalog = parse_catalog(
+        f"""
+services:
+  own: {{kind: http, url: "{base}/own", headers: {{X-Service-Token: "${{OWN_TOKEN}}"}}}}
+  shared: {{kind: http, url: "{base}/shared"}}
+features:
+  both: {{steps: [own, shared]}}
+""",
+        "<test>",
+    )
+    _Recorder.seen = []
+    try:
+        for name in ("own", "shared"):
+            call_service(catalog.services[name], _call())
+    finally:
+        server.shutdown()
+        server.server_close()
+    seen = dict(_Recorder.seen)
+    assert seen["/own"]["x-service-token"] == "own-secret"
+    assert "x-internal-api-key" not in seen["/own"]  # its own credentials replace the shared one
+    assert "x-service-token" not in seen["/shared"]
+    assert seen["/shared"]["x-internal-api-key"] == internal_key
+    # Never copied into a job's recipe snapshot (a dump) or shown.
+    assert "headers" not in catalog.services["own"].model_dump()
+    assert "own-secret" not in repr(catalog.services["own"])

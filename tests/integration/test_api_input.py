@@ -57,6 +57,20 @@ BAD_CREATES = [
         )
         for number in (b"NaN", b"Infinity", b"-Infinity", b"1e999")
     ),
+    # Lone surrogates: read as Python strings, but no UTF-8 text to store or send.
+    *(
+        (
+            f"lone surrogate {where}",
+            b'{"feature_name": "business_plan", "input_data": ' + body + b"}",
+            422,
+            "validation_error",
+        )
+        for where, body in (
+            ("in a value", b'{"note": "\\ud800"}'),
+            ("in a key", b'{"\\udfff": 1}'),
+            ("deep in a list", b'{"a": [1, {"b": ["ok", "x\\udc00y"]}]}'),
+        )
+    ),
     (
         "oversized body",
         json.dumps(

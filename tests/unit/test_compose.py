@@ -10,9 +10,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shutil
 import subprocess
 import tomllib
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,26 @@ def environment(spec: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):  # the `- NAME=value` form
         env = dict(item.split("=", 1) for item in env)
     return {name: str(value) for name, value in env.items()}
+
+
+# What an operator exports before `docker compose up` (the `${VAR:?}` secrets).
+OPERATOR_ENV = {"POSTGRES_PASSWORD": "a-strong-password", "API_KEYS": "operator-key-1:operator"}
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:\?|:-)([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str] = OPERATOR_ENV) -> str:
+    """`value` as compose interpolates it from `env`: `${VAR}`, `${VAR:-default}`, and
+    `${VAR:?message}` (unset: an error naming VAR)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, rest = match.groups()
+        if env.get(name):
+            return env[name]
+        if operator == ":?":
+            raise KeyError(f"{name}: {rest}")
+        return rest or ""
+
+    return _VARIABLE.sub(substitute, value)
 
 
 def role(spec: dict[str, Any]) -> str:
@@ -103,7 +124,9 @@ def test_every_environment_variable_is_one_the_code_reads():
 
 @pytest.mark.parametrize("service", sorted(gateway_services()))
 def test_gateway_environment_is_valid_and_points_at_compose_services(service):
-    env = environment(gateway_services()[service])
+    env = {
+        name: interpolate(value) for name, value in environment(gateway_services()[service]).items()
+    }
     fields = {
         var.lower(): value for var, value in env.items() if var.lower() in Settings.model_fields
     }
@@ -111,7 +134,10 @@ def test_gateway_environment_is_valid_and_points_at_compose_services(service):
     assert settings.cao_env == "production"
 
     database = make_url(settings.database_url)
-    postgres = environment(services()[database.host or ""])
+    postgres = {
+        name: interpolate(value)
+        for name, value in environment(services()[database.host or ""]).items()
+    }
     assert (database.username, database.password, database.database) == (
         postgres["POSTGRES_USER"],
         postgres["POSTGRES_PASSWORD"],
@@ -185,3 +211,71 @@ def test_the_image_build_gets_everything_the_wheel_is_built_from():
 def test_entrypoint_is_valid_bash():
     result = subprocess.run(["bash", "-n", str(ENTRYPOINT)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_simulators_are_a_demo_tool_outside_the_production_services():
+    simulators = services()["simulators"]
+    assert simulators.get("profiles") == ["demo"]
+    assert "ports" not in simulators  # reachable inside the compose network only
+    for name in DESIGN_SERVICES:
+        assert "profiles" not in services()[name], f"{name} must run without a profile"
+
+
+def test_every_service_has_a_real_healthcheck():
+    roles = entrypoint_roles()
+    assert "healthcheck" in roles
+    script = ENTRYPOINT.read_text()
+    for name, spec in services().items():
+        check = spec.get("healthcheck")
+        assert check, f"{name} has no healthcheck"
+        assert check.get("test"), f"{name} has no healthcheck test"
+        if name in gateway_services() and role(spec) in {"api", "worker", "beat"}:
+            # The entrypoint's own check for that role: readiness, a Celery ping, Beat's
+            # heartbeat file.
+            assert check["test"] == ["CMD", "docker-entrypoint.sh", "healthcheck", role(spec)]
+    assert "/api/v1/health/ready" in script
+    assert "inspect ping" in script
+    assert "BEAT_HEARTBEAT_FILE" in script
+    assert environment(services()["beat"])["BEAT_HEARTBEAT_FILE"]
+
+
+def test_secrets_come_from_the_environment_and_are_required():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "API_KEYS"):
+        assert f"${{{secret}:?" in text, f"{secret} must be read as ${{{secret}:?...}}"
+    postgres = environment(services()["db"])
+    assert postgres["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    for name, spec in gateway_services().items():
+        env = environment(spec)
+        assert env["API_KEYS"].startswith("${API_KEYS:?"), name
+        assert "${POSTGRES_PASSWORD:?" in env["DATABASE_URL"], name
+        with pytest.raises(KeyError, match="API_KEYS"):
+            interpolate(env["API_KEYS"], {})
+
+
+def _compose_client() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    version = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
+    )
+    return version.returncode == 0
+
+
+@pytest.mark.skipif(not _compose_client(), reason="no docker compose client here")
+def test_docker_compose_config_is_valid():
+    import os
+
+    run = partial(
+        subprocess.run,
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    bare = {k: v for k, v in os.environ.items() if k not in OPERATOR_ENV}
+    checked = run(env={**bare, **OPERATOR_ENV})
+    assert checked.returncode == 0, checked.stderr
+    refused = run(env=bare)
+    assert refused.returncode != 0
+    assert "POSTGRES_PASSWORD" in refused.stderr or "API_KEYS" in refused.stderr

@@ -12,11 +12,18 @@ import httpx
 import pytest
 import uvicorn
 
-from app.simulators import Behavior, build_simulator_server, create_simulator_app
+from app.simulators import (
+    DEFAULT_SERVICES,
+    Behavior,
+    build_simulator_server,
+    create_simulator_app,
+)
 
 pytestmark = pytest.mark.anyio
 
 JOB_ID = "00000000-0000-0000-0000-000000000001"
+# The services these tests call: the defaults and a few of their own.
+SERVICES = (*DEFAULT_SERVICES, "flaky", "other", "slow", "anything", "x")
 
 
 @pytest.fixture
@@ -26,7 +33,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_simulator_app())
+    transport = httpx.ASGITransport(app=create_simulator_app(services=SERVICES))
     async with httpx.AsyncClient(transport=transport, base_url="http://sim") as http:
         yield http
 
@@ -34,7 +41,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def live_server() -> Iterator[tuple[str, uvicorn.Server]]:
     """The simulator served by real uvicorn in a thread, for disconnects and shutdown."""
-    server = build_simulator_server(create_simulator_app(), port=0)
+    server = build_simulator_server(create_simulator_app(services=SERVICES), port=0)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 5
@@ -217,7 +224,7 @@ async def test_requests_record_headers_and_body(client: httpx.AsyncClient) -> No
     (record,) = (await stats(client, "prompt_enhancer"))["requests"]
     assert record["job_id"] == record["x_job_id"] == JOB_ID
     assert record["idempotency_key"] == f"{JOB_ID}:0"
-    assert record["internal_api_key"] == "k"
+    assert record["headers"]["x-internal-api-key"] == "[redacted]"
     assert record["attempt"] == 2
     assert record["step_index"] == 0
     assert record["step_name"] == "prompt_enhancer"
@@ -311,3 +318,31 @@ async def test_shutdown_ends_hanging_requests(live_server: tuple[str, uvicorn.Se
         response = await asyncio.wait_for(pending, timeout=3)
     assert response.status_code == 503
     assert response.json() == {"error": "simulator shutting down"}
+
+
+async def test_the_admin_api_never_returns_a_secret(client: httpx.AsyncClient) -> None:
+    secrets = {
+        "X-Internal-Api-Key": "internal-secret-1",
+        "Authorization": "Bearer bearer-secret-2",
+        "X-Service-Token": "own-secret-3",  # a service's own `headers:`
+    }
+    await client.post("/prompt_enhancer", json=payload(), headers={"X-Job-Id": JOB_ID, **secrets})
+
+    for path in ("/_sim/stats", "/_sim/services/prompt_enhancer/stats"):
+        text = (await client.get(path)).text
+        for secret in ("internal-secret-1", "bearer-secret-2", "own-secret-3"):
+            assert secret not in text, path
+    (record,) = (await stats(client, "prompt_enhancer"))["requests"]
+    assert {name.lower() for name in secrets} <= set(record["headers"])  # seen, not kept
+    assert record["headers"]["x-job-id"] == JOB_ID
+
+
+async def test_unknown_service_names_are_refused_and_add_no_state(
+    client: httpx.AsyncClient,
+) -> None:
+    for index in range(50):
+        assert (await client.post(f"/made_up_{index}", json=payload())).status_code == 404
+    assert (await client.put("/_sim/services/made_up", json={})).status_code == 404
+    missing = await client.get("/_sim/services/made_up/stats")
+    assert missing.status_code == 404
+    assert (await client.get("/_sim/stats")).json() == {}

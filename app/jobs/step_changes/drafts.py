@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.config import get_settings
 from app.events.log import EventDraft
-from app.events.types import EventType
+from app.events.types import EventType, completed_data
 from app.jobs.step_repository import StepRun
+from app.json_values import dumps
 
 
 def about(run: StepRun, event_type: EventType, data: dict[str, Any] | None = None) -> EventDraft:
@@ -26,7 +28,9 @@ def completed_events(
 ) -> list[EventDraft]:
     """STEP_COMPLETED, and what follows it in the same commit: JOB_COMPLETED after the
     last step, or the next step's STEP_STARTED when it was started with this result."""
-    drafts = [about(run, EventType.STEP_COMPLETED, {"output": output})]
+    limit = get_settings().event_output_max_bytes
+    data = completed_data(output, len(dumps(output)), limit)
+    drafts = [about(run, EventType.STEP_COMPLETED, data)]
     if run.is_last:
         drafts.append(EventDraft(type=EventType.JOB_COMPLETED))
     elif next_started:
