@@ -21,8 +21,19 @@ from app.errors import NotFound
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+# The page's script is dashboard.js, a native ES module that imports the others.
+SCRIPTS = (
+    "dashboard.js",
+    "api.js",
+    "live.js",
+    "ui.js",
+    "jobs_page.js",
+    "job_page.js",
+    "timeline.js",
+    "services_page.js",
+)
 ASSET_TYPES = {
-    "dashboard.js": "text/javascript; charset=utf-8",
+    **dict.fromkeys(SCRIPTS, "text/javascript; charset=utf-8"),
     "dashboard.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
@@ -49,8 +60,12 @@ class Assets:
 def _assets() -> Assets:
     files = {name: (ASSET_DIR / name).read_bytes() for name in ASSET_TYPES}
     # Asset URLs carry a digest of the assets, so a browser may keep them for good and
-    # still never runs an old script with a new page.
+    # still never runs an old script with a new page. The modules' imports of each other
+    # carry it too: a module is fetched by its full URL, so an unversioned import would
+    # be kept for good across releases.
     version = hashlib.sha256(b"".join(files.values())).hexdigest()[:12]
+    for name in SCRIPTS:
+        files[name] = files[name].replace(b"{{version}}", version.encode())
     page = (ASSET_DIR / "index.html").read_text().replace("{{version}}", version)
     return Assets(page=page.encode(), files=files)
 

@@ -47,6 +47,29 @@ def test_assets_are_served_from_the_package_and_versioned(client):
     assert client.get("/dashboard/assets/dashboard.css").status_code == 200
 
 
+def test_every_module_the_script_imports_is_served_at_the_same_version(client):
+    page = client.get("/dashboard").text
+    entry = re.search(r'src="/dashboard/assets/(dashboard\.js)\?v=(\w+)"', page)
+    assert entry is not None, page
+    version = entry.group(2)
+    seen, todo = set(), [entry.group(1)]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        response = client.get(f"/dashboard/assets/{name}?v={version}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"].startswith("text/javascript"), name
+        assert len(response.text.splitlines()) < 400, name
+        for spec in re.findall(r'^import .* from "([^"]+)";$', response.text, re.M):
+            # One URL per module, versioned: otherwise a browser keeps an old one for good.
+            imported = re.fullmatch(r"\./(\w+\.js)\?v=(\w+)", spec)
+            assert imported is not None, (name, spec)
+            assert imported.group(2) == version, (name, spec)
+            if imported.group(1) not in seen:
+                todo.append(imported.group(1))
+    assert {"api.js", "live.js", "ui.js", "jobs_page.js", "job_page.js"} <= seen
+
+
 def test_unknown_assets_and_bad_job_ids_get_the_envelope(client):
     missing = client.get("/dashboard/assets/secrets.txt")
     assert missing.status_code == 404
