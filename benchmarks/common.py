@@ -111,29 +111,31 @@ BASELINE_CELERY_CONF = {
 }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a worker: its main process and its pool)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def wait_until_idle(pid: int, timeout: float = 60.0, window: float = 0.5) -> None:
     """Wait until a process and its children stop using CPU (a pool finished forking
     and initialising), so that start-up work is not timed as part of a run."""
     import time
 
-    import psutil
-
-    def cpu_seconds() -> float:
-        root = psutil.Process(pid)
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
-
     deadline = time.monotonic() + timeout
-    before = cpu_seconds()
+    before = cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(window)
-        now = cpu_seconds()
+        now = cpu_seconds(pid)
         if now - before < 0.02 * window:
             return
         before = now

@@ -23,6 +23,7 @@ from typing import Any
 
 from benchmarks.common import (
     add_run_options,
+    cpu_seconds,
     percentile,
     python,
     run_rounds,
@@ -131,10 +132,11 @@ def run_gateway(
     ]
     other = _worker(other_argv, "gateway-worker-b", env, log_dir, celery_app)
     try:
-        started = time.perf_counter()
+        cpu_before, started = _workers_cpu(worker, other), time.perf_counter()
         ids = _create(jobs)
         wait_until(lambda: _all_completed(ids), 900, 0.1, "gateway jobs")
         elapsed = time.perf_counter() - started
+        cpu_used = _workers_cpu(worker, other) - cpu_before
         # Hand-off on an idle system: one job at a time, so no backlog sits between steps.
         # Steps on one queue start in the worker that committed the previous one; steps
         # alternating between queues of two workers go through the broker.
@@ -146,9 +148,15 @@ def run_gateway(
     return {
         "seconds": elapsed,
         "jobs_per_s": jobs / elapsed,
+        "worker_cpu_ms_per_step": cpu_used / (4 * jobs) * 1000,
         "handoff_same_queue_ms": _handoffs_ms(same_queue),
         "handoff_across_queues_ms": _handoffs_ms(across_queues),
     }
+
+
+def _workers_cpu(*workers: Proc) -> float:
+    """CPU seconds the workers (main and pool processes) have used so far."""
+    return sum(cpu_seconds(worker.pid) for worker in workers)
 
 
 def _one_at_a_time(count: int, feature: str) -> list[uuid.UUID]:

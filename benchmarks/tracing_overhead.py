@@ -30,8 +30,7 @@ import timeit
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from benchmarks import common
 from benchmarks.common import add_run_options, percentile, python, run_rounds, scratch_environment
 from benchmarks.results import Results, server_versions, write_results
 from benchmarks.throughput import _all_completed, _create, _handoffs_ms, _one_at_a_time, _worker
@@ -74,22 +73,11 @@ def _trace_the_submitter(endpoint: str) -> Any:
     return trace.get_tracer("benchmark")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of a worker: its main process and its pool processes."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def _idle_cpu_rate(pid: int, seconds: float = 1.0) -> float:
     """CPU seconds per second the worker spends with nothing to do (polling the broker)."""
-    before = _cpu_seconds(pid)
+    before = common.cpu_seconds(pid)
     time.sleep(seconds)
-    return (_cpu_seconds(pid) - before) / seconds
+    return (common.cpu_seconds(pid) - before) / seconds
 
 
 def _exported(receiver: OtlpReceiver, after: int) -> int:
@@ -119,7 +107,7 @@ def run_mode(
     try:
         with creating:
             idle = _idle_cpu_rate(worker.pid)
-            cpu_before, started = _cpu_seconds(worker.pid), time.perf_counter()
+            cpu_before, started = common.cpu_seconds(worker.pid), time.perf_counter()
             ids = _create(args.jobs)
             wait_until(lambda: _all_completed(ids), 600, 0.1, "jobs")
             done = time.perf_counter()
@@ -128,7 +116,7 @@ def run_mode(
             if traced:
                 wait_until(lambda: _exported(receiver, spans_before) >= 4 * args.jobs, 60, 0.1)
             waited = time.perf_counter() - done
-            cpu_used = _cpu_seconds(worker.pid) - cpu_before - idle * waited
+            cpu_used = common.cpu_seconds(worker.pid) - cpu_before - idle * waited
             elapsed = done - started
             sequential = _one_at_a_time(args.sequential, "four_noops")
     finally:
