@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.operator_support import API_KEYS, key_of, submit
-from tests.harness import Simulators, Workers, serving_api, wait_for_job
+from tests.harness import CAO, Proc, Simulators, Workers, free_port, serving_api, wait_for_job
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,27 +49,40 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class Deployment:
-    """Two API processes and a worker per queue, on this module's catalog."""
+    """Two API processes, a worker per queue and simulators, on this module's catalog."""
 
-    def __init__(self, apis: list[httpx.Client], workers: Workers) -> None:
+    def __init__(self, apis: list[httpx.Client], workers: Workers, sim: Simulators) -> None:
         self.apis = apis
         self.workers = workers
+        self.sim = sim
 
     def start_worker(self, queue: str) -> None:
         self.workers.start(queue, name=f"metrics-{queue}")
 
 
 @pytest.fixture(scope="module")
-def deployment(env: dict[str, str], log_dir: Path, migrated: str, simulators: Simulators):
+def deployment(env: dict[str, str], log_dir: Path, migrated: str):
     catalog = log_dir / "metrics-catalog.yaml"
     catalog.write_text(CATALOG)
-    own = {**env, "CAO_CATALOG": str(catalog), "API_KEYS": API_KEYS}
+    # Simulators of their own: they serve the services of the catalog they are given.
+    port = free_port()
+    own = {
+        **env,
+        "CAO_CATALOG": str(catalog),
+        "API_KEYS": API_KEYS,
+        "SIM_URL": f"http://127.0.0.1:{port}",
+    }
     workers = Workers(own, log_dir)
     with contextlib.ExitStack() as stack:
+        simulators = Proc(
+            "simulators-metrics", [*CAO, "simulators", "--port", str(port)], own, log_dir
+        )
+        stack.callback(simulators.stop)
+        simulators.wait_for_port(port, 30)
         apis = [stack.enter_context(serving_api(f"api-metrics-{n}", own, log_dir)) for n in (1, 2)]
         for api in apis:
             api.headers["Authorization"] = f"Bearer {key_of('operator')}"
-        deployment = Deployment(apis, workers)
+        deployment = Deployment(apis, workers, Simulators(own["SIM_URL"]))
         deployment.start_worker("m_a")
         deployment.start_worker("m_b")
         try:
@@ -111,8 +124,9 @@ def _wait(api: httpx.Client, job_id: str) -> dict[str, Any]:
     return wait_for_job(api, job_id, timeout=60)
 
 
-def test_metrics_count_a_known_workload_exactly_from_either_api(deployment: Deployment, sim):
+def test_metrics_count_a_known_workload_exactly_from_either_api(deployment: Deployment):
     first, second = deployment.apis
+    sim = deployment.sim
     sim.behave("m_flaky", script=[{"status": 503}])
     sim.behave("m_broken", script=[{"status": 400, "body": {"error": "no"}}])
     before = scrape(first)
