@@ -5,7 +5,9 @@
 # (CAO_TEST_DATABASE_URL, CAO_TEST_REDIS_URL; defaults: the local servers). Outside
 # CI, if they are not reachable, it falls back to SQLite + an embedded Redis and
 # says so in the pytest header; with CI=true it refuses to fall back.
-# Extra arguments go to pytest, e.g. ./run_tests.sh -k leases -x
+# Extra arguments go to pytest, e.g. ./run_tests.sh -k leases -x. The tests run in
+# PYTEST_WORKERS processes (default 2; each runs a deployment of its own, and most of a
+# test's time is spent waiting on those processes), a test file per process at a time.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -37,4 +39,4 @@ echo "==> import layers"
 echo "==> mypy --strict"
 "$VENV/bin/mypy" --strict app worker
 echo "==> pytest"
-exec "$VENV/bin/python" -m pytest "$@"
+exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

@@ -5,8 +5,9 @@ end-to-end tests (simulators, `cao worker`, `cao api`) are tests/e2e/conftest.py
 
 Environment: CAO_TEST_DATABASE_URL (default the local PostgreSQL `test` database; a
 fresh database is created per run), CAO_TEST_REDIS_URL (default local Redis),
-CAO_TEST_REDIS_DB (the Redis database this run owns and flushes; default 9),
-CAO_TEST_KEEP_LOGS=1 keeps the processes' logs after the run.
+CAO_TEST_REDIS_DB (the Redis database this run owns and flushes; default 9; with
+pytest-xdist each worker process N owns database CAO_TEST_REDIS_DB + N and a
+PostgreSQL database of its own), CAO_TEST_KEEP_LOGS=1 keeps the processes' logs.
 With CI=true an unreachable server fails the run instead of falling back.
 """
 
@@ -52,7 +53,7 @@ def _redis_url() -> str | None:
     import redis
 
     base = os.environ.get("CAO_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-    db = int(os.environ.get("CAO_TEST_REDIS_DB", "9"))
+    db = int(os.environ.get("CAO_TEST_REDIS_DB", "9")) + _xdist_index()
     url = f"{base.rstrip('/')}/{db}"
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2)
@@ -62,6 +63,19 @@ def _redis_url() -> str | None:
         _state["redis_error"] = repr(exc)
         return None
     return url
+
+
+def _xdist_index() -> int:
+    """0 in a plain run; N in pytest-xdist's worker gwN, which runs its own deployment."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw"))
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """The process that only hands tests out to xdist's workers: it needs no servers."""
+    return bool(getattr(config.option, "numprocesses", None)) and (
+        "PYTEST_XDIST_WORKER" not in os.environ
+    )
 
 
 def _embedded_redis() -> str:
@@ -74,6 +88,8 @@ def _embedded_redis() -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if _xdist_controller(config):
+        return
     in_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
     database_url = _postgres_url()
     redis_url = _redis_url()

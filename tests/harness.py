@@ -27,6 +27,9 @@ from app.supervisor import Process, free_port, port_open, wait_until
 __all__ = ["free_port", "port_open", "wait_until"]
 
 CAO = CAO_COMMAND
+# A job id no test creates. Fixed, so that test ids built from it are the same in every
+# process of a parallel run.
+UNKNOWN_JOB_ID = "00000000-0000-4000-8000-000000000404"
 
 _LIVE: set[Proc] = set()
 
@@ -39,8 +42,10 @@ def _stop_everything(*_: object) -> None:
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    # pytest reports a SystemExit raised inside a test as that test's failure and runs
+    # on; an interrupt ends the run.
     _stop_everything()
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt
 
 
 atexit.register(_stop_everything)

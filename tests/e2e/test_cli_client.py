@@ -79,7 +79,7 @@ def test_jobs_show_resume_and_cancel_act_on_the_gateway(stack, api_server):
     assert again.returncode == 1
     assert "409 job_not_cancellable" in again.stderr
 
-    sim.behave("fast_chat_llm", latency_ms=1500)
+    sim.behave("fast_chat_llm", latency_ms=8000)  # outlasts a slow CLI start; cancel interrupts it
     running = submit(api, "four_steps")
     wait_for_step(api, running, 1, "RUNNING")
     cancelled = cao("cancel", running, "--url", api_server)

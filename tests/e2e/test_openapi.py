@@ -14,9 +14,9 @@ import pytest
 
 from app.api.responses import ErrorEnvelope
 from tests.e2e.operator_support import keyed_client, secured_api, submit
+from tests.harness import UNKNOWN_JOB_ID
 
 ENVELOPE_REF = "#/components/schemas/ErrorEnvelope"
-UNKNOWN_JOB = str(uuid.uuid4())
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ BAD_REQUESTS: list[tuple[str, str | None, str, str, str, dict[str, Any], int, st
         "client_a",
         "get",
         "/api/v1/jobs/{job_id}",
-        f"/api/v1/jobs/{UNKNOWN_JOB}",
+        f"/api/v1/jobs/{UNKNOWN_JOB_ID}",
         {},
         404,
         "job_not_found",
@@ -131,7 +131,7 @@ BAD_REQUESTS: list[tuple[str, str | None, str, str, str, dict[str, Any], int, st
         "client_a",
         "get",
         "/api/v1/jobs/{job_id}/events",
-        f"/api/v1/jobs/{UNKNOWN_JOB}/events",
+        f"/api/v1/jobs/{UNKNOWN_JOB_ID}/events",
         {},
         404,
         "job_not_found",
@@ -141,7 +141,7 @@ BAD_REQUESTS: list[tuple[str, str | None, str, str, str, dict[str, Any], int, st
         "client_a",
         "post",
         "/api/v1/jobs/{job_id}/resume",
-        f"/api/v1/jobs/{UNKNOWN_JOB}/resume",
+        f"/api/v1/jobs/{UNKNOWN_JOB_ID}/resume",
         {},
         403,
         "operator_required",
@@ -151,7 +151,7 @@ BAD_REQUESTS: list[tuple[str, str | None, str, str, str, dict[str, Any], int, st
         "operator",
         "post",
         "/api/v1/jobs/{job_id}/resume",
-        f"/api/v1/jobs/{UNKNOWN_JOB}/resume",
+        f"/api/v1/jobs/{UNKNOWN_JOB_ID}/resume",
         {},
         404,
         "job_not_found",
@@ -239,7 +239,7 @@ def test_conflicts_are_documented(api_url, document):
     [
         # /jobs/resume also matches /jobs/{job_id}; only its own POST is allowed there.
         ("OPTIONS", "/api/v1/jobs/resume", "POST"),
-        ("DELETE", f"/api/v1/jobs/{UNKNOWN_JOB}", "GET, HEAD"),
+        ("DELETE", f"/api/v1/jobs/{UNKNOWN_JOB_ID}", "GET, HEAD"),
         ("PUT", "/api/v1/jobs", "GET, HEAD, POST"),
         # Outside the document: the router's own answer.
         ("POST", "/metrics", "GET, HEAD"),
@@ -262,14 +262,14 @@ def test_head_answers_as_get_does_without_a_body(api_url):
             "/api/v1/health",
             "/api/v1/jobs",
             job,
-            f"/api/v1/jobs/{UNKNOWN_JOB}",
+            f"/api/v1/jobs/{UNKNOWN_JOB_ID}",
             "/metrics",
         ):
             got, head = client.get(url), client.head(url)
             assert head.status_code == got.status_code, url
             assert head.headers["content-type"] == got.headers["content-type"], url
             assert head.content == b"", url
-        assert client.head(f"/api/v1/jobs/{UNKNOWN_JOB}").status_code == 404
+        assert client.head(f"/api/v1/jobs/{UNKNOWN_JOB_ID}").status_code == 404
 
 
 def test_head_of_an_event_stream_ends_with_its_headers(api_url):

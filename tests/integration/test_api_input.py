@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.main import create_app
 from app.models import Job
+from tests.harness import UNKNOWN_JOB_ID
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_oversized_body_streamed_without_length_is_rejected(client):
     ("path", "status", "code"),
     [
         ("/api/v1/jobs/not-a-uuid", 422, "validation_error"),
-        (f"/api/v1/jobs/{uuid.uuid4()}", 404, "job_not_found"),
+        (f"/api/v1/jobs/{UNKNOWN_JOB_ID}", 404, "job_not_found"),
         ("/api/v1/no-such-thing", 404, "not_found"),
         ("/api/v1/jobs?status=DONE", 422, "validation_error"),
         ("/api/v1/jobs?limit=0", 422, "validation_error"),
@@ -136,7 +136,7 @@ def test_bad_reads_use_the_envelope(client, path, status, code):
         ("/api/v1/jobs/resume", {"failed_step": 2**31}),  # past an Integer column
         ("/api/v1/jobs/resume", {"feature_name": "a\x00b"}),
         ("/api/v1/jobs/resume", {"error": "\x00"}),
-        (f"/api/v1/jobs/{uuid.uuid4()}/resume", {"from_step": 2**31}),
+        (f"/api/v1/jobs/{UNKNOWN_JOB_ID}/resume", {"from_step": 2**31}),
     ],
 )
 def test_bad_operator_bodies_are_refused_as_input(client, path, body):
