@@ -17,7 +17,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from benchmarks.chaos.ledger import Outcome
-from benchmarks.chaos.processes import steady_load
+from benchmarks.chaos.processes import paced, steady_load
 from benchmarks.chaos.sizes import Sizes
 from benchmarks.chaos.stack import ChaosStack
 from tests.event_clients import TERMINAL, ws_url
@@ -133,9 +133,10 @@ def websocket_clients(stack: ChaosStack, sizes: Sizes) -> Outcome:
 
 def schemathesis(stack: ChaosStack, sizes: Sizes) -> Outcome:
     """Generated requests from the OpenAPI document for `schemathesis_s` seconds; any
-    5xx is a failure (`not_a_server_error`). The jobs it manages to create are judged
-    like any others."""
+    5xx is a failure (`not_a_server_error`). Meanwhile jobs run (one a second), judged
+    with any that schemathesis manages to create."""
     steady_load(stack, sizes.latency_ms)
+    load = paced(stack, int(sizes.schemathesis_s), sizes.schemathesis_s)
     stack.workers.start("isolated", concurrency=1, name="isolated-consumer")
     started = time.time()
     report = stack.log_dir / f"schemathesis-{int(started)}.xml"
@@ -161,7 +162,7 @@ def schemathesis(stack: ChaosStack, sizes: Sizes) -> Outcome:
     run = subprocess.run(argv, capture_output=True, text=True, timeout=sizes.schemathesis_s + 600)
     (stack.log_dir / "schemathesis.log").write_text(run.stdout + run.stderr)
     rows = stack.query("SELECT id::text FROM job WHERE created_at >= to_timestamp(%s)", started)
-    jobs = [row[0] for row in rows]
+    jobs = sorted({row[0] for row in rows} | set(load.result()))
     stack.wait_finished(jobs, 120)
     stack.workers.stop("isolated-consumer")
     detail = {"schemathesis_exit": run.returncode, **_junit_counts(report)}

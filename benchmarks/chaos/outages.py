@@ -8,18 +8,22 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.chaos.ledger import Fault, Outcome
-from benchmarks.chaos.processes import paced, steady_load
+from benchmarks.chaos.processes import jobs_in_flight, paced, steady_load
 from benchmarks.chaos.sizes import Sizes
 from benchmarks.chaos.stack import ChaosStack
 from tests.e2e.tcp_proxy import TcpProxy
-from tests.harness import CAO, wait_until
+from tests.harness import CAO, Proc, wait_until
+
+FORWARD = [sys.executable, "-m", "benchmarks.chaos.forward"]
 
 
 def _outage(
@@ -38,8 +42,7 @@ def _outage(
     faults = []
     for number in range(count):
         before = paced(stack, sizes.outage_jobs, 2)
-        time.sleep(1.0)
-        hit = stack.running_jobs()
+        hit = jobs_in_flight(stack)
         stop(number)
         with ThreadPoolExecutor(1) as pool:
             during = pool.submit(stack.submit, max(1, sizes.outage_jobs // 4), 2)
@@ -110,16 +113,12 @@ def _namespace() -> Iterator[tuple[str, str, Callable[[bool], None]]]:
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
-def _through(proxy: TcpProxy, url: str, port: int) -> str:
-    return url.replace(f"127.0.0.1:{port}", f"{proxy.host}:{proxy.port}")
-
-
 def cut_off_worker(stack: ChaosStack, sizes: Sizes) -> Outcome:
     """A worker in its own namespace, reaching Redis, PostgreSQL and the services only
-    over a veth link, is the only consumer of its queue; mid-step the link goes down
-    (packets vanish, no reset), a rescuer in this namespace takes its queue, and the
-    link comes back once every job finished: the cut-off worker's late results must
-    change nothing. Recovery counts from the cut."""
+    over a veth link, is the only running consumer of its queue; mid-step the link goes
+    down (packets vanish, no reset) and a standby worker here, held with SIGSTOP until
+    then, goes on; the link comes back once every job finished: the cut-off worker's
+    late results must change nothing. Recovery counts from the cut."""
     steady_load(stack, sizes.latency_ms)
     stack.sim.behave("isolated_call", latency_ms=1500)
     jobs: list[str] = []
@@ -127,40 +126,63 @@ def cut_off_worker(stack: ChaosStack, sizes: Sizes) -> Outcome:
     pg, redis = stack.postgres.port, stack.redis.port
     sim = int(stack.sim.base_url.rsplit(":", 1)[1])
     with _namespace() as (namespace, address, link):
+        # This side: a proxy on the link's address to each server; the namespace's
+        # side: a forwarder from the server's loopback port to that proxy, so that the
+        # worker (and the service URLs its jobs carry) use the usual addresses.
         proxies = [TcpProxy(("127.0.0.1", port), host=address) for port in (pg, redis, sim)]
-        env = {
-            "DATABASE_URL": _through(proxies[0], stack.env["DATABASE_URL"], pg),
-            "REDIS_URL": _through(proxies[1], stack.env["REDIS_URL"], redis),
-            "SIM_URL": _through(proxies[2], stack.env["SIM_URL"], sim),
-        }
+        routes = [
+            f"{port}:{address}:{proxy.port}"
+            for port, proxy in zip((pg, redis, sim), proxies, strict=True)
+        ]
+        forwarder = stack.start_process(
+            "forwarder", ["ip", "netns", "exec", namespace, *FORWARD, *routes]
+        )
+        standby = stack.workers.start("isolated", concurrency=2, name="standby")
         try:
+            forwarder.wait_for_log("forwarding", 30)
             for number in range(sizes.cuts):
-                isolated = stack.start_process(
-                    f"isolated-{number}",
-                    ["ip", "netns", "exec", namespace, *CAO, "worker", "-Q", "isolated", "-c", "2"],
-                    **env,
-                )
-                isolated.wait_for_log("ready.", 60)
-                batch = stack.submit(sizes.cut_jobs, 4, feature="isolated_job")
-                wait_until(
-                    lambda: stack.sim.stats("isolated_call")["in_flight"] >= 1,
-                    30,
-                    0.05,
-                    "a call of the isolated worker",
-                )
-                hit = stack.running_jobs()
-                link(False)
-                faults.append(Fault(time.time(), hit))
-                rescuer = stack.workers.start("isolated", concurrency=2, name=f"rescuer-{number}")
-                stack.wait_finished(batch, 120)
-                link(True)
-                time.sleep(8.0)  # the cut-off worker's connections time out, its results arrive
-                isolated.stop(5)
-                stack.workers.stop(f"rescuer-{number}")
-                del rescuer
-                jobs += batch
+                jobs += _cut_once(stack, sizes, namespace, link, standby, faults, number)
         finally:
+            standby.signal_group(signal.SIGCONT)
             link(True)
+            forwarder.stop(5)
+            stack.workers.stop("standby")
             for proxy in proxies:
                 proxy.cut()
     return Outcome(jobs, faults)
+
+
+def _cut_once(
+    stack: ChaosStack,
+    sizes: Sizes,
+    namespace: str,
+    link: Callable[[bool], None],
+    standby: Proc,
+    faults: list[Fault],
+    number: int,
+) -> list[str]:
+    isolated = stack.start_process(
+        f"isolated-{number}",
+        ["ip", "netns", "exec", namespace, *CAO, "worker", "-Q", "isolated", "-c", "2"],
+    )
+    standby.signal_group(signal.SIGSTOP)
+    try:
+        isolated.wait_for_log("ready.", 60)
+        batch = stack.submit(sizes.cut_jobs, 4, feature="isolated_job")
+        wait_until(
+            lambda: stack.sim.stats("isolated_call")["in_flight"] >= 1,
+            30,
+            0.05,
+            "a call of the isolated worker",
+        )
+        hit = stack.running_jobs()
+        link(False)
+        faults.append(Fault(time.time(), hit))
+    finally:
+        standby.signal_group(signal.SIGCONT)
+    stack.wait_finished(batch, 120)
+    link(True)
+    # The cut-off worker's connections time out and its late results arrive.
+    time.sleep(sizes.cut_settle_s)
+    isolated.stop(5)
+    return batch

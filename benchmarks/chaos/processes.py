@@ -41,6 +41,14 @@ def paced(stack: ChaosStack, total: int, seconds: float) -> Future[list[str]]:
     return ThreadPoolExecutor(1).submit(run)
 
 
+def jobs_in_flight(stack: ChaosStack, timeout: float = 5.0) -> list[str]:
+    """The jobs with a step in flight, once there are some (or none after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not (running := stack.running_jobs()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running
+
+
 def _worker_procs(stack: ChaosStack) -> list[Proc]:
     return [proc for proc in stack.workers.procs.values() if proc.alive()]
 
@@ -91,8 +99,8 @@ def worker_sigstop(stack: ChaosStack, sizes: Sizes) -> Outcome:
     for _ in range(sizes.stops):
         pending = paced(stack, sizes.stop_jobs, 2)
         time.sleep(1.0)
+        hit = jobs_in_flight(stack)
         victim = _worker_procs(stack)[0]
-        hit = stack.running_jobs()
         victim.signal_group(signal.SIGSTOP)
         faults.append(Fault(time.time(), hit))
         try:
@@ -150,8 +158,8 @@ def three_beats(stack: ChaosStack, sizes: Sizes) -> Outcome:
         pending = paced(stack, sizes.beat_jobs, sizes.beat_kills * 3)
         faults = []
         for number in range(sizes.beat_kills):
-            time.sleep(3.0)
-            hit = stack.running_jobs()
+            time.sleep(2.0)
+            hit = jobs_in_flight(stack)
             _kill_one(stack, 2 * number, rng)  # whole workers: their steps need a sweep
             faults.append(Fault(time.time(), hit))
         jobs = pending.result()

@@ -25,6 +25,7 @@ class Sizes:
     ws_jobs: int = 100
     cuts: int = 3
     cut_jobs: int = 30
+    cut_settle_s: float = 8.0
     schemathesis_s: float = 300.0
     # Latency of every simulated call (ms), so that steps are in flight when a fault hits.
     latency_ms: float = 100.0
@@ -47,5 +48,6 @@ SHORT = Sizes(
     ws_jobs=8,
     cuts=1,
     cut_jobs=6,
+    cut_settle_s=3.0,
     schemathesis_s=8.0,
 )
