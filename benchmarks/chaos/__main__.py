@@ -46,6 +46,7 @@ HEADER = (
     "recovery p99 s",
     "missed events",
     "faults",
+    "notes",
 )
 
 
@@ -75,6 +76,25 @@ def run_scenario(name: str, stack: ChaosStack, sizes: Sizes) -> Row:
     return row
 
 
+def notes(row: Row) -> str:
+    """The scenario's own figure: what it did, and how often the subscriber reconnected."""
+    detail = row.detail
+    said = {
+        "worker_sigkill": lambda: ", ".join(f"{n} {kind}" for kind, n in detail["kills"].items()),
+        "duplicate_deliveries": lambda: f"{detail['duplicates_sent']} duplicates sent",
+        "downstream_faults": lambda: f"{detail['failed_calls']} failed calls",
+        "websocket_clients": lambda: f"{detail['connections']} connections",
+        "schemathesis": lambda: (
+            f"{detail.get('operations', '?')} operations, "
+            f"{detail.get('failures', '?')} failures, {detail.get('errors', '?')} errors"
+        ),
+    }.get(row.scenario)
+    parts = [said()] if said else []
+    if detail.get("subscriber_reconnects"):
+        parts.append(f"subscriber reconnected {detail['subscriber_reconnects']}x")
+    return "; ".join(parts) or "-"
+
+
 def table(rows: Sequence[Row], sizes: Sizes) -> tuple[tuple[object, ...], ...]:
     def cell(value: float | None) -> object:
         return "-" if value is None else value
@@ -92,6 +112,7 @@ def table(rows: Sequence[Row], sizes: Sizes) -> tuple[tuple[object, ...], ...]:
                 cell(row.recover_p99_s),
                 row.missed,
                 row.faults or "-",
+                notes(row),
             )
         )
     return tuple(lines)

@@ -170,9 +170,10 @@ def _environment(
 
 
 @contextlib.contextmanager
-def chaos_stack(log_dir: Path, workers: int = 2, concurrency: int = 4) -> Iterator[ChaosStack]:
+def chaos_stack(log_dir: Path, workers: int = 2, concurrency: int = 6) -> Iterator[ChaosStack]:
     """The whole gateway on a private PostgreSQL cluster and Redis server, torn down
-    (servers included) however the run ends."""
+    (servers included) however the run ends. The workers' processes (12 by default)
+    outnumber a service's limit (8): the leases, not the pool size, keep to it."""
     catalog = log_dir / "chaos-catalog.yaml"
     catalog.write_text(CATALOG)
     redis, postgres = RedisServer(log_dir), PostgresCluster()
