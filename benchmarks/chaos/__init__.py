@@ -6,5 +6,5 @@ while jobs run, with one table of what each attack cost.
 - ledger.py: what a scenario is judged by (jobs lost, steps committed twice, calls in
   flight against the limit, recovery times, events a subscriber missed);
 - processes.py, outages.py, clients.py: the scenarios, by family;
-- __main__.py: runs them all and writes the table (`python -m benchmarks.chaos`).
+- runner.py: runs them and writes the table (`python -m benchmarks.chaos`).
 """

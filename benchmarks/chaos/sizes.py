@@ -49,5 +49,5 @@ SHORT = Sizes(
     cuts=1,
     cut_jobs=6,
     cut_settle_s=3.0,
-    schemathesis_s=8.0,
+    schemathesis_s=5.0,
 )
