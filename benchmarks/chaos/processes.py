@@ -15,7 +15,7 @@ import psutil
 from benchmarks.chaos.ledger import Fault, Outcome
 from benchmarks.chaos.sizes import Sizes
 from benchmarks.chaos.stack import SERVICES, ChaosStack
-from tests.harness import Proc
+from tests.harness import Proc, wait_until
 
 LEASE_TTL_S = 3.0  # the chaos catalog's (benchmarks/chaos/stack.py)
 
@@ -60,33 +60,54 @@ def _pool_children(proc: Proc) -> list[psutil.Process]:
         return []
 
 
-def _kill_one(stack: ChaosStack, number: int, rng: random.Random) -> str:
-    """Every other kill takes a whole worker (restarted at once, as a supervisor would),
-    the others one pool process mid-step (its worker forks another)."""
-    workers = _worker_procs(stack) or list(stack.workers.procs.values())
-    victim = workers[number % len(workers)]
-    children = _pool_children(victim)
-    if number % 2 and children:
-        rng.choice(children).send_signal(signal.SIGKILL)
-        return "pool process"
-    victim.kill()
-    victim.restart()
-    return "worker"
+class Killer:
+    """SIGKILLs in turn: a whole worker (restarted at once, as a supervisor would) while
+    another is up to serve, else one pool process mid-step (its worker forks another).
+    A worker still booting is left alone, so that the run goes on between kills."""
+
+    READY = "ready."
+
+    def __init__(self, stack: ChaosStack, rng: random.Random) -> None:
+        self.stack, self.rng = stack, rng
+        # How many "ready." lines each worker's log holds once it is up again.
+        self.readies: dict[int, int] = {}
+        self.kinds = {"worker": 0, "pool process": 0}
+
+    def up(self) -> list[Proc]:
+        return [
+            proc
+            for proc in _worker_procs(self.stack)
+            if proc.log_text().count(self.READY) >= self.readies.get(proc.pid, 1)
+        ]
+
+    def kill(self, whole: bool) -> None:
+        up = wait_until(self.up, 120, 0.2, "a worker up to kill")
+        victim = self.rng.choice(up)
+        children = _pool_children(victim)
+        if (whole and len(up) > 1) or not children:
+            ready = victim.log_text().count(self.READY) + 1
+            victim.kill()
+            victim.restart()
+            self.readies[victim.pid] = ready
+            self.kinds["worker"] += 1
+        else:
+            self.rng.choice(children).send_signal(signal.SIGKILL)
+            self.kinds["pool process"] += 1
 
 
 def worker_sigkill(stack: ChaosStack, sizes: Sizes) -> Outcome:
     steady_load(stack, sizes.latency_ms)
-    rng = random.Random(23)
+    killer = Killer(stack, random.Random(23))
     pending = paced(stack, sizes.kill_jobs, sizes.kills * sizes.kill_interval_s)
-    faults, kinds = [], {"worker": 0, "pool process": 0}
+    faults = []
     for number in range(sizes.kills):
         time.sleep(sizes.kill_interval_s)
         hit = stack.running_jobs()
-        kinds[_kill_one(stack, number, rng)] += 1
+        killer.kill(whole=number % 2 == 0)
         faults.append(Fault(time.time(), hit))
     jobs = pending.result()
     stack.wait_finished(jobs, 600)
-    return Outcome(jobs, faults, detail={"kills": kinds})
+    return Outcome(jobs, faults, detail={"kills": killer.kinds})
 
 
 def worker_sigstop(stack: ChaosStack, sizes: Sizes) -> Outcome:
@@ -154,13 +175,13 @@ def three_beats(stack: ChaosStack, sizes: Sizes) -> Outcome:
     steady_load(stack, sizes.latency_ms)
     extra = [stack.start_beat(f"beat-{number}") for number in (2, 3)]
     try:
-        rng = random.Random(7)
+        killer = Killer(stack, random.Random(7))
         pending = paced(stack, sizes.beat_jobs, sizes.beat_kills * 3)
         faults = []
-        for number in range(sizes.beat_kills):
+        for _ in range(sizes.beat_kills):
             time.sleep(2.0)
             hit = jobs_in_flight(stack)
-            _kill_one(stack, 2 * number, rng)  # whole workers: their steps need a sweep
+            killer.kill(whole=True)  # a whole worker's steps need a sweep
             faults.append(Fault(time.time(), hit))
         jobs = pending.result()
         stack.wait_finished(jobs, 300)
