@@ -21,6 +21,7 @@ from benchmarks.chaos.processes import paced, steady_load
 from benchmarks.chaos.sizes import Sizes
 from benchmarks.chaos.stack import ChaosStack
 from tests.event_clients import TERMINAL, ws_url
+from tests.harness import CAO
 
 FAULTY = ("chaos_call", "chaos_next")
 
@@ -137,7 +138,10 @@ def schemathesis(stack: ChaosStack, sizes: Sizes) -> Outcome:
     with any that schemathesis manages to create."""
     steady_load(stack, sizes.latency_ms)
     load = paced(stack, int(sizes.schemathesis_s), sizes.schemathesis_s)
-    stack.workers.start("isolated", concurrency=1, name="isolated-consumer")
+    # Jobs of the namespace scenario's feature need a consumer; it boots meanwhile.
+    consumer = stack.start_process(
+        "isolated-consumer", [*CAO, "worker", "-Q", "isolated", "-c", "1"]
+    )
     started = time.time()
     report = stack.log_dir / f"schemathesis-{int(started)}.xml"
     argv = [
@@ -164,7 +168,7 @@ def schemathesis(stack: ChaosStack, sizes: Sizes) -> Outcome:
     rows = stack.query("SELECT id::text FROM job WHERE created_at >= to_timestamp(%s)", started)
     jobs = sorted({row[0] for row in rows} | set(load.result()))
     stack.wait_finished(jobs, 120)
-    stack.workers.stop("isolated-consumer")
+    consumer.stop(5)
     detail = {"schemathesis_exit": run.returncode, **_junit_counts(report)}
     return Outcome(jobs, detail=detail)
 

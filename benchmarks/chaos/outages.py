@@ -137,11 +137,14 @@ def cut_off_worker(stack: ChaosStack, sizes: Sizes) -> Outcome:
         forwarder = stack.start_process(
             "forwarder", ["ip", "netns", "exec", namespace, *FORWARD, *routes]
         )
+        isolated = _isolated_worker(stack, namespace, 0)  # boots beside the standby
         standby = stack.workers.start("isolated", concurrency=2, name="standby")
         try:
             forwarder.wait_for_log("forwarding", 30)
             for number in range(sizes.cuts):
-                jobs += _cut_once(stack, sizes, namespace, link, standby, faults, number)
+                if number:
+                    isolated = _isolated_worker(stack, namespace, number)
+                jobs += _cut_once(stack, sizes, isolated, link, standby, faults)
         finally:
             standby.signal_group(signal.SIGCONT)
             link(True)
@@ -152,19 +155,21 @@ def cut_off_worker(stack: ChaosStack, sizes: Sizes) -> Outcome:
     return Outcome(jobs, faults)
 
 
-def _cut_once(
-    stack: ChaosStack,
-    sizes: Sizes,
-    namespace: str,
-    link: Callable[[bool], None],
-    standby: Proc,
-    faults: list[Fault],
-    number: int,
-) -> list[str]:
-    isolated = stack.start_process(
+def _isolated_worker(stack: ChaosStack, namespace: str, number: int) -> Proc:
+    return stack.start_process(
         f"isolated-{number}",
         ["ip", "netns", "exec", namespace, *CAO, "worker", "-Q", "isolated", "-c", "2"],
     )
+
+
+def _cut_once(
+    stack: ChaosStack,
+    sizes: Sizes,
+    isolated: Proc,
+    link: Callable[[bool], None],
+    standby: Proc,
+    faults: list[Fault],
+) -> list[str]:
     standby.signal_group(signal.SIGSTOP)
     try:
         isolated.wait_for_log("ready.", 60)

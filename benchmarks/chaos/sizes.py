@@ -33,7 +33,7 @@ class Sizes:
 
 SHORT = Sizes(
     kill_jobs=30,
-    kills=4,
+    kills=3,
     kill_interval_s=1.5,
     stops=1,
     stop_jobs=12,
@@ -48,6 +48,6 @@ SHORT = Sizes(
     ws_jobs=8,
     cuts=1,
     cut_jobs=6,
-    cut_settle_s=3.0,
-    schemathesis_s=5.0,
+    cut_settle_s=2.0,
+    schemathesis_s=4.0,
 )

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from app.migrate import upgrade_head
+from app.supervisor import stop_all
 from benchmarks.chaos.servers import PostgresCluster, RedisServer
 from tests.harness import CAO, Proc, Simulators, Workers, free_port, wait_until
 
@@ -185,8 +187,7 @@ def chaos_stack(log_dir: Path, workers: int = 2, concurrency: int = 6) -> Iterat
         database_url = postgres.create_database(f"cao_chaos_{uuid.uuid4().hex[:8]}")
         sim_port, api_port = free_port(), free_port()
         env = _environment(redis, database_url, f"http://127.0.0.1:{sim_port}", catalog)
-        migrate = Proc("migrate", [*CAO, "migrate"], env, log_dir)
-        migrate.popen.wait(120)
+        upgrade_head(database_url)
         sims = Proc("simulators", [*CAO, "simulators", "--port", str(sim_port)], env, log_dir)
         api = Proc("api", [*CAO, "api", "--port", str(api_port)], env, log_dir)
         procs += [sims, api]
@@ -201,16 +202,18 @@ def chaos_stack(log_dir: Path, workers: int = 2, concurrency: int = 6) -> Iterat
             pool,
             procs,
         )
-        sims.wait_for_port(sim_port, 60)
-        api.wait_for_port(api_port, 60)
-        for number in range(workers):
-            stack.start_worker(f"w{number}", concurrency)
-        stack.start_beat()
+        # Every process boots at once; each is waited for in a thread of its own.
+        with ThreadPoolExecutor() as starting:
+            booted = [
+                starting.submit(stack.start_worker, f"w{n}", concurrency) for n in range(workers)
+            ]
+            booted.append(starting.submit(stack.start_beat))
+            sims.wait_for_port(sim_port, 60)
+            api.wait_for_port(api_port, 60)
+            for future in booted:
+                future.result()
         yield stack
     finally:
-        if pool is not None:
-            pool.stop_all()
-        for proc in procs:
-            proc.stop(5)
+        stop_all([*(pool.procs.values() if pool else ()), *procs], 5)
         redis.stop()
         postgres.destroy(log_dir)
