@@ -17,7 +17,7 @@ from benchmarks.chaos import clients, outages, processes
 from benchmarks.chaos.ledger import Outcome, Row, Subscriber, judge
 from benchmarks.chaos.sizes import SHORT, Sizes
 from benchmarks.chaos.stack import SETTINGS, ChaosStack, chaos_stack
-from benchmarks.results import Results
+from benchmarks.results import Results, server_versions
 from benchmarks.results import write_results as write_results_file
 
 Scenario = Callable[[ChaosStack, Sizes], Outcome]
@@ -133,16 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_settings.cache_clear()
         for name in args.only:
             rows.append(run_scenario(name, stack, sizes))
+        servers = server_versions({"BENCH_PG_URL": stack.pg_url, "REDIS_URL": stack.redis.url})
     lines = table(rows, sizes)
     for line in lines:
         print(" | ".join(str(cell) for cell in line))
     if not args.short:  # the test suite's sizes prove the code, not the figures
-        write_results(rows, lines, sizes)
+        write_results(rows, lines, sizes, servers)
     print(f"chaos: logs in {log_dir}")
     return 0 if all(row.held for row in rows) else 1
 
 
-def write_results(rows: Sequence[Row], lines: tuple[tuple[object, ...], ...], sizes: Sizes) -> None:
+def write_results(
+    rows: Sequence[Row],
+    lines: tuple[tuple[object, ...], ...],
+    sizes: Sizes,
+    servers: dict[str, str],
+) -> None:
     write_results_file(
         Results(
             benchmark="chaos",
@@ -156,5 +162,6 @@ def write_results(rows: Sequence[Row], lines: tuple[tuple[object, ...], ...], si
             ratios={},
             detail=[dataclasses.asdict(row) for row in rows],
             table=lines,
+            servers=servers,
         )
     )
