@@ -6,8 +6,8 @@ simulators' own counts, never from what the gateway says about itself:
 - committed twice: a step with more than one STEP_COMPLETED in the log;
 - in flight: the most calls a service saw at once (its simulator counts), against the
   service's limit;
-- recovery: from a fault's end until every job it hit (a step in flight when it began)
-  has committed a step or finished, p50 and p99 over the scenario's faults;
+- recovery: from a fault's end until every step it hit (in flight when it began, and
+  not committed before it ended) is committed, p50 and p99 over the scenario's faults;
 - missed: an event of the scenario's jobs in the log that a subscriber to `/ws`
   (reconnecting with `after` whenever its socket closes) never received, or a gap in a
   job's `seq`.
@@ -20,7 +20,6 @@ import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -32,10 +31,10 @@ from tests.event_clients import ws_url
 
 @dataclass
 class Fault:
-    """One fault: when it ended (epoch seconds) and the jobs it hit."""
+    """One fault: when it ended (epoch seconds) and the steps it hit (job id, index)."""
 
     ended_at: float
-    jobs: list[str]
+    steps: list[tuple[str, int]]
 
 
 @dataclass
@@ -167,30 +166,30 @@ def _committed_twice(stack: ChaosStack, job_ids: Sequence[str]) -> int:
     return int(rows[0][0])
 
 
-def _first_progress(stack: ChaosStack, job_ids: Sequence[str], after: float) -> list[float]:
-    """Per job, the first step commit or job end after `after` (epoch seconds)."""
+def _commits(stack: ChaosStack, faults: Sequence[Fault]) -> dict[tuple[str, int], float]:
+    """When each step that a fault hit was committed (epoch seconds)."""
+    jobs = sorted({job for fault in faults for job, _ in fault.steps})
     rows = stack.query(
-        "SELECT job_id, min(ts) FROM job_event WHERE job_id = ANY(%s::uuid[]) "
-        "AND type IN ('STEP_COMPLETED', 'JOB_COMPLETED', 'JOB_ERROR', 'JOB_CANCELLED') "
-        "AND ts > to_timestamp(%s) GROUP BY job_id",
-        list(job_ids),
-        after,
+        "SELECT job_id::text, step_index, max(ts) FROM job_event "
+        "WHERE job_id = ANY(%s::uuid[]) AND type = 'STEP_COMPLETED' GROUP BY 1, 2",
+        jobs,
     )
-    return [_epoch(ts) for _, ts in rows]
-
-
-def _epoch(ts: datetime | str) -> float:
-    return (ts if isinstance(ts, datetime) else datetime.fromisoformat(ts)).timestamp()
+    return {(str(job), int(index)): ts.timestamp() for job, index, ts in rows}
 
 
 def recovery_times(stack: ChaosStack, faults: Sequence[Fault]) -> list[float]:
+    """Per fault, the time from its end until the last step it hit was committed; a
+    step committed before the fault ended (its commit raced the fault) was not hit."""
+    commits = _commits(stack, faults)
     times = []
     for fault in faults:
-        if not fault.jobs:
-            continue
-        progress = _first_progress(stack, fault.jobs, fault.ended_at)
-        if progress:
-            times.append(max(progress) - fault.ended_at)
+        waits = [
+            commits[step] - fault.ended_at
+            for step in fault.steps
+            if commits.get(step, 0.0) > fault.ended_at
+        ]
+        if waits:
+            times.append(max(waits))
     return times
 
 
@@ -225,6 +224,7 @@ def judge(name: str, stack: ChaosStack, outcome: Outcome, subscriber: Subscriber
     in_flight, limit, per_service = _in_flight(stack)
     recoveries = recovery_times(stack, outcome.faults) + outcome.recoveries
     detail = {**outcome.detail, "in_flight_by_service": per_service}
+    detail["recoveries_s"] = sorted(round(value, 2) for value in recoveries)
     if how_lost:
         detail["lost_by_status"] = how_lost
     if subscriber is not None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.chaos.ledger import Fault, Outcome
-from benchmarks.chaos.processes import jobs_in_flight, paced, steady_load
+from benchmarks.chaos.processes import paced, steady_load, steps_in_flight
 from benchmarks.chaos.sizes import Sizes
 from benchmarks.chaos.stack import ChaosStack
 from tests.e2e.tcp_proxy import TcpProxy
@@ -42,13 +42,13 @@ def _outage(
     faults = []
     for number in range(count):
         before = paced(stack, sizes.outage_jobs, 2)
-        hit = jobs_in_flight(stack)
+        hit = steps_in_flight(stack)
         stop(number)
         with ThreadPoolExecutor(1) as pool:
             during = pool.submit(stack.submit, max(1, sizes.outage_jobs // 4), 2)
             time.sleep(down_s)
             start()
-            faults.append(Fault(time.time(), hit + during.result()))
+            faults.append(Fault(time.time(), hit + [(job, 0) for job in during.result()]))
             jobs += during.result()
         jobs += before.result()
         stack.wait_finished(jobs, 120)
@@ -180,7 +180,7 @@ def _cut_once(
             0.05,
             "a call of the isolated worker",
         )
-        hit = stack.running_jobs()
+        hit = stack.running_steps()
         link(False)
         faults.append(Fault(time.time(), hit))
     finally:

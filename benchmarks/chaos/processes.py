@@ -41,10 +41,10 @@ def paced(stack: ChaosStack, total: int, seconds: float) -> Future[list[str]]:
     return ThreadPoolExecutor(1).submit(run)
 
 
-def jobs_in_flight(stack: ChaosStack, timeout: float = 5.0) -> list[str]:
-    """The jobs with a step in flight, once there are some (or none after `timeout`)."""
+def steps_in_flight(stack: ChaosStack, timeout: float = 5.0) -> list[tuple[str, int]]:
+    """The steps in flight, once there are some (or none after `timeout`)."""
     deadline = time.monotonic() + timeout
-    while not (running := stack.running_jobs()) and time.monotonic() < deadline:
+    while not (running := stack.running_steps()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return running
 
@@ -102,7 +102,7 @@ def worker_sigkill(stack: ChaosStack, sizes: Sizes) -> Outcome:
     faults = []
     for number in range(sizes.kills):
         time.sleep(sizes.kill_interval_s)
-        hit = stack.running_jobs()
+        hit = stack.running_steps()
         killer.kill(whole=number % 2 == 0)
         faults.append(Fault(time.time(), hit))
     jobs = pending.result()
@@ -120,7 +120,7 @@ def worker_sigstop(stack: ChaosStack, sizes: Sizes) -> Outcome:
     for _ in range(sizes.stops):
         pending = paced(stack, sizes.stop_jobs, 2)
         time.sleep(1.0)
-        hit = jobs_in_flight(stack)
+        hit = steps_in_flight(stack)
         victim = _worker_procs(stack)[0]
         victim.signal_group(signal.SIGSTOP)
         faults.append(Fault(time.time(), hit))
@@ -180,7 +180,7 @@ def three_beats(stack: ChaosStack, sizes: Sizes) -> Outcome:
         faults = []
         for _ in range(sizes.beat_kills):
             time.sleep(2.0)
-            hit = jobs_in_flight(stack)
+            hit = steps_in_flight(stack)
             killer.kill(whole=True)  # a whole worker's steps need a sweep
             faults.append(Fault(time.time(), hit))
         jobs = pending.result()

@@ -144,10 +144,10 @@ class ChaosStack:
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: self.unfinished(job_ids) == 0, timeout, 0.5, "jobs to finish")
 
-    def running_jobs(self) -> list[str]:
-        """Jobs with a step in flight: what a fault right now can hit."""
-        rows = self.query("SELECT DISTINCT job_id::text FROM job_step WHERE status = 'RUNNING'")
-        return [row[0] for row in rows]
+    def running_steps(self) -> list[tuple[str, int]]:
+        """The steps in flight (job id, step index): what a fault right now can hit."""
+        rows = self.query("SELECT job_id::text, step_index FROM job_step WHERE status = 'RUNNING'")
+        return [(str(job), int(index)) for job, index in rows]
 
     def last_event_id(self) -> int:
         rows = self.query("SELECT coalesce(max(id), 0) FROM job_event")
