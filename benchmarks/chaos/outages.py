@@ -138,7 +138,7 @@ def cut_off_worker(stack: ChaosStack, sizes: Sizes) -> Outcome:
             "forwarder", ["ip", "netns", "exec", namespace, *FORWARD, *routes]
         )
         isolated = _isolated_worker(stack, namespace, 0)  # boots beside the standby
-        standby = stack.workers.start("isolated", concurrency=2, name="standby")
+        standby = stack.workers.start("isolated", concurrency=4, name="standby")
         try:
             forwarder.wait_for_log("forwarding", 30)
             for number in range(sizes.cuts):

@@ -24,7 +24,7 @@ class Sizes:
     ws_clients: int = 1000
     ws_jobs: int = 100
     cuts: int = 3
-    cut_jobs: int = 30
+    cut_jobs: int = 12
     cut_settle_s: float = 8.0
     schemathesis_s: float = 300.0
     # Latency of every simulated call (ms), so that steps are in flight when a fault hits.
