@@ -163,7 +163,14 @@ def schemathesis(stack: ChaosStack, sizes: Sizes) -> Outcome:
         "--report-junit-path",
         str(report),
     ]
-    run = subprocess.run(argv, capture_output=True, text=True, timeout=sizes.schemathesis_s + 600)
+    # Run in the log folder: schemathesis keeps a cache where it runs.
+    run = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=sizes.schemathesis_s + 600,
+        cwd=stack.log_dir,
+    )
     (stack.log_dir / "schemathesis.log").write_text(run.stdout + run.stderr)
     rows = stack.query("SELECT id::text FROM job WHERE created_at >= to_timestamp(%s)", started)
     jobs = sorted({row[0] for row in rows} | set(load.result()))
