@@ -176,10 +176,13 @@ def _environment(
 
 
 @contextlib.contextmanager
-def chaos_stack(log_dir: Path, workers: int = 2, concurrency: int = 6) -> Iterator[ChaosStack]:
+def chaos_stack(
+    log_dir: Path, workers: int = 2, concurrency: int = 6, **settings: str
+) -> Iterator[ChaosStack]:
     """The whole gateway on a private PostgreSQL cluster and Redis server, torn down
     (servers included) however the run ends. The workers' processes (12 by default)
-    outnumber a service's limit (8): the leases, not the pool size, keep to it."""
+    outnumber a service's limit (8): the leases, not the pool size, keep to it.
+    `settings` override SETTINGS."""
     catalog = log_dir / "chaos-catalog.yaml"
     catalog.write_text(CATALOG)
     redis, postgres = RedisServer(log_dir), PostgresCluster()
@@ -191,6 +194,7 @@ def chaos_stack(log_dir: Path, workers: int = 2, concurrency: int = 6) -> Iterat
         database_url = postgres.create_database(f"cao_chaos_{uuid.uuid4().hex[:8]}")
         sim_port, api_port = free_port(), free_port()
         env = _environment(redis, database_url, f"http://127.0.0.1:{sim_port}", catalog)
+        env.update(settings)
         upgrade_head(database_url)
         sims = Proc("simulators", [*CAO, "simulators", "--port", str(sim_port)], env, log_dir)
         api = Proc("api", [*CAO, "api", "--port", str(api_port)], env, log_dir)
