@@ -9,7 +9,9 @@ created (test_redis_outage, test_broker_outage_recovery), 5xx, timeouts and 429
 (test_retries), duplicate deliveries (test_fencing.test_duplicate_message_runs_the_step_once
 and test_old_attempt_delivered_after_a_newer_one_started_changes_nothing), sweeps racing
 (test_recovery.test_concurrent_sweeps_requeue_each_stuck_step_once), many sockets on a
-running gateway (test_events_ws.test_700_sockets_each_get_every_event_in_order_while_50_jobs_run).
+running gateway (test_events_ws.test_700_sockets_each_get_every_event_in_order_while_50_jobs_run),
+every error an operation answers against the OpenAPI document (test_openapi; schemathesis,
+which took 20-50 s to start and finish on two shared cores, runs in the full chaos run).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ def stack(log_dir: Path) -> Iterator[ChaosStack]:
                 not netns_available(), reason="needs root and iproute2 for a network namespace"
             ),
         ),
-        "schemathesis",
     ],
 )
 def test_a_scenario_loses_nothing_and_recovers(stack: ChaosStack, scenario: str) -> None:
@@ -59,6 +60,3 @@ def test_a_scenario_loses_nothing_and_recovers(stack: ChaosStack, scenario: str)
     if row.faults:
         assert row.recover_p99_s is not None, row
         assert row.recover_p99_s < 30, row
-    if scenario == "schemathesis":
-        assert row.detail["schemathesis_exit"] == 0, row
-        assert row.detail["failures"] == row.detail["errors"] == 0, row
