@@ -39,7 +39,8 @@ class Results:
     `ratios` map a description of the ratio to its value; `whole_run` holds figures
     that no one run owns (the database's CPU, shared by all); `servers` names the
     versions of the servers the run used; `detail` is anything more (per round) that
-    goes into the JSON only."""
+    goes into the JSON only; `table`, when given, is one table (a header row, then a row
+    each) that the `.md` shows first, for benchmarks whose figures are one row per case."""
 
     benchmark: str
     parameters: Mapping[str, Any]
@@ -49,6 +50,7 @@ class Results:
     whole_run: Mapping[str, float] = field(default_factory=dict)
     servers: Mapping[str, str] = field(default_factory=dict)
     detail: Any = None
+    table: tuple[tuple[Any, ...], ...] = ()
 
 
 def _cpu_model() -> str:
@@ -114,6 +116,10 @@ def _markdown(document: dict[str, Any]) -> str:
     if document["servers"]:
         servers = ", ".join(f"{name} {version}" for name, version in document["servers"].items())
         lines.append(f"Servers: {servers}.")
+    if document["table"]:
+        header, *rows = document["table"]
+        lines += ["", "## Table", ""]
+        lines += _table(tuple(header), [tuple(row) for row in rows])
     lines += ["", "## Parameters", ""]
     lines += _table(("parameter", "value"), sorted(document["parameters"].items()))
     rows = [("CAO gateway", name, value) for name, value in document["gateway"].items()]
@@ -154,6 +160,7 @@ def write_results(
         "ratios": dict(results.ratios),
         "whole_run": dict(results.whole_run),
         "detail": results.detail,
+        "table": [list(row) for row in results.table],
     }
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{date}-{results.benchmark}"

@@ -84,6 +84,27 @@ def test_a_run_without_baseline_says_so(tmp_path: Path) -> None:
     assert "No plain-Celery baseline" in md_path.read_text()
 
 
+def test_a_table_of_cases_comes_first_in_the_markdown_and_whole_in_the_json(
+    tmp_path: Path,
+) -> None:
+    rows = (("scenario", "lost", "recovery p50 s"), ("Redis restarted x5", 0, 1.25))
+    cases = Results(
+        benchmark="chaos",
+        parameters={"kills": 100},
+        gateway={"redis lost": 0.0},
+        baselines={},
+        ratios={},
+        table=rows,
+    )
+    json_path, md_path = write_results(cases, tmp_path, when=WHEN, machine=MACHINE, load=LOAD)
+
+    assert json.loads(json_path.read_text())["table"] == [list(row) for row in rows]
+    text = md_path.read_text()
+    assert "| scenario | lost | recovery p50 s |\n| --- | --- | --- |\n" in text
+    assert "| Redis restarted x5 | 0 | 1.25 |" in text
+    assert text.index("## Table") < text.index("## Parameters")
+
+
 def test_the_machine_is_described_without_its_hostname() -> None:
     machine = this_machine()
 
