@@ -237,6 +237,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sequential", type=int, default=30, help="jobs one at a time")
+    parser.add_argument("--only", help="run only the runs whose name contains this")
     add_run_options(parser, redis_db=14)
     args = parser.parse_args()
     args.logs, catalog = run_folder(CATALOG)
@@ -249,6 +250,8 @@ def main() -> None:
         runs[name] = make(processes, args)
     runs["gateway, steps"] = lambda env: run_gateway(args, env)
     runs["plain chain, steps"] = lambda env: run_chain(args, env)
+    if args.only:
+        runs = {name: run for name, run in runs.items() if args.only in name}
     with scratch_environment(args.redis_db, CAO_CATALOG=str(catalog)) as env:
         from app.migrate import upgrade_head
 
@@ -266,40 +269,48 @@ def _ratio(rounds: list[dict[str, Any]], a: str, b: str, figure: str) -> float:
     return statistics.median(asdict(r[a])[figure] / asdict(r[b])[figure] for r in rounds)
 
 
+def _load_figures(rounds: list[dict[str, Any]], name: str) -> dict[str, float]:
+    return {
+        "requests/s": _median(rounds, name, "per_s"),
+        "p50 ms": _median(rounds, name, "p50_ms"),
+        "p99 ms": _median(rounds, name, "p99_ms"),
+        "server CPU ms per request": _median(rounds, name, "cpu_ms"),
+        "non-2xx (sum of rounds)": sum(r[name].non_2xx for r in rounds),
+        "socket errors (sum of rounds)": sum(r[name].socket_errors for r in rounds),
+    }
+
+
+def _step_figures(rounds: list[dict[str, Any]], name: str) -> dict[str, float]:
+    first = [ms for r in rounds for ms in r[name]["first_ms"]]
+    last = [ms for r in rounds for ms in r[name]["last_ms"]]
+    return {
+        "submit -> first step running p50 ms": percentile(first, 50),
+        "submit -> first step running p99 ms": percentile(first, 99),
+        "submit -> last step done p50 ms": percentile(last, 50),
+        "submit -> last step done p99 ms": percentile(last, 99),
+        "jobs/s (median of rounds)": statistics.median(r[name]["jobs_per_s"] for r in rounds),
+    }
+
+
 def report(args: argparse.Namespace, rounds: list[dict[str, Any]], servers: dict[str, str]) -> None:
-    figures: dict[str, dict[str, float]] = {}
+    ran = set(rounds[0])
+    figures = {name: _load_figures(rounds, name) for name in LOADS if name in ran}
     ratios: dict[str, float] = {}
-    for name in LOADS:
-        figures[name] = {
-            "requests/s": _median(rounds, name, "per_s"),
-            "p50 ms": _median(rounds, name, "p50_ms"),
-            "p99 ms": _median(rounds, name, "p99_ms"),
-            "server CPU ms per request": _median(rounds, name, "cpu_ms"),
-            "non-2xx (sum of rounds)": sum(r[name].non_2xx for r in rounds),
-            "socket errors (sum of rounds)": sum(r[name].socket_errors for r in rounds),
-        }
     for processes in ("1 process", "2 processes"):
         gateway, bare = f"gateway, {processes}", f"bare, {processes}"
-        ratios[f"1. requests/s, gateway / bare, {processes}"] = _ratio(
-            rounds, gateway, bare, "per_s"
+        if {gateway, bare} <= ran:
+            rate = _ratio(rounds, gateway, bare, "per_s")
+            ratios[f"1. requests/s, gateway / bare, {processes}"] = rate
+            ratios[f"2. p99, gateway / bare, {processes}"] = _ratio(rounds, gateway, bare, "p99_ms")
+    steps = ("gateway, steps", "plain chain, steps")
+    figures.update({name: _step_figures(rounds, name) for name in steps if name in ran})
+    if set(steps) <= ran:
+        gateway, chain = (figures[name] for name in steps)
+        for figure in ("submit -> first step running p50 ms", "submit -> last step done p50 ms"):
+            ratios[f"3. {figure}, gateway / plain chain"] = gateway[figure] / chain[figure]
+        ratios["4. jobs/s, gateway / plain chain"] = statistics.median(
+            r[steps[0]]["jobs_per_s"] / r[steps[1]]["jobs_per_s"] for r in rounds
         )
-        ratios[f"2. p99, gateway / bare, {processes}"] = _ratio(rounds, gateway, bare, "p99_ms")
-    for name in ("gateway, steps", "plain chain, steps"):
-        first = [ms for r in rounds for ms in r[name]["first_ms"]]
-        last = [ms for r in rounds for ms in r[name]["last_ms"]]
-        figures[name] = {
-            "submit -> first step running p50 ms": percentile(first, 50),
-            "submit -> first step running p99 ms": percentile(first, 99),
-            "submit -> last step done p50 ms": percentile(last, 50),
-            "submit -> last step done p99 ms": percentile(last, 99),
-            "jobs/s (median of rounds)": statistics.median(r[name]["jobs_per_s"] for r in rounds),
-        }
-    gateway, chain = figures["gateway, steps"], figures["plain chain, steps"]
-    for figure in ("submit -> first step running p50 ms", "submit -> last step done p50 ms"):
-        ratios[f"3. {figure}, gateway / plain chain"] = gateway[figure] / chain[figure]
-    ratios["4. jobs/s, gateway / plain chain"] = statistics.median(
-        r["gateway, steps"]["jobs_per_s"] / r["plain chain, steps"]["jobs_per_s"] for r in rounds
-    )
     for name, values in figures.items():
         print(f"{name:<24}" + ", ".join(f"{k} {v:.1f}" for k, v in values.items()))
     for name, value in ratios.items():
