@@ -24,6 +24,7 @@ from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs import stats_repository
 from app.jobs.dispatch import Delivery
+from app.jobs.ids import new_job_id
 from app.jobs.job_insert import NewJob, insert_job
 from app.jobs.outbox import send_after_commit
 from app.jobs.schemas import JobDetail, JobPage, JobSummary
@@ -83,7 +84,7 @@ def draft_job(
     services = catalog.recipe(feature_name)
     now = utcnow()
     job = Job(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         tenant=tenant,
         feature_name=feature_name,
         status=JobStatus.PENDING,
