@@ -4,6 +4,7 @@ row per step, with the same reliability settings as the gateway's worker."""
 from __future__ import annotations
 
 import os
+import time
 
 import psycopg
 import redis
@@ -57,4 +58,20 @@ def noop_db(previous: object, step: int, last: bool, run_id: str) -> dict[str, b
         )
     if last:
         _done()
+    return {"ok": True}
+
+
+def stamps_key(run_id: str) -> str:
+    return f"bench:chain:stamps:{run_id}"
+
+
+@chain_app.task(name="bench.stamped")
+def stamped(previous: object, step: int, last: bool, run_id: str) -> dict[str, bool]:
+    """A no-op that records when the first step ran and when the last one finished, for
+    one chain at a time (the latency of the front-door benchmark)."""
+    global _redis
+    if step == 0 or last:
+        if _redis is None:
+            _redis = redis.Redis.from_url(BROKER)
+        _redis.hset(stamps_key(run_id), str(step), repr(time.time()))
     return {"ok": True}

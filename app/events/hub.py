@@ -14,6 +14,9 @@ wake-up; the log is the truth:
 - on every (re)subscribe, and once a second anyway, the same run happens, so events
   published while the subscription was down, or whose publish failed, still arrive
   (one read for the whole process, not one per socket);
+- while the process has no subscriber, wake-ups are left to that once-a-second run
+  (a new subscriber starts one), so an API process that only takes jobs does not number
+  and read the log after every commit of every process;
 - a payload is never delivered on its own say-so except as the very next id.
 
 Mailboxes are bounded. A subscriber that falls too far behind, or whose socket has
@@ -180,6 +183,7 @@ class EventHub:
         sub = Subscription(job_id)
         targets = self._all_jobs if job_id is None else self._by_job[job_id]
         targets.add(sub)
+        self._wake()  # the cursor may be up to a poll behind while nobody listened
         try:
             yield sub
         finally:
@@ -267,6 +271,11 @@ class EventHub:
             return
         if event is not None and event.id == self._cursor + 1:
             self._deliver(event)
+            return
+        if not self._all_jobs and not self._by_job:
+            # Nobody here to deliver to: the poll numbers and reads the log once a second,
+            # instead of a run per wake-up (one per commit of every API process: with two
+            # processes creating jobs, that work cost more than the creates themselves).
             return
         self._wake()
 

@@ -9,12 +9,15 @@ knows them. A `Delivery` is such a message with the time it is due to run.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import ParamSpec
 
 from app import broker
 from app.models import utcnow
 
+_Args = ParamSpec("_Args")
 RUN_STEP_TASK = "cao.run_step"
 # On the Redis transport a lower number is served first. A delivery that already
 # holds its service slot (handed over by a release) jumps the line: every moment it
@@ -28,7 +31,7 @@ QUEUE_HEADER = "cao_queue"
 HOLDS_SLOT_HEADER = "cao_holds_slot"
 
 
-def enqueue_step(
+def step_message(
     job_id: uuid.UUID | str,
     step_index: int,
     fence: int,
@@ -37,13 +40,14 @@ def enqueue_step(
     *,
     holds_slot: bool = False,
     service: str | None = None,
-) -> None:
-    """Send a step delivery to `queue`. Naming the step's `service` lets the worker take
-    its slot before it reads the step, and claim and read it in one statement."""
+) -> broker.Message:
+    """The message of a step delivery to `queue`. Naming the step's `service` lets the
+    worker take its slot before it reads the step, and claim and read it in one
+    statement."""
     headers = {SERVICE_HEADER: service, QUEUE_HEADER: queue} if service else {}
     if holds_slot:
         headers[HOLDS_SLOT_HEADER] = "1"
-    broker.send(
+    return broker.Message(
         RUN_STEP_TASK,
         [str(job_id), step_index, fence],
         queue=queue,
@@ -52,6 +56,17 @@ def enqueue_step(
         headers=headers or None,
         countdown=countdown if countdown and countdown > 0 else None,
     )
+
+
+def _sent(build: Callable[_Args, broker.Message]) -> Callable[_Args, None]:
+    def send(*args: _Args.args, **kwargs: _Args.kwargs) -> None:
+        broker.send_many([build(*args, **kwargs)])
+
+    return send
+
+
+# Send a step delivery to its queue: step_message's arguments.
+enqueue_step = _sent(step_message)
 
 
 @dataclass(frozen=True)
@@ -83,14 +98,24 @@ class Delivery:
 
 def send_delivery(delivery: Delivery, now: datetime | None = None) -> None:
     """Send `delivery`, to run once it is due (at once if it is overdue)."""
-    countdown = (delivery.due_at - (now or utcnow())).total_seconds()
-    enqueue_step(
-        delivery.job_id,
-        delivery.step_index,
-        delivery.fence,
-        delivery.queue,
-        countdown,
-        service=delivery.service,
+    send_deliveries([delivery], now)
+
+
+def send_deliveries(deliveries: Sequence[Delivery], now: datetime | None = None) -> None:
+    """Send every delivery in one round trip to the broker, each to run once it is due."""
+    now = now or utcnow()
+    broker.send_many(
+        [
+            step_message(
+                delivery.job_id,
+                delivery.step_index,
+                delivery.fence,
+                delivery.queue,
+                (delivery.due_at - now).total_seconds(),
+                service=delivery.service,
+            )
+            for delivery in deliveries
+        ]
     )
 
 

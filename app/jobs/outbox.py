@@ -26,13 +26,14 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 import structlog
 from sqlalchemy.orm import Session
 
 from app.db import on_commit, session_scope, statement_scope
 from app.jobs import outbox_repository as outbox_repo
-from app.jobs.dispatch import Delivery, broker_answers, send_delivery
+from app.jobs.dispatch import Delivery, broker_answers, send_deliveries, send_delivery
 from app.logs import first_line
 from app.models import utcnow
 
@@ -54,19 +55,29 @@ def send_after_commit(session: Session, delivery: Delivery, *, first: bool = Fal
 def send(delivery: Delivery) -> None:
     """Send `delivery` now; if the broker does not take it, mark the step unsent and let
     the resender send it once the broker answers. Never raises."""
+    send_many([delivery])
+
+
+def send_many(deliveries: Sequence[Delivery]) -> None:
+    """Send `deliveries` now, in one round trip to the broker; if it does not take
+    them, mark each step unsent as `send` does. Never raises."""
     if _resender.waiting:
-        _owe(delivery)
+        for delivery in deliveries:
+            _owe(delivery)
         return
     try:
-        send_delivery(delivery)
+        send_deliveries(deliveries)
     except Exception as error:
+        first = deliveries[0]
         log.warning(
-            "broker did not take a step delivery; marked unsent",
-            job_id=str(delivery.job_id),
-            step_index=delivery.step_index,
+            "broker did not take step deliveries; marked unsent",
+            job_id=str(first.job_id),
+            step_index=first.step_index,
+            deliveries=len(deliveries),
             error=first_line(error),
         )
-        _owe(delivery)
+        for delivery in deliveries:
+            _owe(delivery)
 
 
 def _owe(delivery: Delivery) -> None:

@@ -24,7 +24,8 @@ from app.events.types import EventType
 from app.jobs import repository as repo
 from app.jobs import stats_repository
 from app.jobs.dispatch import Delivery
-from app.jobs.job_insert import insert_job
+from app.jobs.ids import new_job_id
+from app.jobs.job_insert import NewJob, insert_job
 from app.jobs.outbox import send_after_commit
 from app.jobs.schemas import JobDetail, JobPage, JobSummary
 from app.jobs.states import JobStatus, StepStatus
@@ -64,32 +65,26 @@ def _existing_for_key(session: Session, tenant: str, key: str, digest: str) -> J
     return job
 
 
-def create_job(
-    session: Session,
+def draft_job(
     catalog: Catalog,
     *,
     feature_name: str,
     input_data: dict[str, Any],
     tenant: str = "default",
     idempotency_key: str | None = None,
-) -> CreateResult:
-    """Commit a PENDING job with its recipe snapshot; its first step is enqueued after commit."""
+) -> NewJob:
+    """A PENDING job of `feature_name` with its recipe snapshot, its rows not yet
+    written; raises UnknownFeature."""
     feature = catalog.features.get(feature_name)
     if feature is None:
         raise UnknownFeature(
             f"unknown feature {feature_name!r}",
             details={"known_features": sorted(catalog.features)},
         )
-    digest = request_hash(feature_name, input_data)
-    if idempotency_key is not None:
-        existing = _existing_for_key(session, tenant, idempotency_key, digest)
-        if existing is not None:
-            return CreateResult(existing, created=False)
-
     services = catalog.recipe(feature_name)
     now = utcnow()
     job = Job(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         tenant=tenant,
         feature_name=feature_name,
         status=JobStatus.PENDING,
@@ -105,14 +100,13 @@ def create_job(
             ]
         },
         idempotency_key=idempotency_key,
-        request_hash=digest,
-        last_seq=1,  # JOB_CREATED, recorded below
+        request_hash=request_hash(feature_name, input_data),
+        last_seq=1,  # JOB_CREATED, recorded with the rows
         # The `POST /jobs` span's: every step attempt's span joins this trace.
         trace_context=job_trace_context(),
         created_at=now,
         updated_at=now,
     )
-    first = services[0]
     steps = [
         {
             "job_id": job.id,
@@ -128,19 +122,44 @@ def create_job(
         for index, service in enumerate(services)
     ]
     created = EventDraft(type=EventType.JOB_CREATED, data={"steps": feature.steps})
+    first = services[0]
+    return NewJob(job, steps, created, Delivery.of(job.id, 0, 1, first.queue, first.name))
+
+
+def create_job(
+    session: Session,
+    catalog: Catalog,
+    *,
+    feature_name: str,
+    input_data: dict[str, Any],
+    tenant: str = "default",
+    idempotency_key: str | None = None,
+) -> CreateResult:
+    """Commit a PENDING job with its recipe snapshot; its first step is enqueued after commit."""
+    new = draft_job(
+        catalog,
+        feature_name=feature_name,
+        input_data=input_data,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+    )
+    job, digest = new.job, new.job.request_hash or ""
     if idempotency_key is None:
-        insert_job(session, job, steps, created)
+        insert_job(session, new)
     else:
+        existing = _existing_for_key(session, tenant, idempotency_key, digest)
+        if existing is not None:
+            return CreateResult(existing, created=False)
         try:
             with session.begin_nested():
-                insert_job(session, job, steps, created)
+                insert_job(session, new)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the insert.
             existing = _existing_for_key(session, tenant, idempotency_key, digest)
             if existing is None:
                 raise
             return CreateResult(existing, created=False)
-    send_after_commit(session, Delivery.of(job.id, 0, 1, first.queue, first.name))
+    send_after_commit(session, new.first)
     return CreateResult(job, created=True)
 
 

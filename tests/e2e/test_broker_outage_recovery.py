@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,10 @@ def test_jobs_accepted_while_the_broker_is_down_complete_soon_after_it_returns(
 
     broker.stop()
     outage_began = time.monotonic()
-    created = [create(api, "fragile_job") for _ in range(JOBS_DURING_OUTAGE)]
+    # All at once: they commit in batches (app/jobs/admission.py) whose first steps the
+    # broker refuses together.
+    with ThreadPoolExecutor(JOBS_DURING_OUTAGE) as pool:
+        created = list(pool.map(lambda _: create(api, "fragile_job"), range(JOBS_DURING_OUTAGE)))
     # Longer than JOB_STUCK_SECONDS: the wait is the gateway's, not the jobs'.
     time.sleep(max(0.0, outage_began + JOB_STUCK_S + 1 - time.monotonic()))
     broker.start()

@@ -11,6 +11,7 @@ happens whole or not at all.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -19,6 +20,9 @@ from sqlalchemy.orm import Session
 from app.events.log import EventDraft
 from app.jobs.step_repository import StepRun
 from app.models import Job
+
+# A new job's rows: the job (transient), its step rows and its first event.
+JobRows = tuple[Job, list[dict[str, Any]], EventDraft]
 
 
 class NamedStep(NamedTuple):
@@ -76,6 +80,8 @@ class StepChanges(Protocol):
     def insert_job(
         self, session: Session, job: Job, steps: list[dict[str, Any]], created: EventDraft
     ) -> None: ...
+
+    def insert_jobs(self, session: Session, jobs: Sequence[JobRows]) -> None: ...
 
     def start_step(
         self, session: Session, run: StepRun, fence: int, *, claim_token: str | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert
@@ -19,7 +20,13 @@ from app.events.log import EventDraft, append_event, numbered, record_events
 from app.events.types import EventType
 from app.jobs.states import JobStatus, StepStatus
 from app.jobs.step_changes.drafts import about, completed_events
-from app.jobs.step_changes.interface import Continued, EventSlot, Finished, NamedStep
+from app.jobs.step_changes.interface import (
+    Continued,
+    EventSlot,
+    Finished,
+    JobRows,
+    NamedStep,
+)
 from app.jobs.step_changes.per_table import (
     advance_job,
     claim_step,
@@ -50,6 +57,12 @@ def insert_job(
         feature_name=job.feature_name,
         progress=job.progress,
     )
+
+
+def insert_jobs(session: Session, jobs: Sequence[JobRows]) -> None:
+    """Each job as insert_job does, in the caller's transaction."""
+    for job, steps, created in jobs:
+        insert_job(session, job, steps, created)
 
 
 def start_step(

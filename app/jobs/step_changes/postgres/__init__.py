@@ -17,7 +17,11 @@ from app.jobs.step_changes.postgres.claims import (
     start_step,
     start_step_at_once,
 )
-from app.jobs.step_changes.postgres.creation import insert_job, insert_job_at_once
+from app.jobs.step_changes.postgres.creation import (
+    insert_job,
+    insert_job_at_once,
+    insert_jobs,
+)
 from app.jobs.step_changes.postgres.results import (
     complete_and_start_next,
     continue_at_once,
@@ -34,6 +38,7 @@ __all__ = [
     "finish_step_at_once",
     "insert_job",
     "insert_job_at_once",
+    "insert_jobs",
     "park_named_step",
     "park_named_step_at_once",
     "park_step",

@@ -3,6 +3,7 @@ with the code that runs it beside it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from app.events.log import EventDraft, inserted_after, inserted_params, wake_on_commit
+from app.jobs.step_changes.interface import JobRows
 from app.models import Job, job_step_table, job_table
 
 _JOB = job_table
@@ -53,10 +55,28 @@ def insert_job_at_once(step_keys: tuple[str, ...]) -> Select[int]:
 def insert_job(
     session: Session, job: Job, steps: list[dict[str, Any]], created: EventDraft
 ) -> None:
+    insert_jobs(session, [(job, steps, created)])
+
+
+def insert_jobs(session: Session, jobs: Sequence[JobRows]) -> None:
+    """Every job of `jobs` by the same statement, executed once per job in one pipeline
+    (psycopg sends an executemany's executions without waiting for each answer): one
+    round trip for the lot, in the caller's transaction."""
+    # One array per step column (the job id comes from the inserted job row); every
+    # job's steps have the same keys (app/jobs/service.py drafts them).
+    keys = tuple(key for key in jobs[0][1][0] if key != "job_id")
+    params = [_params(job, steps, created, keys) for job, steps, created in jobs]
+    session.connection().execute(
+        insert_job_at_once(keys), params[0] if len(params) == 1 else params
+    )
+    wake_on_commit(session)
+
+
+def _params(
+    job: Job, steps: list[dict[str, Any]], created: EventDraft, keys: tuple[str, ...]
+) -> dict[str, Any]:
     params = {f"j_{column.key}": getattr(job, column.key) for column in job_table.columns}
-    # One array per step column (the job id comes from the inserted job row).
-    keys = tuple(key for key in steps[0] if key != "job_id")
     params.update({f"s_{key}": [step[key] for step in steps] for key in keys})
     params.update(inserted_params([created]))
-    session.connection().execute(insert_job_at_once(keys), {**params, "now": job.created_at})
-    wake_on_commit(session)
+    params["now"] = job.created_at
+    return params
