@@ -7,6 +7,5 @@ while jobs run, with one table of what each attack cost.
   flight against the limit, recovery times, events a subscriber missed);
 - processes.py, outages.py, clients.py: the scenarios, by family;
 - sizes.py: the full run's sizes and the test suite's (`SHORT`);
-- forward.py: the TCP forwarder the namespace scenario runs inside its namespace;
 - runner.py: runs them and writes the table (`python -m benchmarks.chaos`).
 """

@@ -19,6 +19,7 @@ from benchmarks.chaos.sizes import SHORT, Sizes
 from benchmarks.chaos.stack import SETTINGS, ChaosStack, chaos_stack
 from benchmarks.results import Results, server_versions
 from benchmarks.results import write_results as write_results_file
+from tests.e2e.netns_link import netns_available
 
 Scenario = Callable[[ChaosStack, Sizes], Outcome]
 SCENARIOS: dict[str, Scenario] = {
@@ -121,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the test suite's sizes")
     args = parser.parse_args(argv)
     sizes = SHORT if args.short else Sizes()
-    if not outages.netns_available() and "worker_cut_off" in args.only:
-        print("chaos: worker_cut_off needs root and iproute2; skipped", flush=True)
+    if not netns_available() and "worker_cut_off" in args.only:
+        print("chaos: worker_cut_off needs root, iproute2 and socat; skipped", flush=True)
         args.only.remove("worker_cut_off")
     log_dir = Path(tempfile.mkdtemp(prefix="cao-chaos-"))
     rows: list[Row] = []

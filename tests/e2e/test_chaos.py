@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos.outages import netns_available
 from benchmarks.chaos.runner import run_scenario
 from benchmarks.chaos.sizes import SHORT
 from benchmarks.chaos.stack import ChaosStack, chaos_stack
+from tests.e2e.netns_link import netns_available
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,8 @@ def stack(log_dir: Path) -> Iterator[ChaosStack]:
         pytest.param(
             "worker_cut_off",
             marks=pytest.mark.skipif(
-                not netns_available(), reason="needs root and iproute2 for a network namespace"
+                not netns_available(),
+                reason="needs root, iproute2 and socat for network namespaces",
             ),
         ),
     ],
