@@ -95,8 +95,15 @@ def _handoffs_ms(ids: list[uuid.UUID]) -> list[float]:
 
 
 def run_gateway(
-    jobs: int, concurrency: int, env: dict[str, str], log_dir, sequential: int
+    jobs: int,
+    concurrency: int,
+    env: dict[str, str],
+    log_dir,
+    sequential: int,
+    finish: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
+    """W1 and the hand-offs; `finish`, if given, runs once the jobs are done, within
+    the time and the workers' CPU counted for them."""
     from app.catalog import current_catalog
     from app.db import init_db
     from app.jobs.warm_up import prepare_job_creation
@@ -135,6 +142,8 @@ def run_gateway(
         cpu_before, started = _workers_cpu(worker, other), time.perf_counter()
         ids = _create(jobs)
         wait_until(lambda: _all_completed(ids), 900, 0.1, "gateway jobs")
+        if finish is not None:
+            finish()
         elapsed = time.perf_counter() - started
         cpu_used = _workers_cpu(worker, other) - cpu_before
         # Hand-off on an idle system: one job at a time, so no backlog sits between steps.
