@@ -1,33 +1,38 @@
 """What watching the gateway costs: the throughput benchmark's W1 (jobs of 4 no-op python
-steps, then the step hand-off of jobs run one at a time) run "observed" (at two scrape
-intervals) and "bare" in one run, in rounds, in another order each round.
+steps, then the step hand-off of jobs run one at a time) "observed" (at two scrape
+intervals) and "bare", on the same running workers and Flower, in short phases that
+take turns, so that each ratio compares phases seconds apart (this shared machine's
+speed swings 2-3x within minutes; phases of separate processes minutes apart measured
+that swing). Each round runs the three configurations once, each round in another order.
 
-- observed: task events on from the start (TASK_EVENTS=true in the workers, and in
-  this process, which creates the jobs as the API would and so sends their "task-sent"
-  events); real Flower (`celery flower`, its own process) consuming them; `/metrics`
-  scraped every 15 s, as Prometheus does by default, and once more as W1 ends, inside
-  its timed window, so that the scrapes fold all of W1's events (a fold's cost is per
-  event, whatever the interval) and a W1 shorter than 15 s still pays a whole scrape's
-  fixed cost (more than its share); tracing off (no OTLP endpoint).
-  Scrapes run in this process through the collector `GET /metrics` renders (HTTP and
-  auth left out: benchmarks/metrics_scrape.py), folding the event log as an API
-  replica would.
-- observed, scraped every second: the same, with a scrape every second during the
-  whole run instead (shown beside; the target is judged at a realistic interval).
-- bare: TASK_EVENTS=false, no Flower, no scrapes, tracing off.
+- observed: task events on (the workers' turned on by the broadcast Flower itself
+  sends, and this process's "task-sent" events, as the API's with TASK_EVENTS=true);
+  real Flower (`celery flower`, its own process) consuming them; `/metrics` scraped
+  once as the phase's W1 ends, inside its timed window, folding every event of the
+  phase (an observed phase comes every 15-20 s here: about Prometheus' default 15 s
+  interval; a fold's cost is per event, whatever the interval); tracing off.
+- observed, scraped every second: the same, with a scrape every second through the
+  phase instead (shown beside; the target is judged at the realistic interval).
+- bare: task events off (the broadcast turns them off; this process sends no
+  "task-sent"), no scrapes, tracing off. Flower still runs, receiving nothing but the
+  workers' heartbeats, which every configuration sends.
 
-Same code, same servers. Reported: jobs/s and the workers' CPU per step (their
-processes' CPU time over the timed jobs: on a shared machine the rate moves with
-everything else running, the CPU a step takes much less), and the hand-off (a step's
-commit to the moment the next step's work runs) on one queue and across two queues,
-p50 and p99; each as observed / bare, the median of the rounds' ratios with their
-range. Flower's own CPU is reported beside them, also as a share of a step's CPU in the
-bare workers: it runs on the same cores here, in a deployment often on another host.
-Before the rounds, 200 jobs and an ANALYZE settle the scratch database (throughput.py
-`_settle_database`).
+Scrapes run in this process through the collector `GET /metrics` renders (HTTP and
+auth left out: benchmarks/metrics_scrape.py), folding the event log as an API replica
+would; what other phases left is folded, untimed, before an observed phase. The
+workers start with TASK_EVENTS=false: their pool processes send no "task-sent" of
+their own, which only a hand-off across queues would (one event, buffered, about
+15 us of that process's CPU: tests/integration/test_task_event_batches.py).
 
-    python -m benchmarks.observability_overhead [--jobs 1000] [--concurrency 4]
-                                                [--sequential 30] [--rounds 3] [--redis-db 10]
+Reported: jobs/s and the workers' CPU per step over each phase's W1, the hand-off (a
+step's commit to the moment the next step's work runs) on one queue and across two,
+p50 and p99, Flower's CPU per step (also as a share of a bare step's CPU: it runs on
+the same cores here, in a deployment often on another host); each as watched / bare,
+the median of the rounds' ratios with their range. Before the rounds, 200 jobs and an
+ANALYZE settle the scratch database (throughput.py `_settle_database`).
+
+    python -m benchmarks.observability_overhead [--jobs 150] [--concurrency 4]
+                                                [--sequential 5] [--rounds 12] [--redis-db 10]
 """
 
 from __future__ import annotations
@@ -39,23 +44,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    add_run_options,
-    cpu_seconds,
-    percentile,
-    run_rounds,
-    scratch_environment,
-    wait_until_idle,
-)
+from benchmarks.common import cpu_seconds, percentile, wait_until_idle
 from benchmarks.results import Results, server_versions, write_results
 
 OBSERVED, SCRAPED_EVERY_SECOND, BARE = "observed", "observed, scraped every second", "bare"
 WATCHED = (OBSERVED, SCRAPED_EVERY_SECOND)
-SCRAPE_INTERVAL_S = {OBSERVED: 15.0, SCRAPED_EVERY_SECOND: 1.0}
+CONFIGS = (*WATCHED, BARE)
 TARGET = 0.05  # the overhead allowed: 5 %
 FLOWER_AUTH = ("bench", "flower-bench")
 HANDOFFS = (
@@ -66,19 +63,20 @@ HANDOFFS = (
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    # About 15 s of W1 on the 2-core machine: one scrape interval.
-    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=150, help="W1's jobs per phase")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
-        "--sequential", type=int, default=30, help="jobs one at a time, per hand-off kind"
+        "--sequential", type=int, default=5, help="jobs one at a time, per hand-off kind and phase"
     )
-    add_run_options(parser, redis_db=10)
+    parser.add_argument("--redis-db", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=12, help="rounds, each running all")
     return parser.parse_args(argv)
 
 
 @contextlib.contextmanager
 def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
-    """Flower against the run's broker, as an operator runs it: (its pid, an HTTP client)."""
+    """Flower against the run's broker, as an operator runs it, except that this run
+    turns task events on and off itself: (its pid, an HTTP client)."""
     import httpx
 
     from tests.harness import Proc, free_port
@@ -86,6 +84,7 @@ def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
     port = free_port()
     argv = [sys.executable, "-m", "celery", f"--broker={env['REDIS_URL']}", "flower"]
     argv += ["--address=127.0.0.1", f"--port={port}", "--basic_auth=" + ":".join(FLOWER_AUTH)]
+    argv += ["--enable_events=False"]
     proc = Proc("flower", argv, env, log_dir)
     try:
         proc.wait_for_port(port, 60)
@@ -98,51 +97,72 @@ def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
         proc.stop()
 
 
-def run_config(
-    config: str, args: argparse.Namespace, env: dict[str, str], log_dir: Path
-) -> dict[str, Any]:
-    from app.broker import get_celery
-    from benchmarks.metrics_scrape import _scrape, _with_scraper
-    from benchmarks.throughput import run_gateway
+def _watch(config: str, workers: int) -> None:
+    """Turn task events on or off, in the workers (the broadcast a monitor sends) and
+    in this process, and leave the phase before its last batch of events."""
+    from app.broker import EVENTS_FLUSH_INTERVAL_S, get_celery
+    from app.events.metrics_fold import fold_events
 
     observed = config in WATCHED
-    # This process creates the jobs: with TASK_EVENTS=true the API sends "task-sent".
-    get_celery().conf.task_send_sent_event = observed
-    workers_env = {**env, "TASK_EVENTS": "true" if observed else "false"}
-    final_scrape_ms: list[float] = []
+    celery = get_celery()
+    command = "enable_events" if observed else "disable_events"
+    replies = celery.control.broadcast(command, reply=True, timeout=5, limit=workers)
+    if len(replies) != workers:
+        raise RuntimeError(f"{command}: {len(replies)} of {workers} workers answered")
+    celery.conf.task_send_sent_event = observed
+    time.sleep(2 * EVENTS_FLUSH_INTERVAL_S)  # the last phase's events are out
+    if observed:
+        fold_events()  # what other phases left: this phase's scrapes fold its own
+
+
+def _phase(config: str, args: argparse.Namespace, workers: Any, flower_pid: int) -> dict[str, Any]:
+    from benchmarks.metrics_scrape import _scrape, _with_scraper
+    from benchmarks.throughput import measure_gateway
+
+    _watch(config, len(workers))
+    flower_before = cpu_seconds(flower_pid)
+    scrape_ms: list[float] = []
 
     def scrape_once() -> None:
         started = time.perf_counter()
         _scrape()
-        final_scrape_ms.append((time.perf_counter() - started) * 1000)
+        scrape_ms.append((time.perf_counter() - started) * 1000)
 
-    def gateway() -> dict[str, Any]:
+    def measure() -> dict[str, Any]:
         finish = scrape_once if config == OBSERVED else None
-        return run_gateway(
-            args.jobs, args.concurrency, workers_env, log_dir, args.sequential, finish
-        )
+        return measure_gateway(args.jobs, args.sequential, workers, finish)
 
-    if not observed:
-        return gateway()
-    from app.events.metrics_fold import fold_events
-
-    # What the rounds before left to fold is folded now, untimed: the scrapes of this
-    # run fold its own events, as a replica's scrapes do.
-    fold_events()
-    with _flower(env, log_dir) as (flower_pid, flower):
-        flower_before = cpu_seconds(flower_pid)
-        result = _with_scraper(gateway, SCRAPE_INTERVAL_S[config])
-        flower_cpu = cpu_seconds(flower_pid) - flower_before
-        tasks = flower.get("/api/tasks", params={"taskname": "cao.run_step"}).json()
+    if config == SCRAPED_EVERY_SECOND:
+        result = _with_scraper(measure, 1.0)
+    else:
+        result = measure()
+        result |= {"scrapes": len(scrape_ms), "scrape_ms_max": max(scrape_ms, default=0.0)}
     steps = 4 * (args.jobs + 2 * args.sequential)
-    if final_scrape_ms:
-        result["scrapes"] += 1
-        result["scrape_ms_max"] = max(result["scrape_ms_max"], final_scrape_ms[0])
-    return {
-        **result,
-        "flower_cpu_ms_per_step": flower_cpu / steps * 1000,
-        "step_tasks_seen_by_flower": len(tasks),
-    }
+    result["flower_cpu_ms_per_step"] = (cpu_seconds(flower_pid) - flower_before) / steps * 1000
+    return result
+
+
+def run_phases(
+    args: argparse.Namespace, env: dict[str, str], log_dir: Path
+) -> tuple[list[dict[str, dict[str, Any]]], int]:
+    """The rounds' results, by configuration; and the step tasks Flower holds at the end."""
+    from benchmarks.throughput import gateway_workers
+
+    rounds = []
+    workers_env = {**env, "TASK_EVENTS": "false"}
+    with _flower(env, log_dir) as (flower_pid, flower):
+        with gateway_workers(args.concurrency, workers_env, log_dir) as workers:
+            from benchmarks.metrics_scrape import _scrape
+
+            _scrape()  # a process's first scrape loads and prepares what the others reuse
+            for number in range(args.rounds):
+                shift = number % len(CONFIGS)
+                order = CONFIGS[shift:] + CONFIGS[:shift]
+                print(f"round {number + 1}/{args.rounds}: {', '.join(order)}", flush=True)
+                done = {config: _phase(config, args, workers, flower_pid) for config in order}
+                rounds.append({config: done[config] for config in CONFIGS})
+        tasks = flower.get("/api/tasks", params={"taskname": "cao.run_step"}).json()
+    return rounds, len(tasks)
 
 
 def _median(rounds: list[dict[str, dict[str, Any]]], config: str, key: str) -> float:
@@ -165,7 +185,6 @@ def _figures(rounds: list[dict[str, dict[str, Any]]], config: str) -> dict[str, 
     if config in WATCHED:
         for key, name in (
             ("flower_cpu_ms_per_step", "Flower CPU ms per step (median of rounds)"),
-            ("step_tasks_seen_by_flower", "step tasks Flower saw per round (median)"),
             ("scrapes", "scrapes per round (median)"),
             ("scrape_ms_max", "slowest scrape ms (median of rounds)"),
         ):
@@ -248,7 +267,7 @@ def results_of(
         benchmark="observability_overhead",
         parameters={
             **vars(args),
-            "scrape interval": "observed: 15 s, and once as W1 ends; the other: 1 s",
+            "scrape interval": "observed: once as its W1 ends (every 15-20 s); the other: 1 s",
             "tracing": "off (no OTLP endpoint)",
         },
         gateway={
@@ -271,6 +290,8 @@ def results_of(
 def main() -> None:
     args = parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    from benchmarks.common import scratch_environment
+
     with scratch_environment(args.redis_db) as env:
         from app.migrate import upgrade_head
         from benchmarks.throughput import _settle_database
@@ -278,16 +299,10 @@ def main() -> None:
         upgrade_head()
         servers = server_versions(env)
         _settle_database(args.concurrency, env, log_dir)
-        rounds = run_rounds(
-            {
-                config: partial(run_config, config, args, log_dir=log_dir)
-                for config in (*WATCHED, BARE)
-            },
-            args.rounds,
-            env,
-        )
+        rounds, flower_tasks = run_phases(args, env, log_dir)
     results = results_of(args, rounds, servers)
-    print(f"\n{args.jobs} jobs x 4 no-op steps, worker concurrency {args.concurrency}")
+    results.gateway["step tasks Flower holds at the end"] = flower_tasks
+    print(f"\n{args.jobs} jobs x 4 no-op steps per phase, worker concurrency {args.concurrency}")
     for name, value in results.ratios.items():
         print(f"  {name}: {value:.4g}")
     verdict = "within" if results.detail["within_target"] else "OVER"
