@@ -9,8 +9,9 @@ that swing). Each round runs the three configurations once, each round in anothe
   sends, and this process's "task-sent" events, as the API's with TASK_EVENTS=true);
   real Flower (`celery flower`, its own process) consuming them; `/metrics` scraped
   once as the phase's W1 ends, inside its timed window, folding every event of the
-  phase (an observed phase comes every 15-20 s here: about Prometheus' default 15 s
-  interval; a fold's cost is per event, whatever the interval); tracing off.
+  phase: W1 of --jobs 500 lasts 10-20 s here, about Prometheus' default 15 s interval
+  (a fold's cost is per event, whatever the interval; a scrape's fixed cost is charged
+  once per W1); tracing off.
 - observed, scraped every second: the same, with a scrape every second through the
   phase instead (shown beside; the target is judged at the realistic interval).
 - bare: task events off (the broadcast turns them off; this process sends no
@@ -31,8 +32,8 @@ the same cores here, in a deployment often on another host); each as watched / b
 the median of the rounds' ratios with their range. Before the rounds, 200 jobs and an
 ANALYZE settle the scratch database (throughput.py `_settle_database`).
 
-    python -m benchmarks.observability_overhead [--jobs 150] [--concurrency 4]
-                                                [--sequential 5] [--rounds 12] [--redis-db 10]
+    python -m benchmarks.observability_overhead [--jobs 500] [--concurrency 4]
+                                                [--sequential 5] [--rounds 10] [--redis-db 10]
 """
 
 from __future__ import annotations
@@ -63,13 +64,13 @@ HANDOFFS = (
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=150, help="W1's jobs per phase")
+    parser.add_argument("--jobs", type=int, default=500, help="W1's jobs per phase")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
         "--sequential", type=int, default=5, help="jobs one at a time, per hand-off kind and phase"
     )
     parser.add_argument("--redis-db", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=12, help="rounds, each running all")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds, each running all")
     return parser.parse_args(argv)
 
 
@@ -267,7 +268,7 @@ def results_of(
         benchmark="observability_overhead",
         parameters={
             **vars(args),
-            "scrape interval": "observed: once as its W1 ends (every 15-20 s); the other: 1 s",
+            "scrape interval": "observed: once as its W1 ends (10-20 s); the other: 1 s",
             "tracing": "off (no OTLP endpoint)",
         },
         gateway={
