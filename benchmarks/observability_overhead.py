@@ -8,10 +8,9 @@ that swing). Each round runs the three configurations once, each round in anothe
 - observed: task events on (the workers' turned on by the broadcast Flower itself
   sends, and this process's "task-sent" events, as the API's with TASK_EVENTS=true);
   real Flower (`celery flower`, its own process) consuming them; `/metrics` scraped
-  once as the phase's W1 ends, inside its timed window, folding every event of the
-  phase: W1 of --jobs 500 lasts 10-20 s here, about Prometheus' default 15 s interval
-  (a fold's cost is per event, whatever the interval; a scrape's fixed cost is charged
-  once per W1); tracing off.
+  every 15 s (Prometheus' default) through the phase, as a replica is scraped, beside
+  the work: W1 of --jobs 500 lasts 15-25 s here, so its phase gets a scrape folding
+  the events of its first 15 s; tracing off.
 - observed, scraped every second: the same, with a scrape every second through the
   phase instead (shown beside; the target is judged at the realistic interval).
 - bare: task events off (the broadcast turns them off; this process sends no
@@ -33,7 +32,7 @@ the median of the rounds' ratios with their range. Before the rounds, 200 jobs a
 ANALYZE settle the scratch database (throughput.py `_settle_database`).
 
     python -m benchmarks.observability_overhead [--jobs 500] [--concurrency 4]
-                                                [--sequential 5] [--rounds 10] [--redis-db 10]
+                                                [--sequential 10] [--rounds 9] [--redis-db 10]
 """
 
 from __future__ import annotations
@@ -54,6 +53,8 @@ from benchmarks.results import Results, server_versions, write_results
 OBSERVED, SCRAPED_EVERY_SECOND, BARE = "observed", "observed, scraped every second", "bare"
 WATCHED = (OBSERVED, SCRAPED_EVERY_SECOND)
 CONFIGS = (*WATCHED, BARE)
+# Prometheus' default interval, and every second (shown beside).
+SCRAPE_INTERVAL_S = {OBSERVED: 15.0, SCRAPED_EVERY_SECOND: 1.0}
 TARGET = 0.05  # the overhead allowed: 5 %
 FLOWER_AUTH = ("bench", "flower-bench")
 HANDOFFS = (
@@ -67,10 +68,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=500, help="W1's jobs per phase")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
-        "--sequential", type=int, default=5, help="jobs one at a time, per hand-off kind and phase"
+        "--sequential", type=int, default=10, help="jobs one at a time, per hand-off kind and phase"
     )
     parser.add_argument("--redis-db", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=10, help="rounds, each running all")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds, each running all")
     return parser.parse_args(argv)
 
 
@@ -117,27 +118,16 @@ def _watch(config: str, workers: int) -> None:
 
 
 def _phase(config: str, args: argparse.Namespace, workers: Any, flower_pid: int) -> dict[str, Any]:
-    from benchmarks.metrics_scrape import _scrape, _with_scraper
+    from benchmarks.metrics_scrape import _with_scraper
     from benchmarks.throughput import measure_gateway
 
     _watch(config, len(workers))
     flower_before = cpu_seconds(flower_pid)
-    scrape_ms: list[float] = []
-
-    def scrape_once() -> None:
-        started = time.perf_counter()
-        _scrape()
-        scrape_ms.append((time.perf_counter() - started) * 1000)
 
     def measure() -> dict[str, Any]:
-        finish = scrape_once if config == OBSERVED else None
-        return measure_gateway(args.jobs, args.sequential, workers, finish)
+        return measure_gateway(args.jobs, args.sequential, workers)
 
-    if config == SCRAPED_EVERY_SECOND:
-        result = _with_scraper(measure, 1.0)
-    else:
-        result = measure()
-        result |= {"scrapes": len(scrape_ms), "scrape_ms_max": max(scrape_ms, default=0.0)}
+    result = _with_scraper(measure, SCRAPE_INTERVAL_S[config]) if config in WATCHED else measure()
     steps = 4 * (args.jobs + 2 * args.sequential)
     result["flower_cpu_ms_per_step"] = (cpu_seconds(flower_pid) - flower_before) / steps * 1000
     return result
@@ -268,7 +258,7 @@ def results_of(
         benchmark="observability_overhead",
         parameters={
             **vars(args),
-            "scrape interval": "observed: once as its W1 ends (10-20 s); the other: 1 s",
+            "scrape interval": "observed: 15 s; the other: 1 s",
             "tracing": "off (no OTLP endpoint)",
         },
         gateway={

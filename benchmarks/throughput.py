@@ -124,19 +124,11 @@ def gateway_workers(concurrency: int, env: dict[str, str], log_dir) -> Iterator[
         worker.stop()
 
 
-def measure_gateway(
-    jobs: int,
-    sequential: int,
-    workers: tuple[Proc, Proc],
-    finish: Callable[[], object] | None = None,
-) -> dict[str, Any]:
-    """W1 on running workers, then the hand-offs; `finish`, if given, runs once the jobs
-    are done, within the time and the workers' CPU counted for them."""
+def measure_gateway(jobs: int, sequential: int, workers: tuple[Proc, Proc]) -> dict[str, Any]:
+    """W1 on running workers, then the hand-offs."""
     cpu_before, started = _workers_cpu(*workers), time.perf_counter()
     ids = _create(jobs)
     wait_until(lambda: _all_completed(ids), 900, 0.1, "gateway jobs")
-    if finish is not None:
-        finish()
     elapsed = time.perf_counter() - started
     cpu_used = _workers_cpu(*workers) - cpu_before
     # Hand-off on an idle system: one job at a time, so no backlog sits between steps.
