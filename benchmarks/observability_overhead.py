@@ -11,8 +11,8 @@ that swing). Each round runs the three configurations once, each round in anothe
   every 15 s (Prometheus' default) through the phase, as a replica is scraped, beside
   the work; tracing off. A phase shorter than 15 s gets no scrape (its events are
   folded, untimed, before the next observed phase): the figures say how many scrapes
-  phases got. W1 of --jobs 500 lasted 5-45 s here, with the machine's load; 1200 jobs
-  made every phase 19 s or longer on 2026-12-06.
+  phases got. W1 of 500 jobs lasted 5-45 s here, with the machine's load; 1200 jobs
+  (the default) made every phase 19 s or longer on 2026-12-06.
 - observed, scraped every second: the same, with a scrape every second through the
   phase instead (shown beside; the target is judged at the realistic interval).
 - bare: task events off (the broadcast turns them off; this process sends no
@@ -33,8 +33,8 @@ the same cores here, in a deployment often on another host); each as watched / b
 the median of the rounds' ratios with their range. Before the rounds, 200 jobs and an
 ANALYZE settle the scratch database (throughput.py `_settle_database`).
 
-    python -m benchmarks.observability_overhead [--jobs 500] [--concurrency 4]
-                                                [--sequential 10] [--rounds 9] [--redis-db 10]
+    python -m benchmarks.observability_overhead [--jobs 1200] [--concurrency 4]
+                                                [--sequential 10] [--rounds 6] [--redis-db 10]
 """
 
 from __future__ import annotations
@@ -67,13 +67,13 @@ HANDOFFS = (
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=500, help="W1's jobs per phase")
+    parser.add_argument("--jobs", type=int, default=1200, help="W1's jobs per phase")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
         "--sequential", type=int, default=10, help="jobs one at a time, per hand-off kind and phase"
     )
     parser.add_argument("--redis-db", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=9, help="rounds, each running all")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds, each running all")
     return parser.parse_args(argv)
 
 

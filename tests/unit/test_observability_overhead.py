@@ -55,7 +55,7 @@ def _rounds(observed_rates: list[float]) -> list[dict[str, dict[str, Any]]]:
 
 def test_defaults_are_the_documented_small_run() -> None:
     args = parse_args([])
-    assert (args.jobs, args.concurrency, args.sequential, args.rounds) == (500, 4, 10, 9)
+    assert (args.jobs, args.concurrency, args.sequential, args.rounds) == (1200, 4, 10, 6)
     assert parse_args(["--jobs", "30", "--rounds", "1"]).jobs == 30
 
 
