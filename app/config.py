@@ -93,8 +93,8 @@ class Settings(BaseSettings):
     log_json: bool = False
     # Celery task events (received, started, succeeded ...) from the start, and the
     # task-sent events of senders. Off, a worker sends task events once a monitor asks
-    # for them (Flower does, every few seconds while it runs): until then a step costs
-    # no event message (on, a job of four steps cost its workers about 8% more CPU).
+    # for them (Flower does, every few seconds while it runs). Either way each process
+    # sends them in batches, a message per half second (app/broker.py).
     task_events: bool = False
 
     # Traces (app/tracing.py): on when an OTLP endpoint is set. The OpenTelemetry SDK

@@ -37,6 +37,7 @@ from app.api.errors import BodySizeLimit, install_error_handlers
 from app.api.head import HeadAsGet
 from app.api.responses import ANY_ROUTE, Utf8JSONResponse
 from app.auth import announce_access_mode
+from app.broker import flush_sent_events
 from app.catalog import current_catalog
 from app.config import get_settings
 from app.db import dispose_db, init_db
@@ -70,6 +71,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
     await stop_hub()
     await asyncio.to_thread(drain_publishes)
+    await asyncio.to_thread(flush_sent_events)
     close_redis()
     dispose_db()
     shutdown_tracing()

@@ -46,13 +46,15 @@ def _gauges_only() -> None:
     list(collector._database_metrics())
 
 
-def _with_scraper(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`run()` while a thread scrapes every SCRAPE_INTERVAL_S; adds the scrape times."""
+def _with_scraper(
+    run: Callable[[], dict[str, Any]], interval_s: float = SCRAPE_INTERVAL_S
+) -> dict[str, Any]:
+    """`run()` while a thread scrapes every `interval_s`; adds the scrape times."""
     stop = threading.Event()
     times: list[float] = []
 
     def scraper() -> None:
-        while not stop.wait(SCRAPE_INTERVAL_S):
+        while not stop.wait(interval_s):
             started = time.perf_counter()
             _scrape()
             times.append(time.perf_counter() - started)

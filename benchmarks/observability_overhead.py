@@ -1,26 +1,40 @@
 """What watching the gateway costs: the throughput benchmark's W1 (jobs of 4 no-op python
-steps, then the step hand-off of jobs run one at a time) run "observed" and "bare" in
-one run, in rounds, in another order each round.
+steps, then the step hand-off of jobs run one at a time) "observed" (at two scrape
+intervals) and "bare", on the same running workers and Flower, in short phases that
+take turns, so that each ratio compares phases seconds apart (this shared machine's
+speed swings 2-3x within minutes; phases of separate processes minutes apart measured
+that swing). Each round runs the three configurations once, each round in another order.
 
-- observed: task events on from the start (TASK_EVENTS=true in the workers, and in
-  this process, which creates the jobs as the API would and so sends their first
-  "task-sent" event); real Flower (`celery flower`, its own process) consuming them;
-  `/metrics` scraped every second during the whole run, in this process through the
-  collector `GET /metrics` renders (HTTP and auth left out: benchmarks/metrics_scrape.py),
-  which folds the event log as an API replica would; tracing off (no OTLP endpoint).
-- bare: TASK_EVENTS=false, no Flower, no scrapes, tracing off.
+- observed: task events on (the workers' turned on by the broadcast Flower itself
+  sends, and this process's "task-sent" events, as the API's with TASK_EVENTS=true);
+  real Flower (`celery flower`, its own process) consuming them; `/metrics` scraped
+  every 15 s (Prometheus' default) through the phase, as a replica is scraped, beside
+  the work; tracing off. A phase shorter than 15 s gets no scrape (its events are
+  folded, untimed, before the next observed phase): the figures say how many scrapes
+  phases got. W1 of 500 jobs lasted 5-45 s here, with the machine's load; 1200 jobs
+  (the default) made every phase 19 s or longer on 2026-12-06.
+- observed, scraped every second: the same, with a scrape every second through the
+  phase instead (shown beside; the target is judged at the realistic interval).
+- bare: task events off (the broadcast turns them off; this process sends no
+  "task-sent"), no scrapes, tracing off. Flower still runs, receiving nothing but the
+  workers' heartbeats, which every configuration sends.
 
-Same code, same servers. Reported: jobs/s and the workers' CPU per step (their
-processes' CPU time over the timed jobs: on a shared machine the rate moves with
-everything else running, the CPU a step takes much less), and the hand-off (a step's
-commit to the moment the next step's work runs) on one queue and across two queues,
-p50 and p99; each as observed / bare, the median of the rounds' ratios with their
-range. Flower's own CPU is reported beside them: it runs on the same cores here, in a
-deployment often on another host. Before the rounds, 200 jobs and an ANALYZE settle
-the scratch database (throughput.py `_settle_database`).
+Scrapes run in this process through the collector `GET /metrics` renders (HTTP and
+auth left out: benchmarks/metrics_scrape.py), folding the event log as an API replica
+would; what other phases left is folded, untimed, before an observed phase. The
+workers start with TASK_EVENTS=false: their pool processes send no "task-sent" of
+their own, which only a hand-off across queues would (one event, buffered, about
+15 us of that process's CPU: tests/integration/test_task_event_batches.py).
 
-    python -m benchmarks.observability_overhead [--jobs 300] [--concurrency 4]
-                                                [--sequential 30] [--rounds 3] [--redis-db 10]
+Reported: jobs/s and the workers' CPU per step over each phase's W1, the hand-off (a
+step's commit to the moment the next step's work runs) on one queue and across two,
+p50 and p99, Flower's CPU per step (also as a share of a bare step's CPU: it runs on
+the same cores here, in a deployment often on another host); each as watched / bare,
+the median of the rounds' ratios with their range. Before the rounds, 200 jobs and an
+ANALYZE settle the scratch database (throughput.py `_settle_database`).
+
+    python -m benchmarks.observability_overhead [--jobs 1200] [--concurrency 4]
+                                                [--sequential 10] [--rounds 6] [--redis-db 10]
 """
 
 from __future__ import annotations
@@ -30,21 +44,19 @@ import contextlib
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    add_run_options,
-    cpu_seconds,
-    percentile,
-    run_rounds,
-    scratch_environment,
-    wait_until_idle,
-)
+from benchmarks.common import cpu_seconds, percentile, wait_until_idle
 from benchmarks.results import Results, server_versions, write_results
 
-OBSERVED, BARE = "observed", "bare"
+OBSERVED, SCRAPED_EVERY_SECOND, BARE = "observed", "observed, scraped every second", "bare"
+WATCHED = (OBSERVED, SCRAPED_EVERY_SECOND)
+CONFIGS = (*WATCHED, BARE)
+# Prometheus' default interval, and every second (shown beside).
+SCRAPE_INTERVAL_S = {OBSERVED: 15.0, SCRAPED_EVERY_SECOND: 1.0}
 TARGET = 0.05  # the overhead allowed: 5 %
 FLOWER_AUTH = ("bench", "flower-bench")
 HANDOFFS = (
@@ -55,18 +67,20 @@ HANDOFFS = (
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=1200, help="W1's jobs per phase")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
-        "--sequential", type=int, default=30, help="jobs one at a time, per hand-off kind"
+        "--sequential", type=int, default=10, help="jobs one at a time, per hand-off kind and phase"
     )
-    add_run_options(parser, redis_db=10)
+    parser.add_argument("--redis-db", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds, each running all")
     return parser.parse_args(argv)
 
 
 @contextlib.contextmanager
 def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
-    """Flower against the run's broker, as an operator runs it: (its pid, an HTTP client)."""
+    """Flower against the run's broker, as an operator runs it, except that this run
+    turns task events on and off itself: (its pid, an HTTP client)."""
     import httpx
 
     from tests.harness import Proc, free_port
@@ -74,6 +88,7 @@ def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
     port = free_port()
     argv = [sys.executable, "-m", "celery", f"--broker={env['REDIS_URL']}", "flower"]
     argv += ["--address=127.0.0.1", f"--port={port}", "--basic_auth=" + ":".join(FLOWER_AUTH)]
+    argv += ["--enable_events=False"]
     proc = Proc("flower", argv, env, log_dir)
     try:
         proc.wait_for_port(port, 60)
@@ -86,98 +101,135 @@ def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
         proc.stop()
 
 
-def run_config(
-    observed: bool, args: argparse.Namespace, env: dict[str, str], log_dir: Path
-) -> dict[str, Any]:
-    from app.broker import get_celery
-    from benchmarks.metrics_scrape import _with_scraper
-    from benchmarks.throughput import run_gateway
-
-    # This process creates the jobs: with TASK_EVENTS=true the API sends "task-sent".
-    get_celery().conf.task_send_sent_event = observed
-    workers_env = {**env, "TASK_EVENTS": "true" if observed else "false"}
-
-    def gateway() -> dict[str, Any]:
-        return run_gateway(args.jobs, args.concurrency, workers_env, log_dir, args.sequential)
-
-    if not observed:
-        return gateway()
+def _watch(config: str, workers: int) -> None:
+    """Turn task events on or off, in the workers (the broadcast a monitor sends) and
+    in this process, and leave the phase before its last batch of events."""
+    from app.broker import EVENTS_FLUSH_INTERVAL_S, get_celery
     from app.events.metrics_fold import fold_events
 
-    # What the rounds before left to fold is folded now, untimed: the scrapes of this
-    # run fold its own events, as a replica scraped every second does.
-    fold_events()
-    with _flower(env, log_dir) as (flower_pid, flower):
-        flower_before = cpu_seconds(flower_pid)
-        result = _with_scraper(gateway)
-        flower_cpu = cpu_seconds(flower_pid) - flower_before
-        tasks = flower.get("/api/tasks", params={"taskname": "cao.run_step"}).json()
+    observed = config in WATCHED
+    celery = get_celery()
+    command = "enable_events" if observed else "disable_events"
+    replies = celery.control.broadcast(command, reply=True, timeout=5, limit=workers)
+    if len(replies) != workers:
+        raise RuntimeError(f"{command}: {len(replies)} of {workers} workers answered")
+    celery.conf.task_send_sent_event = observed
+    time.sleep(2 * EVENTS_FLUSH_INTERVAL_S)  # the last phase's events are out
+    if observed:
+        fold_events()  # what other phases left: this phase's scrapes fold its own
+
+
+def _phase(config: str, args: argparse.Namespace, workers: Any, flower_pid: int) -> dict[str, Any]:
+    from benchmarks.metrics_scrape import _with_scraper
+    from benchmarks.throughput import measure_gateway
+
+    _watch(config, len(workers))
+    flower_before = cpu_seconds(flower_pid)
+
+    def measure() -> dict[str, Any]:
+        return measure_gateway(args.jobs, args.sequential, workers)
+
+    result = _with_scraper(measure, SCRAPE_INTERVAL_S[config]) if config in WATCHED else measure()
     steps = 4 * (args.jobs + 2 * args.sequential)
-    return {
-        **result,
-        "flower_cpu_ms_per_step": flower_cpu / steps * 1000,
-        "step_tasks_seen_by_flower": len(tasks),
+    result["flower_cpu_ms_per_step"] = (cpu_seconds(flower_pid) - flower_before) / steps * 1000
+    return result
+
+
+def run_phases(
+    args: argparse.Namespace, env: dict[str, str], log_dir: Path
+) -> tuple[list[dict[str, dict[str, Any]]], int]:
+    """The rounds' results, by configuration; and the step tasks Flower holds at the end."""
+    from benchmarks.throughput import gateway_workers
+
+    rounds = []
+    workers_env = {**env, "TASK_EVENTS": "false"}
+    with _flower(env, log_dir) as (flower_pid, flower):
+        with gateway_workers(args.concurrency, workers_env, log_dir) as workers:
+            from benchmarks.metrics_scrape import _scrape
+
+            _scrape()  # a process's first scrape loads and prepares what the others reuse
+            for number in range(args.rounds):
+                shift = number % len(CONFIGS)
+                order = CONFIGS[shift:] + CONFIGS[:shift]
+                print(f"round {number + 1}/{args.rounds}: {', '.join(order)}", flush=True)
+                done = {config: _phase(config, args, workers, flower_pid) for config in order}
+                rounds.append({config: done[config] for config in CONFIGS})
+        tasks = flower.get("/api/tasks", params={"taskname": "cao.run_step"}).json()
+    return rounds, len(tasks)
+
+
+def _median(rounds: list[dict[str, dict[str, Any]]], config: str, key: str) -> float:
+    return statistics.median(r[config][key] for r in rounds)
+
+
+def _figures(rounds: list[dict[str, dict[str, Any]]], config: str) -> dict[str, float]:
+    """One configuration's figures: medians of rounds, hand-off percentiles of all
+    rounds' samples, and what watching it took (Flower's CPU, the scrapes)."""
+    figures = {
+        "jobs/s (median of rounds)": _median(rounds, config, "jobs_per_s"),
+        "worker CPU ms per step (median of rounds)": _median(
+            rounds, config, "worker_cpu_ms_per_step"
+        ),
     }
+    for label, key in HANDOFFS:
+        samples = [ms for r in rounds for ms in r[config][key]]
+        figures[f"hand-off {label} p50 ms"] = percentile(samples, 50)
+        figures[f"hand-off {label} p99 ms"] = percentile(samples, 99)
+    if config in WATCHED:
+        for key, name in (
+            ("flower_cpu_ms_per_step", "Flower CPU ms per step (median of rounds)"),
+            ("scrapes", "scrapes per round (median)"),
+            ("scrape_ms_max", "slowest scrape ms (median of rounds)"),
+        ):
+            figures[name] = _median(rounds, config, key)
+    return figures
 
 
-def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Both configurations' figures and the ratios observed / bare, from the rounds'
-    results (run_config's, by configuration name)."""
-
-    def median(config: str, key: str) -> float:
-        return statistics.median(r[config][key] for r in rounds)
-
-    def pooled(config: str, key: str, q: float) -> float:
-        return percentile([ms for r in rounds for ms in r[config][key]], q)
-
-    figures: dict[str, dict[str, float]] = {}
-    for config in (OBSERVED, BARE):
-        figures[config] = {
-            "jobs/s (median of rounds)": median(config, "jobs_per_s"),
-            "worker CPU ms per step (median of rounds)": median(config, "worker_cpu_ms_per_step"),
-        }
-        for label, key in HANDOFFS:
-            figures[config][f"hand-off {label} p50 ms"] = pooled(config, key, 50)
-            figures[config][f"hand-off {label} p99 ms"] = pooled(config, key, 99)
-    for key, name in (
-        ("flower_cpu_ms_per_step", "Flower CPU ms per step (median of rounds)"),
-        ("step_tasks_seen_by_flower", "step tasks Flower saw per round (median)"),
-        ("scrapes", "scrapes per round (median)"),
-        ("scrape_ms_max", "slowest scrape ms (median of rounds)"),
-    ):
-        figures[OBSERVED][name] = median(OBSERVED, key)
-
+def _ratios(rounds: list[dict[str, dict[str, Any]]], config: str) -> dict[str, float]:
+    """`config` / bare: per round, then the median and range over rounds."""
     per_round: dict[str, list[float]] = {
-        "jobs/s": [r[OBSERVED]["jobs_per_s"] / r[BARE]["jobs_per_s"] for r in rounds],
+        "jobs/s": [r[config]["jobs_per_s"] / r[BARE]["jobs_per_s"] for r in rounds],
         "worker CPU per step": [
-            r[OBSERVED]["worker_cpu_ms_per_step"] / r[BARE]["worker_cpu_ms_per_step"]
-            for r in rounds
+            r[config]["worker_cpu_ms_per_step"] / r[BARE]["worker_cpu_ms_per_step"] for r in rounds
+        ],
+        # Flower's CPU beside the workers': its share of the gap on these shared cores.
+        "Flower CPU per step": [
+            r[config]["flower_cpu_ms_per_step"] / r[BARE]["worker_cpu_ms_per_step"] for r in rounds
         ],
     }
     for label, key in HANDOFFS:
         per_round[f"hand-off {label} p50"] = [
-            percentile(r[OBSERVED][key], 50) / percentile(r[BARE][key], 50) for r in rounds
+            percentile(r[config][key], 50) / percentile(r[BARE][key], 50) for r in rounds
         ]
     ratios: dict[str, float] = {}
     for name, values in per_round.items():
-        ratios[f"{name}, observed / bare (median of rounds)"] = statistics.median(values)
-        ratios[f"{name}, observed / bare (lowest round)"] = min(values)
-        ratios[f"{name}, observed / bare (highest round)"] = max(values)
+        ratios[f"{name}, {config} / bare (median of rounds)"] = statistics.median(values)
+        ratios[f"{name}, {config} / bare (lowest round)"] = min(values)
+        ratios[f"{name}, {config} / bare (highest round)"] = max(values)
+    return ratios
+
+
+def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Each configuration's figures, the ratios of each watched one to bare, and the
+    overhead of "observed" (the realistic scrape interval) against the target."""
+    figures = {config: _figures(rounds, config) for config in (*WATCHED, BARE)}
+    ratios = {name: value for config in WATCHED for name, value in _ratios(rounds, config).items()}
     for label, _ in HANDOFFS:
-        ratios[f"hand-off {label} p99, observed / bare (all rounds' samples)"] = (
-            figures[OBSERVED][f"hand-off {label} p99 ms"]
-            / figures[BARE][f"hand-off {label} p99 ms"]
-        )
+        for config in WATCHED:
+            ratios[f"hand-off {label} p99, {config} / bare (all rounds' samples)"] = (
+                figures[config][f"hand-off {label} p99 ms"]
+                / figures[BARE][f"hand-off {label} p99 ms"]
+            )
+
+    def median_ratio(name: str) -> float:
+        return ratios[f"{name}, {OBSERVED} / bare (median of rounds)"]
+
     # Overhead: what observing takes off the rate, and adds to a step's CPU and hand-off.
     overhead = {
-        "jobs/s": 1 - ratios["jobs/s, observed / bare (median of rounds)"],
-        "worker CPU per step": ratios["worker CPU per step, observed / bare (median of rounds)"]
-        - 1,
+        "jobs/s": 1 - median_ratio("jobs/s"),
+        "worker CPU per step": median_ratio("worker CPU per step") - 1,
         **{
-            f"hand-off {label} p50": ratios[
-                f"hand-off {label} p50, observed / bare (median of rounds)"
-            ]
-            - 1
+            f"hand-off {label} p50": median_ratio(f"hand-off {label} p50") - 1
             for label, _ in HANDOFFS
         },
     }
@@ -206,14 +258,21 @@ def results_of(
     summary = summarise(rounds)
     return Results(
         benchmark="observability_overhead",
-        parameters={**vars(args), "scrape interval s": 1.0, "tracing": "off (no OTLP endpoint)"},
-        gateway={f"{OBSERVED}: {k}": v for k, v in summary["figures"][OBSERVED].items()},
+        parameters={
+            **vars(args),
+            "scrape interval": "observed: 15 s; the other: 1 s",
+            "tracing": "off (no OTLP endpoint)",
+        },
+        gateway={
+            f"{config}: {k}": v for config in WATCHED for k, v in summary["figures"][config].items()
+        },
         # The baseline is the same code with task events, Flower and scrapes off.
         baselines={BARE: summary["figures"][BARE]},
         ratios={
             **summary["ratios"],
             **{
-                f"overhead, {k} (target <= {TARGET:.0%})": v for k, v in summary["overhead"].items()
+                f"overhead, {OBSERVED}, {k} (target <= {TARGET:.0%})": v
+                for k, v in summary["overhead"].items()
             },
         },
         servers=servers,
@@ -224,6 +283,8 @@ def results_of(
 def main() -> None:
     args = parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="cao-bench-"))
+    from benchmarks.common import scratch_environment
+
     with scratch_environment(args.redis_db) as env:
         from app.migrate import upgrade_head
         from benchmarks.throughput import _settle_database
@@ -231,16 +292,10 @@ def main() -> None:
         upgrade_head()
         servers = server_versions(env)
         _settle_database(args.concurrency, env, log_dir)
-        rounds = run_rounds(
-            {
-                OBSERVED: lambda env: run_config(True, args, env, log_dir),
-                BARE: lambda env: run_config(False, args, env, log_dir),
-            },
-            args.rounds,
-            env,
-        )
+        rounds, flower_tasks = run_phases(args, env, log_dir)
     results = results_of(args, rounds, servers)
-    print(f"\n{args.jobs} jobs x 4 no-op steps, worker concurrency {args.concurrency}")
+    results.gateway["step tasks Flower holds at the end"] = flower_tasks
+    print(f"\n{args.jobs} jobs x 4 no-op steps per phase, worker concurrency {args.concurrency}")
     for name, value in results.ratios.items():
         print(f"  {name}: {value:.4g}")
     verdict = "within" if results.detail["within_target"] else "OVER"

@@ -14,10 +14,11 @@ an ANALYZE give the scratch database planner statistics (`_settle_database`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -94,57 +95,47 @@ def _handoffs_ms(ids: list[uuid.UUID]) -> list[float]:
     ]
 
 
-def run_gateway(
-    jobs: int, concurrency: int, env: dict[str, str], log_dir, sequential: int
-) -> dict[str, Any]:
+def _worker_argv(queue: str, concurrency: int) -> list[str]:
+    return [python(), "-m", "app.cli", "worker", "-Q", queue, "-c", str(concurrency)] + [
+        "--loglevel",
+        "WARNING",
+    ]
+
+
+@contextlib.contextmanager
+def gateway_workers(concurrency: int, env: dict[str, str], log_dir) -> Iterator[tuple[Proc, Proc]]:
+    """The gateway's workers of a run, started and ready: `bench` with `concurrency`
+    processes and `bench_b` with one; this process stands in for a running API."""
     from app.catalog import current_catalog
     from app.db import init_db
     from app.jobs.warm_up import prepare_job_creation
+    from worker.celery_app import celery_app
 
     init_db()
     prepare_job_creation(current_catalog())  # the submitter stands in for a running API
-    argv = [
-        python(),
-        "-m",
-        "app.cli",
-        "worker",
-        "-Q",
-        "bench",
-        "-c",
-        str(concurrency),
-        "--loglevel",
-        "WARNING",
-    ]
-    from worker.celery_app import celery_app
-
-    worker = _worker(argv, "gateway-worker", env, log_dir, celery_app)
-    other_argv = [
-        python(),
-        "-m",
-        "app.cli",
-        "worker",
-        "-Q",
-        "bench_b",
-        "-c",
-        "1",
-        "--loglevel",
-        "WARNING",
-    ]
-    other = _worker(other_argv, "gateway-worker-b", env, log_dir, celery_app)
+    worker = _worker(_worker_argv("bench", concurrency), "gateway-worker", env, log_dir, celery_app)
     try:
-        cpu_before, started = _workers_cpu(worker, other), time.perf_counter()
-        ids = _create(jobs)
-        wait_until(lambda: _all_completed(ids), 900, 0.1, "gateway jobs")
-        elapsed = time.perf_counter() - started
-        cpu_used = _workers_cpu(worker, other) - cpu_before
-        # Hand-off on an idle system: one job at a time, so no backlog sits between steps.
-        # Steps on one queue start in the worker that committed the previous one; steps
-        # alternating between queues of two workers go through the broker.
-        same_queue = _one_at_a_time(sequential, "four_noops")
-        across_queues = _one_at_a_time(sequential, "alternating_queues")
+        other = _worker(_worker_argv("bench_b", 1), "gateway-worker-b", env, log_dir, celery_app)
+        try:
+            yield worker, other
+        finally:
+            other.stop()
     finally:
         worker.stop()
-        other.stop()
+
+
+def measure_gateway(jobs: int, sequential: int, workers: tuple[Proc, Proc]) -> dict[str, Any]:
+    """W1 on running workers, then the hand-offs."""
+    cpu_before, started = _workers_cpu(*workers), time.perf_counter()
+    ids = _create(jobs)
+    wait_until(lambda: _all_completed(ids), 900, 0.1, "gateway jobs")
+    elapsed = time.perf_counter() - started
+    cpu_used = _workers_cpu(*workers) - cpu_before
+    # Hand-off on an idle system: one job at a time, so no backlog sits between steps.
+    # Steps on one queue start in the worker that committed the previous one; steps
+    # alternating between queues of two workers go through the broker.
+    same_queue = _one_at_a_time(sequential, "four_noops")
+    across_queues = _one_at_a_time(sequential, "alternating_queues")
     return {
         "seconds": elapsed,
         "jobs_per_s": jobs / elapsed,
@@ -152,6 +143,13 @@ def run_gateway(
         "handoff_same_queue_ms": _handoffs_ms(same_queue),
         "handoff_across_queues_ms": _handoffs_ms(across_queues),
     }
+
+
+def run_gateway(
+    jobs: int, concurrency: int, env: dict[str, str], log_dir, sequential: int
+) -> dict[str, Any]:
+    with gateway_workers(concurrency, env, log_dir) as workers:
+        return measure_gateway(jobs, sequential, workers)
 
 
 def _workers_cpu(*workers: Proc) -> float:

@@ -15,8 +15,10 @@ while it runs. Routing is per message: each step is sent to its service's queue.
 
 Task events: a worker sends them once a monitor asks (Flower does on its own), or from
 the start with TASK_EVENTS=true; either way Flower pointed at the broker shows the
-workers, their queues and the step tasks. Logging is app/logs.py's: Celery asks for it
-through its `setup_logging` signal and leaves its own set-up out.
+workers, their queues and the step tasks. They go out in batches, a message per half
+second (worker/task_events.py; a sender's "task-sent": app/broker.py). Logging is
+app/logs.py's: Celery asks for it through its `setup_logging` signal and leaves its own
+set-up out.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from app.config import get_settings
 from app.logs import configure_logging, route_terminal_output, unbind_step
 from app.tracing import configure_tracing, shutdown_tracing
 from worker.schedule import beat_schedule
+from worker.task_events import BatchedTaskEvents
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -50,6 +53,7 @@ celery_app.conf.update(
     beat_scheduler="worker.heartbeat:HeartbeatScheduler",
     worker_send_task_events=get_settings().task_events,
 )
+celery_app.steps["consumer"].add(BatchedTaskEvents)
 
 
 def task(name: str, **options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -167,6 +171,7 @@ def _on_process_init(**_: Any) -> None:
 
 
 def _on_process_shutdown(**_: Any) -> None:
+    from app.broker import flush_sent_events
     from app.db import dispose_db
     from app.events.publisher import drain_publishes
     from app.redis_client import close_redis
@@ -174,6 +179,7 @@ def _on_process_shutdown(**_: Any) -> None:
 
     close_client()
     drain_publishes()
+    flush_sent_events()
     close_redis()
     dispose_db()
     shutdown_tracing()  # export what is still batched

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.broker import EVENTS_FLUSH_INTERVAL_S
 from tests.harness import Proc, free_port, wait_for_job, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,18 +93,25 @@ def test_flower_shows_the_workers_their_queues_and_the_step_tasks(
         tasks = flower.get("/api/tasks", params={"taskname": RUN_STEP_TASK}).json()
         return [t for t in tasks.values() if job_id in (t.get("args") or "")]
 
-    # A job run before Flower's first request for task events is not in it: jobs until
-    # one is (a short one: two python steps, one task).
-    wait_until(lambda: tasks_of(run("python_job")), 60, 0.0, "Flower to turn task events on")
-    job_id = run("viral_video")
-
-    def step_tasks() -> list[dict[str, Any]] | None:
+    def step_tasks(job_id: str) -> list[dict[str, Any]] | None:
         mine = tasks_of(job_id)
         # viral_video: prompt_enhancer (default), video_gen_v2 (heavy), email_notifier
         # (default), each a delivery of its own: no two consecutive steps share a queue.
         done = [t for t in mine if t["state"] == "SUCCESS"]
         return mine if len(done) == 3 else None
 
-    tasks = wait_until(step_tasks, 30, 0.5, "Flower to show the job's step tasks")
+    def seen_whole(job_id: str) -> list[dict[str, Any]] | None:
+        # Task events reach Flower in batches (EVENTS_FLUSH_INTERVAL_S apart).
+        try:
+            return wait_until(lambda: step_tasks(job_id), 2 + 2 * EVENTS_FLUSH_INTERVAL_S, 0.2)
+        except TimeoutError:
+            return None
+
+    # Flower asks each worker for task events within seconds of seeing it, and a step
+    # run before its worker was asked is not in Flower: jobs until one is, wholly (a
+    # worker of a loaded machine may come up, and be asked, after the others).
+    tasks = wait_until(
+        lambda: seen_whole(run("viral_video")), 90, 0.0, "Flower to show a job's step tasks"
+    )
     by_worker = {t["worker"] for t in tasks}
     assert {"default", "heavy"} <= set().union(*(_queues_of(workers[w]) for w in by_worker))
