@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -88,6 +89,11 @@ def _embedded_redis() -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A run started in the background (`./run_tests.sh &`) inherits SIGINT ignored, and so
+    # would every process it starts: the Ctrl-C tests need it delivered. A handler set
+    # here is reset to the default in each child, where an ignored signal would stay so.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if _xdist_controller(config):
         return
     in_ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
