@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -43,30 +42,11 @@ features:
     )
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, db: None, tmp_path: Path) -> Iterator[str]:
-    """The run's database (shared: each test has queues and jobs of its own), or a
-    SQLite file: the two ways a batch is inserted."""
-    if request.param == "sqlite":
-        from app.migrate import upgrade_head
-
-        url = f"sqlite:///{tmp_path / 'cao.db'}"
-        upgrade_head(url)
-        dispose_db()
-        init_db(url)
-    try:
-        yield request.param
-    finally:
-        if request.param == "sqlite":
-            dispose_db()
-            init_db()
-
-
 def drafts(catalog: Catalog, count: int) -> list[NewJob]:
     return [draft_job(catalog, feature_name="pair", input_data={"n": n}) for n in range(count)]
 
 
-def test_a_batch_commits_every_job_then_sends_each_first_step_once(engine, catalog, queue):
+def test_a_batch_commits_every_job_then_sends_each_first_step_once(backend, catalog, queue):
     jobs = drafts(catalog, 5)
     assert commit_and_send(jobs) == [None] * 5
     assert sorted(queued_deliveries(queue)) == sorted((str(new.job.id), 0, 1) for new in jobs)
@@ -76,7 +56,7 @@ def test_a_batch_commits_every_job_then_sends_each_first_step_once(engine, catal
             assert [e.type for e in events_for_job(session, new.job.id)] == ["JOB_CREATED"]
 
 
-def test_a_job_the_database_refuses_fails_alone_and_is_not_sent(engine, catalog, queue):
+def test_a_job_the_database_refuses_fails_alone_and_is_not_sent(backend, catalog, queue):
     (taken,) = drafts(catalog, 1)
     assert commit_and_send([taken]) == [None]
     queued_deliveries(queue)  # drained
