@@ -91,18 +91,8 @@ def send(
 ) -> None:
     """Put one message for `task` on `queue`, retrying once, briefly, if the broker
     does not answer (then the broker's error is raised)."""
-    get_celery().send_task(
-        task,
-        args=args,
-        headers=headers,
-        queue=queue,
-        countdown=countdown,
-        priority=priority,
-        retry=True,
-        retry_policy=SEND_RETRY_POLICY,
-        # With task events on, the message's "task-sent" event joins the next batch.
-        event_dispatcher=_sent_events(),
-    )
+    message = Message(task, args, queue, priority, headers, countdown)
+    _publish(message, retry=True, retry_policy=SEND_RETRY_POLICY)
 
 
 def send_many(messages: Sequence[Message]) -> None:
@@ -111,28 +101,26 @@ def send_many(messages: Sequence[Message]) -> None:
     then some of the messages may have been sent (a duplicate of a step delivery
     finds its fence used)."""
     if len(messages) == 1:
-        message = messages[0]
-        send(
-            message.task,
-            message.args,
-            queue=message.queue,
-            priority=message.priority,
-            headers=message.headers,
-            countdown=message.countdown,
-        )
+        _publish(messages[0], retry=True, retry_policy=SEND_RETRY_POLICY)
         return
     celery = get_celery()
     with celery.producer_or_acquire() as producer, producer.batch(max_size=len(messages)):
         for message in messages:
-            celery.send_task(
-                message.task,
-                args=message.args,
-                headers=message.headers,
-                queue=message.queue,
-                countdown=message.countdown,
-                priority=message.priority,
-                producer=producer,
-            )
+            _publish(message, producer=producer)
+
+
+def _publish(message: Message, **options: Any) -> None:
+    get_celery().send_task(
+        message.task,
+        args=message.args,
+        headers=message.headers,
+        queue=message.queue,
+        countdown=message.countdown,
+        priority=message.priority,
+        # With task events on, the message's "task-sent" event joins the next batch.
+        event_dispatcher=_sent_events(),
+        **options,
+    )
 
 
 class _SentEvents:
