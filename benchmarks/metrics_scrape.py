@@ -47,16 +47,18 @@ def _gauges_only() -> None:
 
 
 def _with_scraper(
-    run: Callable[[], dict[str, Any]], interval_s: float = SCRAPE_INTERVAL_S
+    run: Callable[[], dict[str, Any]],
+    interval_s: float = SCRAPE_INTERVAL_S,
+    scrape: Callable[[], object] = _scrape,
 ) -> dict[str, Any]:
-    """`run()` while a thread scrapes every `interval_s`; adds the scrape times."""
+    """`run()` while a thread calls `scrape` every `interval_s`; adds the scrape times."""
     stop = threading.Event()
     times: list[float] = []
 
     def scraper() -> None:
         while not stop.wait(interval_s):
             started = time.perf_counter()
-            _scrape()
+            scrape()
             times.append(time.perf_counter() - started)
 
     thread = threading.Thread(target=scraper, daemon=True)

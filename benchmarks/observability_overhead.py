@@ -19,14 +19,19 @@ that swing). Each round runs the three configurations once, each round in anothe
   "task-sent"), no scrapes, tracing off. Flower still runs, receiving nothing but the
   workers' heartbeats, which every configuration sends.
 
-Scrapes run in this process through the collector `GET /metrics` renders (HTTP and
-auth left out: benchmarks/metrics_scrape.py), folding the event log as an API replica
-would; what other phases left is folded, untimed, before an observed phase. The
-workers start with TASK_EVENTS=false: their pool processes send no "task-sent" of
-their own, which only a hand-off across queues would (one event, buffered, about
-15 us of that process's CPU: tests/integration/test_task_event_batches.py).
+A `cao api` process runs through every phase, as in any deployment: its event hub
+numbers the log at least once a second (app/events/sequencer.py), whatever is watched.
+Scrapes are real `GET /metrics` requests to it, as Prometheus sends them, each folding
+the events since the last; what other phases left is folded, untimed, before an
+observed phase. (Without an API process, the scrapes also numbered every event of the
+phase, work the hub does in a deployment with or without metrics, and "bare" numbered
+none: 2026-12-06 `observability_overhead-python-fold`, `-sql-fold-without-api` and
+earlier runs.) The workers start with TASK_EVENTS=false: their pool processes send no
+"task-sent" of their own, which only a hand-off across queues would (one event,
+buffered, about 15 us of that process's CPU: tests/integration/test_task_event_batches.py).
 
-Reported: jobs/s and the workers' CPU per step over each phase's W1, the hand-off (a
+Reported: jobs/s and the workers' CPU per step over each phase's W1, the API process's
+CPU per step (its hub and, observed, the folds), the hand-off (a
 step's commit to the moment the next step's work runs) on one queue and across two,
 p50 and p99, Flower's CPU per step (also as a share of a bare step's CPU: it runs on
 the same cores here, in a deployment often on another host); each as watched / bare,
@@ -35,6 +40,7 @@ ANALYZE settle the scratch database (throughput.py `_settle_database`).
 
     python -m benchmarks.observability_overhead [--jobs 1200] [--concurrency 4]
                                                 [--sequential 10] [--rounds 6] [--redis-db 10]
+                                                [--label NAME]
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--redis-db", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=6, help="rounds, each running all")
+    parser.add_argument("--label", default="", help="names the results files")
     return parser.parse_args(argv)
 
 
@@ -101,6 +108,23 @@ def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
         proc.stop()
 
 
+@contextlib.contextmanager
+def _api(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
+    """`cao api` beside the workers, as deployed: (its pid, an HTTP client)."""
+    import httpx
+
+    from tests.harness import CAO, Proc, free_port
+
+    port = free_port()
+    proc = Proc("api", [*CAO, "api", "--port", str(port)], env, log_dir)
+    try:
+        proc.wait_for_port(port, 60)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield proc.pid, client
+    finally:
+        proc.stop()
+
+
 def _watch(config: str, workers: int) -> None:
     """Turn task events on or off, in the workers (the broadcast a monitor sends) and
     in this process, and leave the phase before its last batch of events."""
@@ -119,19 +143,29 @@ def _watch(config: str, workers: int) -> None:
         fold_events()  # what other phases left: this phase's scrapes fold its own
 
 
-def _phase(config: str, args: argparse.Namespace, workers: Any, flower_pid: int) -> dict[str, Any]:
+def _phase(
+    config: str, args: argparse.Namespace, workers: Any, flower_pid: int, api: tuple[int, Any]
+) -> dict[str, Any]:
     from benchmarks.metrics_scrape import _with_scraper
     from benchmarks.throughput import measure_gateway
 
+    api_pid, api_client = api
     _watch(config, len(workers))
-    flower_before = cpu_seconds(flower_pid)
+    flower_before, api_before = cpu_seconds(flower_pid), cpu_seconds(api_pid)
 
     def measure() -> dict[str, Any]:
         return measure_gateway(args.jobs, args.sequential, workers)
 
-    result = _with_scraper(measure, SCRAPE_INTERVAL_S[config]) if config in WATCHED else measure()
+    def scrape() -> None:
+        api_client.get("/metrics").raise_for_status()
+
+    if config in WATCHED:
+        result = _with_scraper(measure, SCRAPE_INTERVAL_S[config], scrape)
+    else:
+        result = measure()
     steps = 4 * (args.jobs + 2 * args.sequential)
     result["flower_cpu_ms_per_step"] = (cpu_seconds(flower_pid) - flower_before) / steps * 1000
+    result["api_cpu_ms_per_step"] = (cpu_seconds(api_pid) - api_before) / steps * 1000
     return result
 
 
@@ -143,16 +177,14 @@ def run_phases(
 
     rounds = []
     workers_env = {**env, "TASK_EVENTS": "false"}
-    with _flower(env, log_dir) as (flower_pid, flower):
+    with _flower(env, log_dir) as (flower_pid, flower), _api(env, log_dir) as api:
         with gateway_workers(args.concurrency, workers_env, log_dir) as workers:
-            from benchmarks.metrics_scrape import _scrape
-
-            _scrape()  # a process's first scrape loads and prepares what the others reuse
+            api[1].get("/metrics")  # the first scrape loads what the others reuse
             for number in range(args.rounds):
                 shift = number % len(CONFIGS)
                 order = CONFIGS[shift:] + CONFIGS[:shift]
                 print(f"round {number + 1}/{args.rounds}: {', '.join(order)}", flush=True)
-                done = {config: _phase(config, args, workers, flower_pid) for config in order}
+                done = {config: _phase(config, args, workers, flower_pid, api) for config in order}
                 rounds.append({config: done[config] for config in CONFIGS})
         tasks = flower.get("/api/tasks", params={"taskname": "cao.run_step"}).json()
     return rounds, len(tasks)
@@ -170,6 +202,7 @@ def _figures(rounds: list[dict[str, dict[str, Any]]], config: str) -> dict[str, 
         "worker CPU ms per step (median of rounds)": _median(
             rounds, config, "worker_cpu_ms_per_step"
         ),
+        "API CPU ms per step (median of rounds)": _median(rounds, config, "api_cpu_ms_per_step"),
     }
     for label, key in HANDOFFS:
         samples = [ms for r in rounds for ms in r[config][key]]
@@ -192,7 +225,13 @@ def _ratios(rounds: list[dict[str, dict[str, Any]]], config: str) -> dict[str, f
         "worker CPU per step": [
             r[config]["worker_cpu_ms_per_step"] / r[BARE]["worker_cpu_ms_per_step"] for r in rounds
         ],
-        # Flower's CPU beside the workers': its share of the gap on these shared cores.
+        # The API's and Flower's CPU beside the workers': their share of the gap on these
+        # shared cores.
+        "API CPU per step, added": [
+            (r[config]["api_cpu_ms_per_step"] - r[BARE]["api_cpu_ms_per_step"])
+            / r[BARE]["worker_cpu_ms_per_step"]
+            for r in rounds
+        ],
         "Flower CPU per step": [
             r[config]["flower_cpu_ms_per_step"] / r[BARE]["worker_cpu_ms_per_step"] for r in rounds
         ],
@@ -257,7 +296,7 @@ def results_of(
 ) -> Results:
     summary = summarise(rounds)
     return Results(
-        benchmark="observability_overhead",
+        benchmark="-".join(filter(None, ("observability_overhead", args.label))),
         parameters={
             **vars(args),
             "scrape interval": "observed: 15 s; the other: 1 s",

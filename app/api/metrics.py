@@ -26,17 +26,8 @@ from prometheus_client.registry import Collector
 from app.api.deps import require_operator
 from app.auth import Principal
 from app.catalog import Catalog, current_catalog
-from app.events.metrics_fold import (
-    COUNT,
-    COUNTERS,
-    HISTOGRAMS,
-    INF,
-    SUM,
-    Histogram,
-    bucket_part,
-    fold_events,
-    read_folded,
-)
+from app.events.metrics_counts import COUNT, COUNTERS, HISTOGRAMS, INF, SUM, Histogram, bucket_part
+from app.events.metrics_fold import fold_events, read_folded
 from app.events.metrics_store import Aggregate
 from app.jobs.service import read_jobs_by_status
 from app.jobs.service_load import ServiceLoad, read_service_load

@@ -1,5 +1,5 @@
-"""The SQL of the metrics fold: its cursor, the events a window of the log needs, the
-aggregates it adds to, and the reads that render them.
+"""The SQL of the metrics fold's state: its cursor, the aggregates it adds to, and the
+reads that render them (what a window of the log counts: app/events/metrics_counts.py).
 
 Every function runs in the caller's transaction; the fold (app/events/metrics_fold.py)
 holds the cursor row's lock from `lock_cursor` until it commits, so the aggregates and
@@ -8,12 +8,10 @@ the cursor change together or not at all.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Float, case, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -24,19 +22,6 @@ EVENTS_FOLD = "events"
 _EVENT = job_event_table
 _AGGREGATE = metric_aggregate_table
 _FOLD = metric_fold_table
-
-
-class FoldEvent(NamedTuple):
-    """What the fold reads of an event: never its `data` but a retry's delay."""
-
-    job_id: uuid.UUID
-    id: int
-    type: str
-    feature_name: str
-    step_index: int | None
-    step_name: str | None
-    ts: datetime
-    delay_s: float | None
 
 
 # A key of one aggregate number: (metric, labels as a JSON list, part).
@@ -67,54 +52,6 @@ def move_cursor(session: Session, last_event_id: int) -> None:
 
 def read_cursor(session: Session) -> int:
     return session.scalar(select(_FOLD.c.last_event_id).where(_FOLD.c.name == EVENTS_FOLD)) or 0
-
-
-# The delay of a retry, read only from STEP_RETRYING rows: other events' data (a step's
-# output) is never parsed.
-_DELAY = case(
-    (_EVENT.c.type == "STEP_RETRYING", _EVENT.c.data["delay_s"].as_float()),
-    else_=None,
-).cast(Float)
-
-
-def events_of_touched_jobs(session: Session, after_id: int, up_to_id: int) -> list[FoldEvent]:
-    """Every numbered event up to `up_to_id` of each job that has an event in the window
-    `after_id < id <= up_to_id`, by job and in order: the events before the window
-    say when a step in it was queued or started, and when its job was created.
-
-    The chunks of jobs are disjoint, each read in (job, seq) order: the whole list is
-    grouped by job. Two reads: the window's jobs by the id index, then their events by the job's
-    index. (One statement joining the two lets PostgreSQL read every event below the
-    window through the id index, a cost that grows with the log.)"""
-    window = select(_EVENT.c.job_id).where(_EVENT.c.id > after_id, _EVENT.c.id <= up_to_id)
-    job_ids = list(session.scalars(window.distinct()))
-    events: list[FoldEvent] = []
-    for start in range(0, len(job_ids), _JOBS_PER_READ):
-        query = _JOB_EVENTS.where(_EVENT.c.job_id.in_(job_ids[start : start + _JOBS_PER_READ]))
-        events += (
-            FoldEvent(*row)
-            for row in session.execute(query).all()
-            if row.id is not None and row.id <= up_to_id
-        )
-    return events
-
-
-# Bound parameters per read stay far below any engine's limit.
-_JOBS_PER_READ = 500
-_JOB_EVENTS = (
-    select(
-        _EVENT.c.job_id,
-        _EVENT.c.id,
-        _EVENT.c.type,
-        _EVENT.c.feature_name,
-        _EVENT.c.step_index,
-        _EVENT.c.step_name,
-        _EVENT.c.ts,
-        _DELAY,
-    )
-    .where(_EVENT.c.type != "WAITING_FOR_SLOT")
-    .order_by(_EVENT.c.job_id, _EVENT.c.seq)
-)
 
 
 def _insert_for(session: Session) -> Callable[..., Any]:

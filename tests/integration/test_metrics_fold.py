@@ -6,76 +6,38 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
 from app.db import session_scope
 from app.events import metrics_fold
-from app.events.metrics_fold import (
+from app.events.metrics_counts import (
     JOB_DURATION,
     JOBS_CREATED,
     JOBS_FINISHED,
     STEP_ATTEMPTS,
     STEP_DURATION,
-    fold_events,
-    read_folded,
 )
-from app.models import job_event_table, job_table
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-# Per job: created, started, completed, job completed.
-_KINDS = ("JOB_CREATED", "STEP_STARTED", "STEP_COMPLETED", "JOB_COMPLETED")
+from app.events.metrics_fold import fold_events, read_folded
+from tests.event_log_rows import Event, write_jobs
 
 
 def _seed(jobs: int, first_id: int) -> int:
     """`jobs` finished one-step jobs, their events numbered from `first_id`; the next id."""
-    job_rows, event_rows = [], []
-    next_id = first_id
-    for n in range(jobs):
-        job_id = uuid.uuid4()
-        job_rows.append(
-            {
-                "id": job_id,
-                "tenant": "default",
-                "feature_name": "f",
-                "status": "COMPLETED",
-                "progress": 100,
-                "current_step": 0,
-                "total_steps": 1,
-                "input_data": {},
-                "context": {},
-                "recipe": {},
-                "last_seq": 4,
-                "created_at": T0,
-                "updated_at": T0,
-                "finished_at": T0,
-            }
-        )
-        for seq, kind in enumerate(_KINDS, start=1):
-            step = 0 if kind.startswith("STEP") else None
-            event_rows.append(
-                {
-                    "id": next_id,
-                    "job_id": job_id,
-                    "seq": seq,
-                    "type": kind,
-                    "feature_name": "f",
-                    "step_index": step,
-                    "step_name": "svc" if step is not None else None,
-                    "attempt": 1 if step is not None else None,
-                    "progress": 0,
-                    "ts": T0 + timedelta(seconds=seq + n % 3),
-                    "data": {},
-                }
-            )
-            next_id += 1
-    with session_scope() as session:
-        session.execute(insert(job_table), job_rows)
-        session.execute(insert(job_event_table), event_rows)
-    return next_id
+    return write_jobs(
+        [
+            [
+                Event("JOB_CREATED", at=1 + n % 3),
+                Event("STEP_STARTED", 0, "svc", 2 + n % 3),
+                Event("STEP_COMPLETED", 0, "svc", 3 + n % 3),
+                Event("JOB_COMPLETED", at=4 + n % 3),
+            ]
+            for n in range(jobs)
+        ],
+        first_id,
+        feature="f",
+    )
 
 
 def _folded() -> dict[tuple[str, tuple[str, ...], str], float]:
