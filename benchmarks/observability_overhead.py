@@ -80,6 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--redis-db", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=6, help="rounds, each running all")
+    parser.add_argument(
+        "--every-second",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the configuration scraped every second",
+    )
     parser.add_argument("--label", default="", help="names the results files")
     return parser.parse_args(argv)
 
@@ -175,17 +181,18 @@ def run_phases(
     """The rounds' results, by configuration; and the step tasks Flower holds at the end."""
     from benchmarks.throughput import gateway_workers
 
+    configs = CONFIGS if args.every_second else (OBSERVED, BARE)
     rounds = []
     workers_env = {**env, "TASK_EVENTS": "false"}
     with _flower(env, log_dir) as (flower_pid, flower), _api(env, log_dir) as api:
         with gateway_workers(args.concurrency, workers_env, log_dir) as workers:
             api[1].get("/metrics")  # the first scrape loads what the others reuse
             for number in range(args.rounds):
-                shift = number % len(CONFIGS)
-                order = CONFIGS[shift:] + CONFIGS[:shift]
+                shift = number % len(configs)
+                order = configs[shift:] + configs[:shift]
                 print(f"round {number + 1}/{args.rounds}: {', '.join(order)}", flush=True)
                 done = {config: _phase(config, args, workers, flower_pid, api) for config in order}
-                rounds.append({config: done[config] for config in CONFIGS})
+                rounds.append({config: done[config] for config in configs})
         tasks = flower.get("/api/tasks", params={"taskname": "cao.run_step"}).json()
     return rounds, len(tasks)
 
@@ -251,10 +258,11 @@ def _ratios(rounds: list[dict[str, dict[str, Any]]], config: str) -> dict[str, f
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """Each configuration's figures, the ratios of each watched one to bare, and the
     overhead of "observed" (the realistic scrape interval) against the target."""
-    figures = {config: _figures(rounds, config) for config in (*WATCHED, BARE)}
-    ratios = {name: value for config in WATCHED for name, value in _ratios(rounds, config).items()}
+    watched = [config for config in WATCHED if config in rounds[0]]
+    figures = {config: _figures(rounds, config) for config in (*watched, BARE)}
+    ratios = {name: value for config in watched for name, value in _ratios(rounds, config).items()}
     for label, _ in HANDOFFS:
-        for config in WATCHED:
+        for config in watched:
             ratios[f"hand-off {label} p99, {config} / bare (all rounds' samples)"] = (
                 figures[config][f"hand-off {label} p99 ms"]
                 / figures[BARE][f"hand-off {label} p99 ms"]
@@ -303,7 +311,9 @@ def results_of(
             "tracing": "off (no OTLP endpoint)",
         },
         gateway={
-            f"{config}: {k}": v for config in WATCHED for k, v in summary["figures"][config].items()
+            f"{config}: {k}": v
+            for config in WATCHED
+            for k, v in summary["figures"].get(config, {}).items()
         },
         # The baseline is the same code with task events, Flower and scrapes off.
         baselines={BARE: summary["figures"][BARE]},

@@ -20,9 +20,9 @@ What each event counts (the step's service is the event's `step_name`):
 
 The database does this work where the events are: an event's earlier events (when its
 step was queued or started, when its job was created) are found through the job's
-(job_id, seq) index, and only a few grouped rows come back. Folding in this process
-instead, every event of every touched job crossed the wire and was walked in Python,
-about 40 us an event (benchmarks/results/*metrics_scrape*, *observability_overhead*).
+(job_id, seq) index, and only a few grouped rows come back: about 10 us an event, where
+reading every event of each touched job into this process and walking them in Python
+took about 40 (docs/architecture.md, "Metrics from the event log").
 """
 
 from __future__ import annotations
