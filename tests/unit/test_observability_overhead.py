@@ -29,6 +29,7 @@ def _run(rate: float, cpu: float, handoff: float, observed: bool) -> dict[str, A
         "seconds": 300 / rate,
         "jobs_per_s": rate,
         "worker_cpu_ms_per_step": cpu,
+        "api_cpu_ms_per_step": 0.33 if observed else 0.3,
         "handoff_same_queue_ms": [handoff, handoff, 2 * handoff],
         "handoff_across_queues_ms": [5 * handoff, 5 * handoff, 6 * handoff],
     }
@@ -42,21 +43,24 @@ def _run(rate: float, cpu: float, handoff: float, observed: bool) -> dict[str, A
     return result
 
 
-def _rounds(observed_rates: list[float]) -> list[dict[str, dict[str, Any]]]:
-    return [
-        {
-            OBSERVED: _run(rate, 3.1, 2.0, True),
-            SCRAPED_EVERY_SECOND: _run(rate / 2, 3.3, 2.0, True),
-            BARE: _run(100.0, 3.0, 2.0, False),
-        }
-        for rate in observed_rates
-    ]
+def _rounds(
+    observed_rates: list[float], every_second: bool = True
+) -> list[dict[str, dict[str, Any]]]:
+    rounds = []
+    for rate in observed_rates:
+        configs = {OBSERVED: _run(rate, 3.1, 2.0, True), BARE: _run(100.0, 3.0, 2.0, False)}
+        if every_second:
+            configs[SCRAPED_EVERY_SECOND] = _run(rate / 2, 3.3, 2.0, True)
+        rounds.append(configs)
+    return rounds
 
 
 def test_defaults_are_the_documented_small_run() -> None:
     args = parse_args([])
     assert (args.jobs, args.concurrency, args.sequential, args.rounds) == (1200, 4, 10, 6)
     assert parse_args(["--jobs", "30", "--rounds", "1"]).jobs == 30
+    assert parse_args([]).every_second is True
+    assert parse_args(["--no-every-second"]).every_second is False
 
 
 def test_ratios_are_medians_of_rounds_with_their_range() -> None:
@@ -73,6 +77,10 @@ def test_ratios_are_medians_of_rounds_with_their_range() -> None:
     assert ratios["Flower CPU per step, observed / bare (median of rounds)"] == pytest.approx(
         0.5 / 3.0
     )
+    # What the API adds (its folds), as a share of a bare step's CPU.
+    assert ratios["API CPU per step, added, observed / bare (median of rounds)"] == pytest.approx(
+        0.03 / 3.0
+    )
     assert ratios["overhead, observed, jobs/s (target <= 5%)"] == pytest.approx(0.03)
     # Scraped every second, shown beside but not judged: the target is met all the same.
     assert ratios[
@@ -84,6 +92,15 @@ def test_ratios_are_medians_of_rounds_with_their_range() -> None:
     assert [set(r) for r in results.detail["rounds"]] == [
         {OBSERVED, SCRAPED_EVERY_SECOND, BARE}
     ] * 3
+
+
+def test_a_run_without_the_every_second_phases_judges_observed_alone() -> None:
+    args = parse_args(["--no-every-second", "--label", "short"])
+    results = results_of(args, _rounds([97.0, 99.0], every_second=False), {})
+    assert results.benchmark == "observability_overhead-short"
+    assert results.detail["within_target"] is True
+    assert not any(SCRAPED_EVERY_SECOND in name for name in results.ratios)
+    assert not any(name.startswith(SCRAPED_EVERY_SECOND) for name in results.gateway)
 
 
 def test_an_overhead_over_the_target_is_reported(tmp_path: Path) -> None:
