@@ -146,7 +146,10 @@ def observe_window(session: Session, after_id: int, up_to_id: int) -> list[Obser
 def _window_query(dialect: str) -> Select[Any]:
     seconds = _SECONDS_BETWEEN[dialect]
     new = _EVENT.c.id.between(bindparam("after_id") + 1, bindparam("up_to_id"))
-    window = select(_EVENT).where(new).cte("new_event")
+    # Never a new event's `data` (a step's output may be large): only a retry's delay is
+    # read, from the earlier event that queued a step.
+    columns = ("job_id", "seq", "type", "feature_name", "step_index", "step_name", "ts")
+    window = select(*(_EVENT.c[name] for name in columns)).where(new).cte("new_event")
     observation = union_all(
         *_created(window),
         *_waits(window, seconds),
