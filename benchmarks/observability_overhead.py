@@ -51,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,44 +91,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def _flower(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
-    """Flower against the run's broker, as an operator runs it, except that this run
-    turns task events on and off itself: (its pid, an HTTP client)."""
+def _serving(
+    name: str, argv: Callable[[int], list[str]], env: dict[str, str], log_dir: Path, **client: Any
+) -> Iterator[tuple[int, Any]]:
+    """A process serving HTTP on a free port (`argv(port)`), once it has settled:
+    (its pid, an HTTP client for it)."""
     import httpx
 
     from tests.harness import Proc, free_port
 
     port = free_port()
-    argv = [sys.executable, "-m", "celery", f"--broker={env['REDIS_URL']}", "flower"]
-    argv += ["--address=127.0.0.1", f"--port={port}", "--basic_auth=" + ":".join(FLOWER_AUTH)]
-    argv += ["--enable_events=False"]
-    proc = Proc("flower", argv, env, log_dir)
+    proc = Proc(name, argv(port), env, log_dir)
     try:
         proc.wait_for_port(port, 60)
         wait_until_idle(proc.pid)
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", auth=FLOWER_AUTH, timeout=30
-        ) as client:
-            yield proc.pid, client
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, **client) as http:
+            yield proc.pid, http
     finally:
         proc.stop()
 
 
-@contextlib.contextmanager
-def _api(env: dict[str, str], log_dir: Path) -> Iterator[tuple[int, Any]]:
-    """`cao api` beside the workers, as deployed: (its pid, an HTTP client)."""
-    import httpx
+def _flower(env: dict[str, str], log_dir: Path) -> contextlib.AbstractContextManager[Any]:
+    """Flower against the run's broker, as an operator runs it, except that this run
+    turns task events on and off itself."""
 
-    from tests.harness import CAO, Proc, free_port
+    def argv(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "celery", f"--broker={env['REDIS_URL']}", "flower"),
+            *("--address=127.0.0.1", f"--port={port}", "--enable_events=False"),
+            "--basic_auth=" + ":".join(FLOWER_AUTH),
+        ]
 
-    port = free_port()
-    proc = Proc("api", [*CAO, "api", "--port", str(port)], env, log_dir)
-    try:
-        proc.wait_for_port(port, 60)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield proc.pid, client
-    finally:
-        proc.stop()
+    return _serving("flower", argv, env, log_dir, auth=FLOWER_AUTH)
+
+
+def _api(env: dict[str, str], log_dir: Path) -> contextlib.AbstractContextManager[Any]:
+    """`cao api` beside the workers, as deployed."""
+    from tests.harness import CAO
+
+    return _serving("api", lambda port: [*CAO, "api", "--port", str(port)], env, log_dir)
 
 
 def _watch(config: str, workers: int) -> None:

@@ -308,22 +308,12 @@ def _finishes(window: CTE, seconds: SecondsBetween) -> list[Select[Any]]:
     def since_creation(created: FromClause) -> ColumnElement[Any]:
         return _non_negative(seconds(window.c.ts, created.c.ts))
 
-    query = select(
-        *_observation(
-            JOB_DURATION,
-            window.c.feature_name,
-            seconds=_from_latest_before(window, since_creation, ("JOB_CREATED",)),
-        )
-    )
-    counted = select(
-        *_observation(
-            JOBS_FINISHED,
-            window.c.feature_name,
-            case(_FINISHED_STATUS, value=window.c.type),
-        )
-    )
+    status = case(_FINISHED_STATUS, value=window.c.type)
+    counted = select(*_observation(JOBS_FINISHED, window.c.feature_name, status))
+    since_created = _from_latest_before(window, since_creation, ("JOB_CREATED",))
+    timed = select(*_observation(JOB_DURATION, window.c.feature_name, seconds=since_created))
     finished = window.c.type.in_(_FINISHED_STATUS)
-    return [counted.where(finished), query.where(finished)]
+    return [counted.where(finished), timed.where(finished)]
 
 
 def _bucket(metric: ColumnElement[str], seconds: ColumnElement[float]) -> ColumnElement[str]:
